@@ -1,0 +1,127 @@
+//! Builds the repository's plugins (`plugins/examples`, `plugins/testing`)
+//! for `wasm32-wasip2` and lays each out as a plugin directory
+//! (`plugin.toml` + `NAME.wasm`) next to the host binary:
+//! `target/<profile>/plugins/` for examples, `target/<profile>/test-plugins/`
+//! for the misbehaving test plugins. Their paths become constants in
+//! `kiln::plugin::built` (the pattern of wasmtime's `test-programs`).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TARGET: &str = "wasm32-wasip2";
+
+struct PluginCrate {
+    group: &'static str,
+    crate_name: String,
+    plugin_name: String,
+    source_dir: PathBuf,
+}
+
+fn main() {
+    let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
+    let root = manifest_dir.parent().expect("host/ has a parent").to_path_buf();
+    println!("cargo:rerun-if-changed={}", root.join("plugins").display());
+    println!("cargo:rerun-if-changed={}", root.join("wit").display());
+
+    check_target_installed();
+
+    let out_dir = PathBuf::from(env("OUT_DIR"));
+    // OUT_DIR is <target>/<profile>/build/kiln-<hash>/out.
+    let profile_dir = out_dir.ancestors().nth(3).expect("OUT_DIR is inside the target directory").to_path_buf();
+    let build_dir = profile_dir.parent().expect("profile dir has a parent").join("kiln-plugins-build");
+
+    let crates: Vec<PluginCrate> = [("examples", "plugins"), ("testing", "test-plugins")]
+        .iter()
+        .flat_map(|(group, _)| plugin_crates(&root.join("plugins").join(group), group))
+        .collect();
+
+    let mut cargo = Command::new(env("CARGO"));
+    cargo
+        .current_dir(&root)
+        .args(["build", "--release", "--target", TARGET, "--target-dir"])
+        .arg(&build_dir)
+        // Plugins are shipped, not debugged here: small files compile fast.
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "true")
+        // The host's flags (e.g. -C target-cpu=native) mean nothing to wasm.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET");
+    for c in &crates {
+        cargo.args(["-p", &c.crate_name]);
+    }
+    let status = cargo.status().expect("cannot run cargo to build the plugins");
+    assert!(status.success(), "building the plugins for {TARGET} failed (see the errors above)");
+
+    let wasm_dir = build_dir.join(TARGET).join("release");
+    let mut constants = String::new();
+    for (group, dest) in [("examples", "plugins"), ("testing", "test-plugins")] {
+        let dest_dir = profile_dir.join(dest);
+        writeln!(constants, "/// Directory of the built `plugins/{group}` plugins, one folder each.").unwrap();
+        writeln!(constants, "pub const {}_DIR: &str = {:?};", group.to_uppercase(), dest_dir.display().to_string()).unwrap();
+        for c in crates.iter().filter(|c| c.group == group) {
+            let plugin_dir = dest_dir.join(&c.plugin_name);
+            std::fs::create_dir_all(&plugin_dir).unwrap();
+            let wasm = wasm_dir.join(format!("{}.wasm", c.crate_name.replace('-', "_")));
+            copy_if_changed(&wasm, &plugin_dir.join(format!("{}.wasm", c.plugin_name)));
+            copy_if_changed(&c.source_dir.join("plugin.toml"), &plugin_dir.join("plugin.toml"));
+            writeln!(constants, "/// The built `{}` plugin directory (`plugins/{group}/{}`).", c.plugin_name, c.plugin_name).unwrap();
+            writeln!(
+                constants,
+                "pub const {}: &str = {:?};",
+                c.plugin_name.replace('-', "_").to_uppercase(),
+                plugin_dir.display().to_string()
+            )
+            .unwrap();
+        }
+    }
+    std::fs::write(out_dir.join("built_plugins.rs"), constants).unwrap();
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("cargo sets {name} for build scripts"))
+}
+
+/// Fails the build with the command that fixes it when the target is missing
+/// (`rust-toolchain.toml` asks rustup for it, but not every rustup installs
+/// targets on its own).
+fn check_target_installed() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(&rustc).args(["--print", "sysroot"]).output().expect("cannot run rustc");
+    let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
+    if !Path::new(&sysroot).join("lib/rustlib").join(TARGET).is_dir() {
+        panic!(
+            "\n\nThe {TARGET} target is not installed; Kiln's plugins are built for it.\n\
+             Run:\n\n    rustup target add {TARGET}\n\nthen build again.\n"
+        );
+    }
+}
+
+fn plugin_crates(group_dir: &Path, group: &'static str) -> Vec<PluginCrate> {
+    let mut crates: Vec<PluginCrate> = std::fs::read_dir(group_dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", group_dir.display()))
+        .filter_map(|entry| {
+            let source_dir = entry.ok()?.path();
+            let cargo: toml::Table = toml::from_str(&std::fs::read_to_string(source_dir.join("Cargo.toml")).ok()?).ok()?;
+            let manifest: toml::Table = toml::from_str(&std::fs::read_to_string(source_dir.join("plugin.toml")).ok()?).ok()?;
+            Some(PluginCrate {
+                group,
+                crate_name: cargo.get("package")?.get("name")?.as_str()?.to_string(),
+                plugin_name: manifest.get("name")?.as_str()?.to_string(),
+                source_dir,
+            })
+        })
+        .collect();
+    crates.sort_by(|a, b| a.plugin_name.cmp(&b.plugin_name));
+    crates
+}
+
+/// Copies only when the content differs, so unchanged plugins keep their
+/// modification time (and the host's artifact cache key stays the same anyway).
+fn copy_if_changed(from: &Path, to: &Path) {
+    let new = std::fs::read(from).unwrap_or_else(|e| panic!("cannot read {}: {e}", from.display()));
+    if std::fs::read(to).ok().as_deref() != Some(new.as_slice()) {
+        std::fs::write(to, new).unwrap_or_else(|e| panic!("cannot write {}: {e}", to.display()));
+    }
+}

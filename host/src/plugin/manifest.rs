@@ -1,0 +1,224 @@
+//! The plugin manifest (`plugin.toml`): what a plugin says about itself.
+//! Strict: an unknown key or a wrong type is an error naming it and its line.
+
+use crate::sandbox::{self, Budget};
+use serde::Deserialize;
+use std::path::Path;
+use std::time::Duration;
+
+/// The manifest's file name inside a plugin directory.
+pub const MANIFEST_FILE: &str = "plugin.toml";
+
+/// Capabilities a manifest may ask for. None exist yet: each will be its own
+/// WIT interface, linked only for plugins granted it.
+pub const KNOWN_CAPABILITIES: &[&str] = &[];
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The plugin's name; jobs of this kind run it.
+    pub name: String,
+    /// The plugin's own version (semver by convention).
+    pub version: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Host capabilities the plugin asks for; nothing by default.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+/// Per-iteration budgets; each defaults to the host's.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub fuel: u64,
+    pub memory_mib: u64,
+    pub timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            fuel: sandbox::DEFAULT_FUEL,
+            memory_mib: sandbox::DEFAULT_MEMORY_BYTES >> 20,
+            timeout_ms: u64::try_from(sandbox::DEFAULT_TIMEOUT.as_millis()).expect("fits"),
+        }
+    }
+}
+
+/// How failed attempts are retried.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included; then the job is dead-lettered.
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubled each attempt, with jitter.
+    pub initial_backoff_ms: u64,
+    /// Ceiling of the backoff.
+    pub max_backoff_ms: u64,
+}
+
+/// Default attempts: enough to ride out a short outage of a dependency.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { max_attempts: DEFAULT_MAX_ATTEMPTS, initial_backoff_ms: 1_000, max_backoff_ms: 300_000 }
+    }
+}
+
+/// A manifest that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read manifest {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("bad manifest {path}: {source}")]
+    Parse { path: String, source: toml::de::Error },
+    #[error("bad manifest {path}: `{field}` {problem}")]
+    Invalid { path: String, field: &'static str, problem: String },
+}
+
+impl Manifest {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ManifestError::Read { path: path.display().to_string(), source })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates manifest text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ManifestError> {
+        let manifest: Manifest =
+            toml::from_str(text).map_err(|source| ManifestError::Parse { path: origin.to_string(), source })?;
+        manifest.validate(origin)?;
+        Ok(manifest)
+    }
+
+    /// The manifest a bare `.wasm` gets: its file stem as name, defaults elsewhere.
+    pub fn for_bare_component(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            version: "0.0.0".to_string(),
+            description: String::new(),
+            limits: Limits::default(),
+            retry: RetryPolicy::default(),
+            capabilities: Vec::new(),
+        }
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ManifestError> {
+        let invalid = |field, problem: String| Err(ManifestError::Invalid { path: origin.to_string(), field, problem });
+        if !is_valid_name(&self.name) {
+            return invalid("name", format!("{:?} must be 1-64 characters of a-z, 0-9, `-` or `_`, starting with a letter", self.name));
+        }
+        if self.version.trim().is_empty() {
+            return invalid("version", "must not be empty".into());
+        }
+        if self.limits.fuel == 0 {
+            return invalid("limits.fuel", "must be greater than zero".into());
+        }
+        if self.limits.memory_mib == 0 {
+            return invalid("limits.memory_mib", "must be greater than zero".into());
+        }
+        let max_mib = sandbox::MAX_MEMORY_BYTES >> 20;
+        if self.limits.memory_mib > max_mib {
+            return invalid("limits.memory_mib", format!("is {}, over the host's maximum of {max_mib}", self.limits.memory_mib));
+        }
+        if self.limits.timeout_ms == 0 {
+            return invalid("limits.timeout_ms", "must be greater than zero".into());
+        }
+        if self.retry.max_attempts == 0 {
+            return invalid("retry.max_attempts", "must be at least 1".into());
+        }
+        if self.retry.initial_backoff_ms > self.retry.max_backoff_ms {
+            return invalid("retry.initial_backoff_ms", "must not exceed retry.max_backoff_ms".into());
+        }
+        if let Some(unknown) = self.capabilities.iter().find(|c| !KNOWN_CAPABILITIES.contains(&c.as_str())) {
+            let known = if KNOWN_CAPABILITIES.is_empty() { "none yet".to_string() } else { KNOWN_CAPABILITIES.join(", ") };
+            return invalid("capabilities", format!("names unknown capability {unknown:?} (known: {known})"));
+        }
+        Ok(())
+    }
+
+    /// The budget the manifest asks for, on top of the host's defaults.
+    pub fn budget(&self) -> Budget {
+        Budget {
+            fuel: self.limits.fuel,
+            memory_bytes: self.limits.memory_mib << 20,
+            timeout: Duration::from_millis(self.limits.timeout_ms),
+            ..Budget::default()
+        }
+    }
+}
+
+fn is_valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(text, "test/plugin.toml")
+    }
+
+    #[test]
+    fn a_partial_limits_table_keeps_the_other_defaults() {
+        let m = parse("name = \"echo\"\nversion = \"1\"\n[limits]\nfuel = 7\n").unwrap();
+        assert_eq!(m.limits.fuel, 7);
+        assert_eq!(m.limits.timeout_ms, Limits::default().timeout_ms);
+    }
+
+    #[test]
+    fn minimal_manifest_gets_defaults() {
+        let m = parse("name = \"echo\"\nversion = \"1.0.0\"\n").unwrap();
+        assert_eq!(m.limits, Limits::default());
+        assert_eq!(m.retry.max_attempts, DEFAULT_MAX_ATTEMPTS);
+        assert!(m.capabilities.is_empty());
+        assert_eq!(m.budget().memory_bytes, sandbox::DEFAULT_MEMORY_BYTES);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = parse("name = \"echo\"\nversion = \"1\"\n\n[limits]\nfuel = 5\nmemory_mib = 1\ntimeout_ms = 1\ncpus = 4\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cpus"), "{err}");
+        assert!(err.contains("line 8"), "{err}");
+        assert!(err.contains("test/plugin.toml"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named_with_its_line() {
+        let err = parse("name = \"echo\"\nversion = \"1\"\n[limits]\nfuel = \"lots\"\nmemory_mib = 1\ntimeout_ms = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 4"), "{err}");
+        assert!(err.contains("fuel"), "{err}");
+    }
+
+    #[test]
+    fn zero_and_negative_limits_are_refused() {
+        let err = parse("name = \"a\"\nversion = \"1\"\n[limits]\nfuel = 0\nmemory_mib = 1\ntimeout_ms = 1\n").unwrap_err();
+        assert!(err.to_string().contains("`limits.fuel` must be greater than zero"), "{err}");
+        let err = parse("name = \"a\"\nversion = \"1\"\n[limits]\nfuel = 1\nmemory_mib = -5\ntimeout_ms = 1\n").unwrap_err();
+        assert!(err.to_string().contains("line 5"), "{err}");
+        let err = parse("name = \"a\"\nversion = \"1\"\n[limits]\nfuel = 1\nmemory_mib = 1\ntimeout_ms = 0\n").unwrap_err();
+        assert!(err.to_string().contains("limits.timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn bad_names_and_capabilities_are_refused() {
+        assert!(parse("name = \"Bad Name\"\nversion = \"1\"\n").unwrap_err().to_string().contains("`name`"));
+        let err = parse("name = \"a\"\nversion = \"1\"\ncapabilities = [\"kv\"]\n").unwrap_err().to_string();
+        assert!(err.contains("unknown capability \"kv\""), "{err}");
+    }
+}

@@ -1,0 +1,90 @@
+//! What a plugin IS: a `.wasm` component plus its manifest, validated
+//! against the `kiln:worker/job` world, compiled once (and cached on disk),
+//! ready for the sandbox to instantiate per iteration.
+
+mod artifact_cache;
+pub mod built;
+mod manifest;
+mod resolve;
+
+pub use artifact_cache::{ArtifactCache, CacheUse, sha256_hex};
+pub use manifest::{DEFAULT_MAX_ATTEMPTS, KNOWN_CAPABILITIES, Limits, MANIFEST_FILE, Manifest, ManifestError, RetryPolicy};
+pub use resolve::{PluginFiles, resolve};
+
+use crate::sandbox::{JobComponent, PrepareError, Sandbox};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// A loaded, validated plugin version.
+#[derive(Debug, Clone)]
+pub struct Plugin {
+    pub manifest: Manifest,
+    pub component: JobComponent,
+    pub wasm_path: PathBuf,
+    pub wasm_sha256: String,
+    /// Whether the compiled form came from the artifact cache.
+    pub cache: CacheUse,
+    /// Time spent compiling or loading the component.
+    pub load_time: Duration,
+}
+
+/// Why a plugin cannot be loaded. Each names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("cannot read {path}: {source}")]
+    ReadWasm { path: String, source: std::io::Error },
+    #[error("{path} is not WebAssembly (it does not start with the `\\0asm` magic bytes)")]
+    NotWasm { path: String },
+    #[error(
+        "{path} is a core WebAssembly module, not a component: build the plugin for \
+         wasm32-wasip2 (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule { path: String },
+    #[error("{path} is not a valid WebAssembly component: {reason}")]
+    InvalidComponent { path: String, reason: String },
+    #[error("{path} {source}")]
+    Prepare { path: String, source: PrepareError },
+    #[error("no plugin {what}: {hint}")]
+    NotFound { what: String, hint: String },
+}
+
+/// The `\0asm` magic, then the version and layer fields of the header.
+const WASM_MAGIC: &[u8; 4] = b"\0asm";
+const CORE_MODULE_VERSION: [u8; 4] = [1, 0, 0, 0];
+
+/// Loads `files`: reads and validates the manifest, checks the bytes are a
+/// component, compiles it (or loads it from `cache`) and prepares it against
+/// the world. Nothing is registered anywhere: a failure changes nothing.
+pub fn load(sandbox: &Sandbox, cache: Option<&ArtifactCache>, files: &PluginFiles) -> Result<Plugin, PluginError> {
+    let started = Instant::now();
+    let path = files.wasm.display().to_string();
+    let manifest = match &files.manifest {
+        Some(manifest) => Manifest::load(manifest)?,
+        None => Manifest::for_bare_component(&files.default_name()),
+    };
+    let wasm = std::fs::read(&files.wasm).map_err(|source| PluginError::ReadWasm { path: path.clone(), source })?;
+    if wasm.len() < 8 || &wasm[..4] != WASM_MAGIC {
+        return Err(PluginError::NotWasm { path });
+    }
+    if wasm[4..8] == CORE_MODULE_VERSION {
+        return Err(PluginError::CoreModule { path });
+    }
+    let wasm_sha256 = sha256_hex(&wasm);
+    let compiled = match cache {
+        Some(cache) => cache.load_or_compile(sandbox.engine(), &wasm, &wasm_sha256),
+        None => wasmtime::component::Component::new(sandbox.engine(), &wasm).map(|c| (c, CacheUse::Disabled)),
+    };
+    let (component, cache_use) =
+        compiled.map_err(|e| PluginError::InvalidComponent { path: path.clone(), reason: format!("{e:#}") })?;
+    let component = sandbox.prepare(&component).map_err(|source| PluginError::Prepare { path: path.clone(), source })?;
+    Ok(Plugin {
+        manifest,
+        component,
+        wasm_path: files.wasm.clone(),
+        wasm_sha256,
+        cache: cache_use,
+        load_time: started.elapsed(),
+    })
+}

@@ -1,0 +1,244 @@
+//! Plugin log capture: stdout, stderr and `context.log` become log lines
+//! tagged with the job, capped per iteration so a flood cannot grow the host.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+/// Log bytes kept per iteration; past it lines are counted, not kept. 64 KiB
+/// holds a few hundred ordinary lines, enough to see why a run failed.
+pub const MAX_LOG_BYTES_PER_ITERATION: usize = 64 << 10;
+/// A longer line is cut here (a newline-less stream still yields lines).
+pub const MAX_LOG_LINE_BYTES: usize = 4 << 10;
+
+/// Where a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogSource {
+    Stdout,
+    Stderr,
+    Context,
+}
+
+/// One captured log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub source: LogSource,
+    pub level: tracing::Level,
+    pub message: String,
+}
+
+/// The capped log of one iteration, shared by its streams and host calls.
+#[derive(Debug, Clone)]
+pub(crate) struct IterationLog {
+    inner: Arc<Mutex<LogBuffer>>,
+}
+
+#[derive(Debug)]
+struct LogBuffer {
+    job_id: String,
+    kind: String,
+    lines: Vec<LogLine>,
+    kept_bytes: usize,
+    dropped_bytes: u64,
+    partial_stdout: Vec<u8>,
+    partial_stderr: Vec<u8>,
+}
+
+impl IterationLog {
+    pub(crate) fn new(job_id: &str, kind: &str) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(LogBuffer {
+                job_id: job_id.to_string(),
+                kind: kind.to_string(),
+                lines: Vec::new(),
+                kept_bytes: 0,
+                dropped_bytes: 0,
+                partial_stdout: Vec::new(),
+                partial_stderr: Vec::new(),
+            })),
+        }
+    }
+
+    pub(crate) fn line(&self, source: LogSource, level: tracing::Level, message: &str) {
+        self.inner.lock().expect("log buffer poisoned").push(source, level, message.as_bytes());
+    }
+
+    fn write(&self, source: LogSource, bytes: &[u8]) {
+        let mut buf = self.inner.lock().expect("log buffer poisoned");
+        let level = if source == LogSource::Stderr { tracing::Level::WARN } else { tracing::Level::INFO };
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let partial = buf.partial(source);
+            match rest.iter().position(|&b| b == b'\n') {
+                Some(end) => {
+                    let mut line = std::mem::take(partial);
+                    line.extend_from_slice(&rest[..end]);
+                    buf.push(source, level, &line);
+                    rest = &rest[end + 1..];
+                }
+                None => {
+                    partial.extend_from_slice(rest);
+                    if partial.len() >= MAX_LOG_LINE_BYTES {
+                        let line = std::mem::take(partial);
+                        buf.push(source, level, &line);
+                    }
+                    rest = &[];
+                }
+            }
+        }
+    }
+
+    /// Flushes unterminated output and returns the kept lines and dropped bytes.
+    pub(crate) fn finish(&self) -> (Vec<LogLine>, u64) {
+        let mut buf = self.inner.lock().expect("log buffer poisoned");
+        for source in [LogSource::Stdout, LogSource::Stderr] {
+            let line = std::mem::take(buf.partial(source));
+            if !line.is_empty() {
+                let level = if source == LogSource::Stderr { tracing::Level::WARN } else { tracing::Level::INFO };
+                buf.push(source, level, &line);
+            }
+        }
+        (std::mem::take(&mut buf.lines), buf.dropped_bytes)
+    }
+
+    pub(crate) fn stream(&self, source: LogSource) -> LogStream {
+        LogStream { log: self.clone(), source }
+    }
+}
+
+impl LogBuffer {
+    fn partial(&mut self, source: LogSource) -> &mut Vec<u8> {
+        match source {
+            LogSource::Stderr => &mut self.partial_stderr,
+            _ => &mut self.partial_stdout,
+        }
+    }
+
+    fn push(&mut self, source: LogSource, level: tracing::Level, bytes: &[u8]) {
+        let bytes = &bytes[..bytes.len().min(MAX_LOG_LINE_BYTES)];
+        if self.kept_bytes + bytes.len() > MAX_LOG_BYTES_PER_ITERATION {
+            if self.dropped_bytes == 0 {
+                tracing::warn!(job = %self.job_id, plugin = %self.kind,
+                    "log cap of {MAX_LOG_BYTES_PER_ITERATION} bytes reached; further plugin output is dropped");
+            }
+            self.dropped_bytes += bytes.len() as u64;
+            return;
+        }
+        self.kept_bytes += bytes.len();
+        let message = String::from_utf8_lossy(bytes).into_owned();
+        let stream = match source {
+            LogSource::Stdout => "stdout",
+            LogSource::Stderr => "stderr",
+            LogSource::Context => "log",
+        };
+        match level {
+            tracing::Level::ERROR => tracing::error!(target: "kiln::plugin", job = %self.job_id, plugin = %self.kind, stream, "{message}"),
+            tracing::Level::WARN => tracing::warn!(target: "kiln::plugin", job = %self.job_id, plugin = %self.kind, stream, "{message}"),
+            tracing::Level::INFO => tracing::info!(target: "kiln::plugin", job = %self.job_id, plugin = %self.kind, stream, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(target: "kiln::plugin", job = %self.job_id, plugin = %self.kind, stream, "{message}"),
+            tracing::Level::TRACE => tracing::trace!(target: "kiln::plugin", job = %self.job_id, plugin = %self.kind, stream, "{message}"),
+        }
+        self.lines.push(LogLine { source, level, message });
+    }
+}
+
+/// A guest's stdout or stderr: always accepts writes (so a plugin's
+/// `println!` never fails), turning them into log lines up to the cap.
+#[derive(Debug, Clone)]
+pub(crate) struct LogStream {
+    log: IterationLog,
+    source: LogSource,
+}
+
+impl IsTerminal for LogStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogStream {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+/// Writes are accepted in chunks of this size; any size works, this one
+/// matches wasmtime-wasi's own pipes.
+const WRITE_PERMIT: usize = 8192;
+
+impl OutputStream for LogStream {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.log.write(self.source, &bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(WRITE_PERMIT)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LogStream {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for LogStream {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.log.write(self.source, buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_lines_across_writes_and_caps_the_total() {
+        let log = IterationLog::new("job-1", "test");
+        log.write(LogSource::Stdout, b"hel");
+        log.write(LogSource::Stdout, b"lo\nworld\npart");
+        log.line(LogSource::Context, tracing::Level::INFO, "from context");
+        let big = vec![b'y'; 1000];
+        for _ in 0..200 {
+            log.write(LogSource::Stderr, &big);
+            log.write(LogSource::Stderr, b"\n");
+        }
+        let (lines, dropped) = log.finish();
+        assert_eq!(lines[0].message, "hello");
+        assert_eq!(lines[1].message, "world");
+        assert_eq!(lines[2].source, LogSource::Context);
+        assert!(lines.iter().any(|l| l.message == "part"), "unterminated output is flushed");
+        let kept: usize = lines.iter().map(|l| l.message.len()).sum();
+        assert!(kept <= MAX_LOG_BYTES_PER_ITERATION);
+        assert!(dropped > 0);
+    }
+
+    #[test]
+    fn a_line_without_newline_is_cut_at_the_line_limit() {
+        let log = IterationLog::new("job-1", "test");
+        log.write(LogSource::Stdout, &vec![b'z'; MAX_LOG_LINE_BYTES * 2 + 10]);
+        let (lines, _) = log.finish();
+        assert_eq!(lines.len(), 3);
+        assert!(lines.iter().all(|l| l.message.len() <= MAX_LOG_LINE_BYTES));
+    }
+}

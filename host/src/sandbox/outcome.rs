@@ -1,0 +1,93 @@
+//! What came of one iteration, and what it cost.
+
+use std::time::Duration;
+
+/// How an iteration ended. The worker maps each to a job state transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The plugin returned `ok` with these bytes.
+    Ok(Vec<u8>),
+    /// The plugin asked to be retried.
+    Retry { message: String, delay: Option<Duration> },
+    /// The plugin refused its input.
+    InvalidInput(String),
+    /// The plugin reported it cannot succeed.
+    Fatal(String),
+    /// The wall-clock deadline passed (by epoch, or inside a host call).
+    TimedOut,
+    /// The fuel budget ran out.
+    OutOfFuel,
+    /// The memory limit refused a growth and the plugin could not go on.
+    OutOfMemory,
+    /// The plugin trapped. `trap` is the matched kind when wasmtime gave one.
+    Trapped { trap: Option<wasmtime::Trap>, message: String },
+    /// The host cancelled the iteration; `interrupted` when the plugin did
+    /// not return by itself within the grace period.
+    Cancelled { interrupted: bool },
+    /// The plugin returned more than `Budget::max_output_bytes`: refused.
+    OutputTooLarge { size: usize, limit: usize },
+}
+
+impl Outcome {
+    /// The stable snake_case name used in JSON, logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Ok(_) => "ok",
+            Outcome::Retry { .. } => "retry",
+            Outcome::InvalidInput(_) => "invalid_input",
+            Outcome::Fatal(_) => "fatal",
+            Outcome::TimedOut => "timed_out",
+            Outcome::OutOfFuel => "out_of_fuel",
+            Outcome::OutOfMemory => "out_of_memory",
+            Outcome::Trapped { .. } => "trapped",
+            Outcome::Cancelled { .. } => "cancelled",
+            Outcome::OutputTooLarge { .. } => "output_too_large",
+        }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Ok(_))
+    }
+
+    /// A one-line description of a failure; `None` for `Ok`.
+    pub fn error_message(&self) -> Option<String> {
+        Some(match self {
+            Outcome::Ok(_) => return None,
+            Outcome::Retry { message, delay: None } => format!("retry requested: {message}"),
+            Outcome::Retry { message, delay: Some(d) } => {
+                format!("retry requested in {} ms: {message}", d.as_millis())
+            }
+            Outcome::InvalidInput(m) => format!("invalid input: {m}"),
+            Outcome::Fatal(m) => format!("fatal: {m}"),
+            Outcome::TimedOut => "timed out: the wall-clock deadline passed".to_string(),
+            Outcome::OutOfFuel => "out of fuel: the CPU budget ran out".to_string(),
+            Outcome::OutOfMemory => "out of memory: the memory limit refused a growth".to_string(),
+            Outcome::Trapped { message, .. } => format!("trapped: {message}"),
+            Outcome::Cancelled { interrupted: false } => "cancelled".to_string(),
+            Outcome::Cancelled { interrupted: true } => {
+                "cancelled: interrupted after the grace period".to_string()
+            }
+            Outcome::OutputTooLarge { size, limit } => {
+                format!("refused: output is {size} bytes, over the limit of {limit} bytes")
+            }
+        })
+    }
+}
+
+/// The outcome of one iteration with what it used.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub outcome: Outcome,
+    /// Fuel consumed (budget minus what was left).
+    pub fuel_used: u64,
+    /// Largest total of memory and table bytes the instance held.
+    pub peak_memory_bytes: u64,
+    /// From the fresh store's creation to its drop.
+    pub duration: Duration,
+    /// The last progress the plugin reported, 0–100.
+    pub progress: Option<u8>,
+    /// Log lines kept for this iteration (stdout, stderr and context log).
+    pub logs: Vec<super::LogLine>,
+    /// Log bytes dropped past the per-iteration cap.
+    pub log_bytes_dropped: u64,
+}

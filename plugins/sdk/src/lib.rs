@@ -1,0 +1,185 @@
+//! `kiln-sdk`: write a Kiln job plugin as a plain Rust function.
+//!
+//! ```ignore
+//! use kiln_sdk::{Job, JobResult};
+//!
+//! fn run(job: Job) -> JobResult {
+//!     kiln_sdk::info(&format!("attempt {}", job.attempt));
+//!     Ok(job.payload)
+//! }
+//!
+//! kiln_sdk::export_job!(run);
+//! ```
+//!
+//! Build the plugin crate (`crate-type = ["cdylib"]`) with
+//! `cargo build --release --target wasm32-wasip2`; the `.wasm` it produces is
+//! a component for the `kiln:worker/job` world. The generated WIT bindings
+//! stay inside this crate: plugin code sees only [`Job`], [`JobError`] and
+//! the [`context`] functions.
+
+extern crate self as kiln_sdk;
+
+use std::time::Duration;
+
+#[doc(hidden)]
+pub mod __bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "kiln:worker/job",
+        pub_export_macro: true,
+        default_bindings_module: "kiln_sdk::__bindings",
+        runtime_path: "kiln_sdk::__wit_bindgen::rt",
+    });
+}
+
+#[doc(hidden)]
+pub use wit_bindgen as __wit_bindgen;
+
+use __bindings::kiln::worker::context as host;
+use __bindings::kiln::worker::types as wit;
+
+/// One job as the host hands it to the plugin.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Unique id, stable across attempts.
+    pub id: String,
+    /// The job's kind (the plugin's name).
+    pub kind: String,
+    /// 1 on the first attempt.
+    pub attempt: u32,
+    /// The attempt after which a failing job is dead-lettered.
+    pub max_attempts: u32,
+    /// The input, JSON by convention.
+    pub payload: Vec<u8>,
+    /// The previous run's `ok` value, for scheduled and continuous plugins.
+    pub checkpoint: Option<Vec<u8>>,
+}
+
+impl Job {
+    /// Parses the payload as JSON; a payload that does not parse is
+    /// [`JobError::InvalidInput`] naming where it went wrong.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, JobError> {
+        serde_json::from_slice(&self.payload)
+            .map_err(|e| JobError::invalid_input(format!("payload is not the expected JSON: {e}")))
+    }
+
+    /// Parses the checkpoint as JSON; `None` on the first run.
+    pub fn checkpoint_json<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>, JobError> {
+        self.checkpoint
+            .as_deref()
+            .map(serde_json::from_slice)
+            .transpose()
+            .map_err(|e| JobError::fatal(format!("checkpoint is not the expected JSON: {e}")))
+    }
+}
+
+/// A failure the host acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobError {
+    /// Transient: run again later (after `delay`, or the retry policy's backoff).
+    Retry { message: String, delay: Option<Duration> },
+    /// The input is bad: never retried.
+    InvalidInput(String),
+    /// Cannot succeed: never retried.
+    Fatal(String),
+}
+
+impl JobError {
+    pub fn retry(message: impl Into<String>) -> Self {
+        Self::Retry { message: message.into(), delay: None }
+    }
+    pub fn retry_after(message: impl Into<String>, delay: Duration) -> Self {
+        Self::Retry { message: message.into(), delay: Some(delay) }
+    }
+    pub fn invalid_input(message: impl Into<String>) -> Self {
+        Self::InvalidInput(message.into())
+    }
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Self::Fatal(message.into())
+    }
+}
+
+/// What a job function returns: the result bytes or a [`JobError`].
+pub type JobResult = Result<Vec<u8>, JobError>;
+
+/// Serialises `value` as the JSON result of a job.
+pub fn ok_json<T: serde::Serialize>(value: &T) -> JobResult {
+    serde_json::to_vec(value).map_err(|e| JobError::fatal(format!("cannot encode result: {e}")))
+}
+
+/// The host's side of the current run: cancellation, deadline, logs, progress.
+pub mod context {
+    use super::host;
+    use std::time::Duration;
+
+    pub use host::LogLevel;
+
+    /// True once the host wants this run to stop; return soon when it is.
+    pub fn cancelled() -> bool {
+        host::cancelled()
+    }
+
+    /// Time left before the run's wall-clock deadline.
+    pub fn time_left() -> Duration {
+        Duration::from_millis(host::time_left_ms())
+    }
+
+    /// Writes a log line, tagged by the host with the job.
+    pub fn log(level: LogLevel, message: &str) {
+        host::log(level, message)
+    }
+
+    /// Reports progress, 0 to 100 (larger values are clamped by the host).
+    pub fn progress(percent: u8, note: Option<&str>) {
+        host::progress(percent, note)
+    }
+}
+
+/// Logs at info level.
+pub fn info(message: &str) {
+    context::log(context::LogLevel::Info, message)
+}
+
+/// Logs at warn level.
+pub fn warn(message: &str) {
+    context::log(context::LogLevel::Warn, message)
+}
+
+#[doc(hidden)]
+pub fn __run(job: wit::Job, handler: fn(Job) -> JobResult) -> Result<Vec<u8>, wit::JobError> {
+    let job = Job {
+        id: job.id,
+        kind: job.kind,
+        attempt: job.attempt,
+        max_attempts: job.max_attempts,
+        payload: job.payload,
+        checkpoint: job.checkpoint,
+    };
+    handler(job).map_err(|e| match e {
+        JobError::Retry { message, delay } => wit::JobError::Retry(wit::RetryRequest {
+            message,
+            delay_ms: delay.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        }),
+        JobError::InvalidInput(m) => wit::JobError::InvalidInput(m),
+        JobError::Fatal(m) => wit::JobError::Fatal(m),
+    })
+}
+
+/// Exports `fn(Job) -> JobResult` as the plugin's `run`.
+#[macro_export]
+macro_rules! export_job {
+    ($handler:path) => {
+        struct __KilnJob;
+        impl $crate::__bindings::Guest for __KilnJob {
+            fn run(
+                job: $crate::__bindings::kiln::worker::types::Job,
+            ) -> ::core::result::Result<
+                ::std::vec::Vec<u8>,
+                $crate::__bindings::kiln::worker::types::JobError,
+            > {
+                $crate::__run(job, $handler)
+            }
+        }
+        $crate::__bindings::export!(__KilnJob with_types_in $crate::__bindings);
+    };
+}
