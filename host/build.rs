@@ -83,19 +83,36 @@ fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("cargo sets {name} for build scripts"))
 }
 
-/// Fails the build with the command that fixes it when the target is missing
-/// (`rust-toolchain.toml` asks rustup for it, but not every rustup installs
-/// targets on its own).
+/// Makes sure the wasm target is there: `rust-toolchain.toml` declares it,
+/// but rustup does not always install declared targets by itself (not with
+/// `RUSTUP_AUTO_INSTALL=0`, nor for an already-installed toolchain). Tries
+/// `rustup target add` once, then fails with the exact command to run.
 fn check_target_installed() {
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let sysroot = Command::new(&rustc).args(["--print", "sysroot"]).output().expect("cannot run rustc");
-    let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
-    if !Path::new(&sysroot).join("lib/rustlib").join(TARGET).is_dir() {
+    if target_installed() {
+        return;
+    }
+    let mut rustup = Command::new("rustup");
+    rustup.args(["target", "add", TARGET]);
+    if let Ok(toolchain) = std::env::var("RUSTUP_TOOLCHAIN") {
+        rustup.args(["--toolchain", &toolchain]);
+    }
+    println!("cargo:warning=installing the {TARGET} target with `rustup target add {TARGET}`");
+    let added = rustup.status().is_ok_and(|s| s.success());
+    if !added || !target_installed() {
         panic!(
             "\n\nThe {TARGET} target is not installed; Kiln's plugins are built for it.\n\
              Run:\n\n    rustup target add {TARGET}\n\nthen build again.\n"
         );
     }
+}
+
+fn target_installed() -> bool {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let Ok(sysroot) = Command::new(&rustc).args(["--print", "sysroot"]).output() else {
+        return false;
+    };
+    let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
+    Path::new(&sysroot).join("lib/rustlib").join(TARGET).is_dir()
 }
 
 fn plugin_crates(group_dir: &Path, group: &'static str) -> Vec<PluginCrate> {

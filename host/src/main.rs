@@ -61,6 +61,10 @@ struct RunArgs {
     /// The job's payload: JSON text, or @FILE to read it from a file.
     #[arg(long, default_value = "")]
     payload: String,
+    /// The previous run's checkpoint (JSON text, or @FILE), as a scheduled or
+    /// continuous plugin would receive it.
+    #[arg(long)]
+    checkpoint: Option<String>,
     /// Fuel budget (≈ wasm instructions) [default: the manifest's].
     #[arg(long)]
     fuel: Option<u64>,
@@ -153,10 +157,8 @@ fn check(common: &CommonArgs, spec: &str) -> anyhow::Result<ExitCode> {
 }
 
 async fn run(common: &CommonArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
-    let payload = match args.payload.strip_prefix('@') {
-        Some(file) => std::fs::read(file).with_context(|| format!("cannot read the payload file {file}"))?,
-        None => args.payload.into_bytes(),
-    };
+    let payload = text_or_file(args.payload, "--payload")?;
+    let checkpoint = args.checkpoint.map(|c| text_or_file(c, "--checkpoint")).transpose()?;
     let sandbox = Sandbox::new()?;
     let plugin = load(common, &sandbox, &args.plugin)?;
     let mut budget: Budget = plugin.manifest.budget();
@@ -181,7 +183,7 @@ async fn run(common: &CommonArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         attempt: 1,
         max_attempts: plugin.manifest.retry.max_attempts,
         payload,
-        checkpoint: None,
+        checkpoint,
     };
     let stop = sandbox.stop_signal();
     let report = sandbox.run_iteration(&plugin.component, &job, &budget, &stop).await;
@@ -191,6 +193,14 @@ async fn run(common: &CommonArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         print_report(&report);
     }
     Ok(if report.outcome.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_NOT_OK) })
+}
+
+/// The argument's bytes, or the contents of the file it names after `@`.
+fn text_or_file(arg: String, flag: &str) -> anyhow::Result<Vec<u8>> {
+    match arg.strip_prefix('@') {
+        Some(file) => std::fs::read(file).with_context(|| format!("{flag}: cannot read {file}")),
+        None => Ok(arg.into_bytes()),
+    }
 }
 
 /// The result bytes as JSON when they are JSON, else as (lossy) text.

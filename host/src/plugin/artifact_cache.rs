@@ -62,7 +62,9 @@ impl ArtifactCache {
     fn store(&self, path: &Path, component: &Component) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let bytes = component.serialize()?;
-        // Write then rename, so a crash or a concurrent host never sees half a file.
+        // Write then rename, so a crash or a concurrent host never sees half a
+        // file, and so a file already mapped by a loaded component is never
+        // truncated under it (that would fault the process).
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, path)?;

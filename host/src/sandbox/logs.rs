@@ -81,11 +81,11 @@ impl IterationLog {
                 }
                 None => {
                     partial.extend_from_slice(rest);
-                    if partial.len() >= MAX_LOG_LINE_BYTES {
-                        let line = std::mem::take(partial);
+                    rest = &[];
+                    while buf.partial(source).len() >= MAX_LOG_LINE_BYTES {
+                        let line: Vec<u8> = buf.partial(source).drain(..MAX_LOG_LINE_BYTES).collect();
                         buf.push(source, level, &line);
                     }
-                    rest = &[];
                 }
             }
         }
