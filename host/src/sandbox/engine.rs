@@ -24,9 +24,16 @@ pub const MAX_CONCURRENT_INSTANCES: u32 = 1000;
 /// (`../shared/FLOOR.md`: 27 µs → 8–11 µs per fresh instance).
 const KEEP_RESIDENT_BYTES: usize = 1 << 20;
 
-/// Builds the engine: pooling allocator tuned for fresh-instance-per-run,
-/// fuel for CPU budgets, epochs for wall-clock deadlines.
+/// Builds the engine from [`engine_config`].
 pub fn build_engine() -> wasmtime::Result<Engine> {
+    Engine::new(&engine_config())
+}
+
+/// Kiln's engine configuration: pooling allocator tuned for
+/// fresh-instance-per-run, fuel for CPU budgets, epochs for wall-clock
+/// deadlines. Public so benchmarks can build bare-wasmtime baselines with
+/// exactly these settings.
+pub fn engine_config() -> Config {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(MAX_CONCURRENT_INSTANCES)
         .total_core_instances(MAX_CONCURRENT_INSTANCES)
@@ -48,7 +55,7 @@ pub fn build_engine() -> wasmtime::Result<Engine> {
         .concurrency_support(false)
         // Kiln keeps its own artifact cache, keyed by wasm and engine hash.
         .cache(None);
-    Engine::new(&config)
+    config
 }
 
 /// A thread that increments the engine's epoch every [`EPOCH_TICK`]; stopped

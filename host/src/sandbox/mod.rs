@@ -24,7 +24,7 @@ pub use budget::{
     Budget, DEFAULT_CANCEL_GRACE, DEFAULT_FUEL, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_PAYLOAD_BYTES,
     DEFAULT_MEMORY_BYTES, DEFAULT_TIMEOUT, MAX_MEMORY_BYTES, PayloadTooLarge,
 };
-pub use engine::{EPOCH_TICK, MAX_CONCURRENT_INSTANCES, build_engine};
+pub use engine::{EPOCH_TICK, MAX_CONCURRENT_INSTANCES, build_engine, engine_config};
 pub use logs::{LogLine, LogSource, MAX_LOG_BYTES_PER_ITERATION};
 pub use outcome::{Outcome, Report};
 pub use stop::StopSignal;

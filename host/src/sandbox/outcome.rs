@@ -91,3 +91,18 @@ pub struct Report {
     /// Log bytes dropped past the per-iteration cap.
     pub log_bytes_dropped: u64,
 }
+
+impl Report {
+    /// A report for a run refused before anything ran: no cost.
+    pub fn refused(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            fuel_used: 0,
+            peak_memory_bytes: 0,
+            duration: Duration::ZERO,
+            progress: None,
+            logs: Vec::new(),
+            log_bytes_dropped: 0,
+        }
+    }
+}

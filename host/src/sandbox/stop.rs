@@ -25,18 +25,24 @@ pub struct StopSignal {
 struct Inner {
     state: AtomicU8,
     changed: Notify,
-    engine: Engine,
+    /// Bumped on interrupt; `None` for runs that are not wasm (benchmarks'
+    /// native baseline).
+    engine: Option<Engine>,
 }
 
 impl StopSignal {
     pub(crate) fn new(engine: Engine) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                state: AtomicU8::new(RUNNING),
-                changed: Notify::new(),
-                engine,
-            }),
-        }
+        Self::with_engine(Some(engine))
+    }
+
+    /// A signal for work that is not a sandbox iteration: `interrupt` only
+    /// sets the flag and wakes waiters.
+    pub fn standalone() -> Self {
+        Self::with_engine(None)
+    }
+
+    fn with_engine(engine: Option<Engine>) -> Self {
+        Self { inner: Arc::new(Inner { state: AtomicU8::new(RUNNING), changed: Notify::new(), engine }) }
     }
 
     /// Asks the plugin to stop: `cancelled()` returns true from now on.
@@ -56,7 +62,9 @@ impl StopSignal {
         self.inner.changed.notify_waiters();
         // Every store's epoch callback runs at its next check; only this
         // iteration's sees the flag. Waiting for the ticker would cost a tick.
-        self.inner.engine.increment_epoch();
+        if let Some(engine) = &self.inner.engine {
+            engine.increment_epoch();
+        }
     }
 
     pub fn is_cancelled(&self) -> bool {
