@@ -63,3 +63,8 @@ pub fn wasm_of(plugin_dir: &str) -> PathBuf {
     let dir = Path::new(plugin_dir);
     dir.join(format!("{}.wasm", dir.file_name().unwrap().to_string_lossy()))
 }
+
+/// Parses an RFC 3339 time from the API into milliseconds.
+pub fn millis(rfc3339: &str) -> i64 {
+    kiln::queue::from_rfc3339(rfc3339).unwrap()
+}

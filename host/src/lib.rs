@@ -8,10 +8,23 @@
 //!   wasmtime, nothing of queues.
 //! - [`plugin`]: what a plugin is — component + manifest, validation
 //!   against the `kiln:worker/job` world, the on-disk artifact cache.
+//! - [`queue`]: durable jobs — the [`queue::JobStore`] trait and its
+//!   SQLite backend. Knows nothing of wasm.
+//! - [`worker`]: the BackgroundService — claims, runs, retries, leases,
+//!   graceful shutdown. The only part that knows queue and sandbox.
+//! - [`api`]: the HTTP API; calls into worker and queue.
+//! - [`config`], [`serve`]: `kiln.toml` and the composition root of
+//!   `kiln serve`; [`client`]: the CLI's HTTP client.
 //!
-//! Dependencies point down this list: `plugin` uses `sandbox`, never the
-//! reverse. The `kiln` binary (`main.rs`) parses the command line and calls
-//! into these.
+//! Dependencies point down this list: `sandbox` and `queue` never import
+//! `worker` or `api`. The `kiln` binary (`main.rs`) parses the command line
+//! and calls into these.
 
+pub mod api;
+pub mod client;
+pub mod config;
 pub mod plugin;
+pub mod queue;
 pub mod sandbox;
+pub mod serve;
+pub mod worker;

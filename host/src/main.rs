@@ -2,6 +2,8 @@
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use kiln::client::{ApiClient, DEFAULT_API};
+use kiln::config::Config;
 use kiln::plugin::{self, ArtifactCache, Plugin};
 use kiln::sandbox::{Budget, JobInput, Outcome, Report, Sandbox};
 use std::path::PathBuf;
@@ -34,15 +36,93 @@ struct CommonArgs {
     /// Compile plugins every time instead of using the artifact cache.
     #[arg(long, global = true)]
     no_cache: bool,
+    /// The Kiln API that `enqueue`, `jobs` and `queues` talk to.
+    #[arg(long, global = true, env = "KILN_API", default_value = DEFAULT_API)]
+    api: String,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run one iteration of a plugin and report what it cost.
     Run(RunArgs),
+    /// Run the host: the job queue, the workers and the HTTP API.
+    Serve(ServeArgs),
+    /// Enqueue a job through the API.
+    Enqueue(EnqueueArgs),
+    /// Inspect and act on jobs through the API.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Pause and resume queues through the API.
+    #[command(subcommand)]
+    Queues(QueuesCommand),
     /// Work with plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// The config file [default: ./kiln.toml if it exists].
+    #[arg(long, env = "KILN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address of the HTTP API (overrides `listen`).
+    #[arg(long, env = "KILN_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Directory of the database and the artifact cache (overrides `data_dir`).
+    #[arg(long, env = "KILN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct EnqueueArgs {
+    /// The job's kind: a loaded plugin's name.
+    kind: String,
+    /// The payload: JSON text, or @FILE.
+    #[arg(long)]
+    payload: Option<String>,
+    #[arg(long)]
+    queue: Option<String>,
+    #[arg(long)]
+    priority: Option<i32>,
+    /// A job with this key already waiting or done makes this a no-op.
+    #[arg(long)]
+    unique_key: Option<String>,
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// Run no earlier than this RFC 3339 time.
+    #[arg(long)]
+    at: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum JobsCommand {
+    /// List jobs, oldest first.
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        queue: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show one job.
+    Show { id: i64 },
+    /// Run a dead or cancelled job again.
+    Retry { id: i64 },
+    /// Cancel a job (a running one is asked to stop, then interrupted).
+    Cancel { id: i64 },
+}
+
+#[derive(Subcommand, Debug)]
+enum QueuesCommand {
+    /// List the queues and whether they are paused.
+    List,
+    /// Stop claiming jobs from a queue.
+    Pause { name: String },
+    /// Claim jobs from a queue again.
+    Resume { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -83,6 +163,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| "info".into()),
         )
@@ -111,10 +192,102 @@ fn error_chain(error: &anyhow::Error) -> String {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let common = &cli.common;
     match cli.command {
-        Command::Run(args) => run(&cli.common, args).await,
-        Command::Plugin(PluginCommand::Check { plugin }) => check(&cli.common, &plugin),
+        Command::Run(args) => run(common, args).await,
+        Command::Serve(args) => serve(common, args).await,
+        Command::Plugin(PluginCommand::Check { plugin }) => check(common, &plugin),
+        Command::Enqueue(args) => {
+            let client = ApiClient::new(&common.api);
+            tokio::task::spawn_blocking(move || enqueue(&client, args)).await?
+        }
+        Command::Jobs(command) => {
+            let client = ApiClient::new(&common.api);
+            tokio::task::spawn_blocking(move || jobs(&client, command)).await?
+        }
+        Command::Queues(command) => {
+            let client = ApiClient::new(&common.api);
+            tokio::task::spawn_blocking(move || queues(&client, command)).await?
+        }
     }
+}
+
+async fn serve(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    let plugins_dir = common
+        .plugins_dir
+        .clone()
+        .or_else(|| config.plugins_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(plugin::built::EXAMPLES_DIR));
+    kiln::serve::serve(config, &plugins_dir, kiln::serve::shutdown_signal(), |address| {
+        // The one line a supervisor or a test reads to find the API.
+        println!("listening on http://{address}");
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(value).expect("JSON prints"));
+}
+
+fn enqueue(client: &ApiClient, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
+    let mut job = serde_json::json!({ "kind": args.kind });
+    if let Some(payload) = args.payload {
+        let bytes = text_or_file(payload, "--payload")?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes).context("--payload is not JSON")?;
+        job["payload"] = value;
+    }
+    for (key, value) in [("queue", args.queue.map(Into::into)), ("unique_key", args.unique_key.map(Into::into)), ("scheduled_at", args.at.map(Into::into))] {
+        if let Some(value) = value {
+            job[key] = serde_json::Value::String(value);
+        }
+    }
+    if let Some(priority) = args.priority {
+        job["priority"] = priority.into();
+    }
+    if let Some(max_attempts) = args.max_attempts {
+        job["max_attempts"] = max_attempts.into();
+    }
+    print_json(&client.post("/jobs", Some(&job))?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn jobs(client: &ApiClient, command: JobsCommand) -> anyhow::Result<ExitCode> {
+    let answer = match command {
+        JobsCommand::List { state, kind, queue, limit } => {
+            let mut query = vec![format!("limit={limit}")];
+            for (key, value) in [("state", state), ("kind", kind), ("queue", queue)] {
+                if let Some(value) = value {
+                    query.push(format!("{key}={value}"));
+                }
+            }
+            client.get(&format!("/jobs?{}", query.join("&")))?
+        }
+        JobsCommand::Show { id } => client.get(&format!("/jobs/{id}"))?,
+        JobsCommand::Retry { id } => client.post(&format!("/jobs/{id}/retry"), None)?,
+        JobsCommand::Cancel { id } => client.post(&format!("/jobs/{id}/cancel"), None)?,
+    };
+    print_json(&answer);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn queues(client: &ApiClient, command: QueuesCommand) -> anyhow::Result<ExitCode> {
+    let answer = match command {
+        QueuesCommand::List => client.get("/queues")?,
+        QueuesCommand::Pause { name } => client.post(&format!("/queues/{name}/pause"), None)?,
+        QueuesCommand::Resume { name } => client.post(&format!("/queues/{name}/resume"), None)?,
+    };
+    print_json(&answer);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn plugin_dirs(common: &CommonArgs) -> Vec<PathBuf> {

@@ -93,8 +93,9 @@ pub struct Report {
 }
 
 impl Report {
-    /// A report for a run refused before anything ran: no cost.
-    pub fn refused(outcome: Outcome) -> Self {
+    /// A report for a run that used no sandbox: refused before it started,
+    /// or work that is not wasm (the benchmarks' native baseline).
+    pub fn without_cost(outcome: Outcome) -> Self {
         Self {
             outcome,
             fuel_used: 0,

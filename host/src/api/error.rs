@@ -1,0 +1,70 @@
+//! `AppError`: the one error type every API handler returns, rendered as
+//! `{"error": "..."}` with a status that says whose fault it was.
+
+use crate::queue::StoreError;
+use crate::worker::EnqueueError;
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl AppError {
+    fn status(&self) -> StatusCode {
+        match self {
+            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(%status, "request failed: {self}");
+        }
+        (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(_) => AppError::NotFound(e.to_string()),
+            StoreError::InvalidState { .. } | StoreError::UniqueConflict { .. } | StoreError::StaleLease { .. } => {
+                AppError::Conflict(e.to_string())
+            }
+            _ => AppError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<EnqueueError> for AppError {
+    fn from(e: EnqueueError) -> Self {
+        match e {
+            EnqueueError::PayloadTooLarge { .. } => AppError::PayloadTooLarge(e.to_string()),
+            EnqueueError::ShuttingDown => AppError::Unavailable(e.to_string()),
+            EnqueueError::Store(store) => store.into(),
+            _ => AppError::BadRequest(e.to_string()),
+        }
+    }
+}

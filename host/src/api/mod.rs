@@ -1,0 +1,230 @@
+//! The HTTP API: jobs, queues, plugins, health and metrics. Calls into the
+//! worker and the store; holds no logic of its own.
+
+mod error;
+mod views;
+
+pub use error::AppError;
+pub use views::{JobPage, JobRequest, JobView, ListQuery, bytes_value};
+
+use crate::queue::{JobState, ListFilter, from_rfc3339};
+use crate::worker::{Dispatcher, EnqueueRequest};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use std::future::Future;
+
+/// Largest request body: a batch of jobs; each payload is also held to
+/// the dispatcher's per-job limit.
+pub const MAX_BODY_BYTES: usize = 32 << 20;
+/// Largest page of `GET /jobs`.
+pub const MAX_PAGE: usize = 1000;
+
+/// What every handler can reach.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub dispatcher: Dispatcher,
+}
+
+/// The API's routes, without a socket (tests can call it directly).
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/jobs", post(enqueue).get(list_jobs))
+        .route("/jobs/{id}", get(get_job))
+        .route("/jobs/{id}/retry", post(retry_job))
+        .route("/jobs/{id}/cancel", post(cancel_job))
+        .route("/queues", get(list_queues))
+        .route("/queues/{name}/pause", post(pause_queue))
+        .route("/queues/{name}/resume", post(resume_queue))
+        .route("/plugins", get(list_plugins))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves `app(state)` on `listener` until `shutdown` resolves.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+}
+
+fn parse_request(value: serde_json::Value, index: usize) -> Result<EnqueueRequest, AppError> {
+    let request: JobRequest = serde_json::from_value(value)
+        .map_err(|e| AppError::BadRequest(format!("job {index}: {e}")))?;
+    let payload = match request.payload {
+        None => Vec::new(),
+        Some(value) => serde_json::to_vec(&value).expect("a JSON value serialises"),
+    };
+    let scheduled_at = request
+        .scheduled_at
+        .as_deref()
+        .map(from_rfc3339)
+        .transpose()
+        .map_err(|e| AppError::BadRequest(format!("job {index}: scheduled_at: {e}")))?;
+    Ok(EnqueueRequest {
+        kind: request.kind,
+        payload,
+        queue: request.queue,
+        priority: request.priority,
+        unique_key: request.unique_key,
+        scheduled_at,
+        max_attempts: request.max_attempts,
+    })
+}
+
+/// `POST /jobs`: one job object, or an array of them.
+async fn enqueue(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<axum::response::Response, AppError> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge(format!("request body is over the limit of {MAX_BODY_BYTES} bytes")),
+        _ => AppError::BadRequest(e.body_text()),
+    })?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| AppError::BadRequest(format!("request body is not JSON: {e}")))?;
+    let (requests, many) = match value {
+        serde_json::Value::Array(items) => {
+            (items.into_iter().enumerate().map(|(i, v)| parse_request(v, i)).collect::<Result<Vec<_>, _>>()?, true)
+        }
+        object @ serde_json::Value::Object(_) => (vec![parse_request(object, 0)?], false),
+        _ => return Err(AppError::BadRequest("request body must be a job object or an array of job objects".into())),
+    };
+    if requests.is_empty() {
+        return Err(AppError::BadRequest("request body is an empty array".into()));
+    }
+    let inserted = state.dispatcher.enqueue(requests).await?;
+    let created = inserted.iter().any(|i| i.created);
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let mut views: Vec<JobView> = inserted.iter().map(|i| JobView::from(&i.job)).collect();
+    Ok(if many {
+        (status, Json(views)).into_response()
+    } else {
+        (status, Json(views.remove(0))).into_response()
+    })
+}
+
+/// `GET /jobs?state=S&kind=K&queue=Q&after=ID&limit=N`
+async fn list_jobs(State(state): State<AppState>, query: Result<Query<ListQuery>, QueryRejection>) -> Result<Json<JobPage>, AppError> {
+    let Query(q) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
+    let job_state = q.state.as_deref().map(str::parse::<JobState>).transpose().map_err(AppError::BadRequest)?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(AppError::BadRequest(format!("limit must be between 1 and {MAX_PAGE}")));
+    }
+    let jobs = state
+        .dispatcher
+        .store()
+        .list(ListFilter { state: job_state, kind: q.kind, queue: q.queue, after_id: q.after, limit })
+        .await?;
+    let next_after = if jobs.len() == limit { jobs.last().map(|j| j.id) } else { None };
+    Ok(Json(JobPage { jobs: jobs.iter().map(JobView::from).collect(), next_after }))
+}
+
+fn job_id(id: &str) -> Result<i64, AppError> {
+    id.parse().map_err(|_| AppError::BadRequest(format!("job id {id:?} is not a number")))
+}
+
+async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, AppError> {
+    let id = job_id(&id)?;
+    let job = state.dispatcher.store().get(id).await?.ok_or_else(|| AppError::NotFound(format!("job {id} not found")))?;
+    Ok(Json(JobView::from(&job)))
+}
+
+async fn retry_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, AppError> {
+    let job = state.dispatcher.store().retry_by_hand(job_id(&id)?).await?;
+    state.dispatcher.wake(&job.queue);
+    Ok(Json(JobView::from(&job)))
+}
+
+async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, AppError> {
+    let job = state.dispatcher.cancel(job_id(&id)?).await?;
+    Ok(Json(JobView::from(&job)))
+}
+
+async fn list_queues(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
+    let known = state.dispatcher.store().queues().await?;
+    let queues: Vec<serde_json::Value> = state
+        .dispatcher
+        .config()
+        .queues
+        .iter()
+        .map(|q| {
+            let paused = known.iter().any(|k| k.name == q.name && k.paused);
+            serde_json::json!({ "name": q.name, "concurrency": q.concurrency, "paused": paused })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "queues": queues })))
+}
+
+fn served_queue(state: &AppState, name: &str) -> Result<(), AppError> {
+    if state.dispatcher.config().queues.iter().any(|q| q.name == name) {
+        Ok(())
+    } else {
+        Err(AppError::NotFound(format!("queue {name:?} is not served by this host")))
+    }
+}
+
+async fn pause_queue(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, AppError> {
+    served_queue(&state, &name)?;
+    state.dispatcher.store().pause_queue(&name).await?;
+    tracing::info!(queue = %name, "queue paused");
+    Ok(Json(serde_json::json!({ "name": name, "paused": true })))
+}
+
+async fn resume_queue(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, AppError> {
+    served_queue(&state, &name)?;
+    state.dispatcher.store().resume_queue(&name).await?;
+    state.dispatcher.wake(&name);
+    tracing::info!(queue = %name, "queue resumed");
+    Ok(Json(serde_json::json!({ "name": name, "paused": false })))
+}
+
+async fn list_plugins(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let runner = state.dispatcher.runner();
+    let plugins: Vec<serde_json::Value> = runner
+        .kinds()
+        .into_iter()
+        .filter_map(|name| {
+            let info = runner.kind(&name)?;
+            Some(serde_json::json!({
+                "name": name,
+                "version": info.version,
+                "max_attempts": info.retry.max_attempts,
+                "limits": {
+                    "fuel": info.budget.fuel,
+                    "memory_bytes": info.budget.memory_bytes,
+                    "timeout_ms": info.budget.timeout.as_millis() as u64,
+                },
+            }))
+        })
+        .collect();
+    Json(serde_json::json!({ "plugins": plugins }))
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Readiness: accepting work and the store answers.
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
+    if !state.dispatcher.is_accepting() {
+        return Err(AppError::Unavailable("shutting down".into()));
+    }
+    state
+        .dispatcher
+        .store()
+        .queues()
+        .await
+        .map_err(|e| AppError::Unavailable(format!("the job store does not answer: {e}")))?;
+    Ok(Json(serde_json::json!({ "status": "ready" })))
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, AppError> {
+    let counts = state.dispatcher.store().counts().await?;
+    let text = state.dispatcher.metrics().render(&counts);
+    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text))
+}

@@ -1,0 +1,167 @@
+//! `kiln.toml`: the host's configuration. Strict (an unknown key or a wrong
+//! type is an error naming the key and its line); every field has a
+//! default; `kiln serve` flags and `KILN_*` environment variables override.
+
+use crate::worker::dispatcher::{self, DispatcherConfig, QueueConfig};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The config file `kiln serve` reads from the working directory when no
+/// `--config` is given.
+pub const CONFIG_FILE: &str = "kiln.toml";
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the HTTP API listens.
+    pub listen: SocketAddr,
+    /// Holds the SQLite database (`kiln.db`) and the artifact cache.
+    pub data_dir: PathBuf,
+    /// One directory per plugin; default: the examples built with this binary.
+    pub plugins_dir: Option<PathBuf>,
+    /// This host's name in leases; default `hostname-pid`.
+    pub host_name: Option<String>,
+    pub lease_ms: u64,
+    pub poll_interval_ms: u64,
+    pub shutdown_grace_ms: u64,
+    pub cancel_grace_ms: u64,
+    pub claim_batch: usize,
+    pub max_payload_bytes: usize,
+    /// Named queues and their concurrency on this host.
+    pub queues: BTreeMap<String, QueueSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    pub concurrency: usize,
+}
+
+/// The default listen address: loopback only; exposing the API is a choice.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+impl Default for Config {
+    fn default() -> Self {
+        let d = DispatcherConfig::default();
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("valid address"),
+            data_dir: PathBuf::from("data"),
+            plugins_dir: None,
+            host_name: None,
+            lease_ms: d.lease.as_millis() as u64,
+            poll_interval_ms: d.poll_interval.as_millis() as u64,
+            shutdown_grace_ms: d.shutdown_grace.as_millis() as u64,
+            cancel_grace_ms: d.cancel_grace.as_millis() as u64,
+            claim_batch: d.claim_batch,
+            max_payload_bytes: d.max_payload_bytes,
+            queues: d.queues.into_iter().map(|q| (q.name, QueueSettings { concurrency: q.concurrency })).collect(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("bad config {path}: {source}")]
+    Parse { path: String, source: toml::de::Error },
+    #[error("bad config {path}: `{key}` {problem}")]
+    Invalid { path: String, key: String, problem: String },
+}
+
+impl Config {
+    /// Reads `path`, or `kiln.toml` in the working directory if it exists,
+    /// or uses the defaults.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let path = match path {
+            Some(p) => p.to_path_buf(),
+            None if Path::new(CONFIG_FILE).is_file() => PathBuf::from(CONFIG_FILE),
+            None => return Ok(Self::default()),
+        };
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        Self::parse(&text, &shown)
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse { path: origin.into(), source })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, problem: &str| Err(ConfigError::Invalid { path: origin.into(), key: key.into(), problem: problem.into() });
+        for (key, value) in [
+            ("lease_ms", self.lease_ms),
+            ("poll_interval_ms", self.poll_interval_ms),
+            ("claim_batch", self.claim_batch as u64),
+            ("max_payload_bytes", self.max_payload_bytes as u64),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be greater than zero");
+            }
+        }
+        if self.queues.is_empty() {
+            return invalid("queues", "must name at least one queue");
+        }
+        for (name, q) in &self.queues {
+            if q.concurrency == 0 {
+                return invalid(&format!("queues.{name}.concurrency"), "must be greater than zero");
+            }
+        }
+        if self.max_payload_bytes > crate::sandbox::DEFAULT_MAX_PAYLOAD_BYTES * 16 {
+            return invalid("max_payload_bytes", "must be at most 16 MiB");
+        }
+        Ok(())
+    }
+
+    /// The dispatcher's settings.
+    pub fn dispatcher(&self) -> DispatcherConfig {
+        DispatcherConfig {
+            host: self.host_name.clone().unwrap_or_else(dispatcher::default_host_name),
+            queues: self.queues.iter().map(|(name, q)| QueueConfig { name: name.clone(), concurrency: q.concurrency }).collect(),
+            claim_batch: self.claim_batch,
+            finish_batch: dispatcher::DEFAULT_FINISH_BATCH,
+            lease: Duration::from_millis(self.lease_ms),
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            cancel_grace: Duration::from_millis(self.cancel_grace_ms),
+            max_payload_bytes: self.max_payload_bytes,
+        }
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("kiln.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_all_defaults() {
+        assert_eq!(Config::parse("", "kiln.toml").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn fields_and_queues_parse() {
+        let c = Config::parse("listen = \"0.0.0.0:9000\"\nlease_ms = 2000\n[queues.mail]\nconcurrency = 3\n", "k").unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.dispatcher().lease, Duration::from_secs(2));
+        assert_eq!(c.dispatcher().queues, vec![QueueConfig { name: "mail".into(), concurrency: 3 }]);
+    }
+
+    #[test]
+    fn unknown_key_and_wrong_type_name_the_key_and_line() {
+        let e = Config::parse("listen = \"127.0.0.1:1\"\n\nworkers = 4\n", "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("kiln.toml") && e.contains("line 3") && e.contains("workers"), "{e}");
+        let e = Config::parse("lease_ms = \"soon\"\n", "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("lease_ms"), "{e}");
+        let e = Config::parse("[queues.mail]\nconcurrency = 0\n", "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("`queues.mail.concurrency` must be greater than zero"), "{e}");
+    }
+}

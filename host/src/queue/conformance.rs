@@ -1,0 +1,340 @@
+//! The store conformance suite (River's `riverdrivertest` shape): every
+//! test is written once against [`JobStore`] and instantiated for each
+//! backend with [`conformance_tests!`]. Time is a [`ManualClock`] the tests
+//! move; nothing sleeps.
+
+use super::clock::ManualClock;
+use super::job::{AttemptError, JobState, Lease};
+use super::store::*;
+
+const HOUR: i64 = 3_600_000;
+
+fn new_job(kind: &str) -> NewJob {
+    NewJob { max_attempts: 3, ..NewJob::new(kind, b"{}".to_vec()) }
+}
+
+fn claim(queue: &str, limit: usize) -> ClaimParams {
+    ClaimParams { queue: queue.into(), limit, host: "host-a".into(), lease_ms: 30_000 }
+}
+
+fn err(attempt: u32, message: &str) -> AttemptError {
+    AttemptError { attempt, at: 0, outcome: "retry".into(), message: message.into() }
+}
+
+pub async fn insert_and_get(store: &dyn JobStore, clock: &ManualClock) {
+    let mut job = new_job("echo");
+    job.priority = 7;
+    job.payload = br#"{"x":1}"#.to_vec();
+    let inserted = store.insert(job).await.unwrap();
+    assert!(inserted.created);
+    let got = store.get(inserted.job.id).await.unwrap().unwrap();
+    assert_eq!(got, inserted.job);
+    assert_eq!((got.kind.as_str(), got.queue.as_str(), got.priority), ("echo", DEFAULT_QUEUE, 7));
+    assert_eq!(got.payload, br#"{"x":1}"#);
+    assert_eq!((got.state, got.attempt, got.max_attempts), (JobState::Available, 0, 3));
+    assert_eq!(got.created_at, clock.now_for_tests());
+    assert!(store.get(got.id + 1000).await.unwrap().is_none());
+
+    let later = NewJob { scheduled_at: Some(clock.now_for_tests() + HOUR), ..new_job("echo") };
+    assert_eq!(store.insert(later).await.unwrap().job.state, JobState::Scheduled);
+}
+
+pub async fn insert_many_keeps_order(store: &dyn JobStore, _clock: &ManualClock) {
+    let jobs = (0..5).map(|i| NewJob { payload: vec![b'0' + i], ..new_job("echo") }).collect();
+    let inserted = store.insert_many(jobs).await.unwrap();
+    assert_eq!(inserted.len(), 5);
+    assert!(inserted.windows(2).all(|w| w[0].job.id < w[1].job.id));
+    assert_eq!(inserted[3].job.payload, b"3");
+}
+
+pub async fn unique_key_deduplicates_until_the_job_is_dead(store: &dyn JobStore, _clock: &ManualClock) {
+    let keyed = || NewJob { unique_key: Some("report-2026-11-22".into()), ..new_job("report") };
+    let first = store.insert(keyed()).await.unwrap();
+    let second = store.insert(keyed()).await.unwrap();
+    assert!(first.created && !second.created);
+    assert_eq!(second.job.id, first.job.id);
+    assert_eq!(store.list(ListFilter::default()).await.unwrap().len(), 1);
+
+    // Completed keeps the key (a tick fires once); dead frees it.
+    let running = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    store.discard(running.lease(), err(1, "bad")).await.unwrap();
+    let third = store.insert(keyed()).await.unwrap();
+    assert!(third.created, "a dead job's key can be used again");
+    let running = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    store.complete(running.lease(), b"done".to_vec()).await.unwrap();
+    assert!(!store.insert(keyed()).await.unwrap().created, "a completed job keeps its key");
+}
+
+pub async fn claim_takes_due_jobs_best_first_once(store: &dyn JobStore, clock: &ManualClock) {
+    let now = clock.now_for_tests();
+    let low = store.insert(new_job("a")).await.unwrap().job;
+    let high = store.insert(NewJob { priority: 5, ..new_job("b") }).await.unwrap().job;
+    let other_queue = store.insert(NewJob { queue: "mail".into(), ..new_job("c") }).await.unwrap().job;
+    let future = store.insert(NewJob { scheduled_at: Some(now + HOUR), ..new_job("d") }).await.unwrap().job;
+
+    let claimed = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap();
+    assert_eq!(claimed.iter().map(|j| j.id).collect::<Vec<_>>(), vec![high.id], "priority first");
+    let job = &claimed[0];
+    assert_eq!((job.state, job.attempt), (JobState::Running, 1));
+    assert_eq!(job.lease_token, high.lease_token + 1, "a claim takes a new fencing token");
+    assert_eq!(job.leased_by.as_deref(), Some("host-a"));
+    assert_eq!(job.lease_expires_at, Some(now + 30_000));
+    assert_eq!(job.attempted_at, Some(now));
+
+    let rest = store.claim(claim(DEFAULT_QUEUE, 10)).await.unwrap();
+    assert_eq!(rest.iter().map(|j| j.id).collect::<Vec<_>>(), vec![low.id], "not the running one, not the future one");
+    assert!(store.claim(claim(DEFAULT_QUEUE, 10)).await.unwrap().is_empty());
+
+    clock.advance(HOUR);
+    let due = store.claim(claim(DEFAULT_QUEUE, 10)).await.unwrap();
+    assert_eq!(due.iter().map(|j| j.id).collect::<Vec<_>>(), vec![future.id], "due once its time has come");
+    assert_eq!(store.claim(claim("mail", 10)).await.unwrap()[0].id, other_queue.id);
+}
+
+pub async fn complete_stores_the_result(store: &dyn JobStore, clock: &ManualClock) {
+    store.insert(new_job("echo")).await.unwrap();
+    let job = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    clock.advance(250);
+    store.complete(job.lease(), b"result".to_vec()).await.unwrap();
+    let done = store.get(job.id).await.unwrap().unwrap();
+    assert_eq!(done.state, JobState::Completed);
+    assert_eq!(done.result.as_deref(), Some(&b"result"[..]));
+    assert_eq!(done.finalized_at, Some(clock.now_for_tests()));
+    assert_eq!((done.leased_by, done.lease_expires_at), (None, None));
+}
+
+pub async fn a_stale_completion_is_refused(store: &dyn JobStore, clock: &ManualClock) {
+    store.insert(new_job("echo")).await.unwrap();
+    // Host A claims, then loses touch; its lease expires and is rescued.
+    let by_a = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    clock.advance(31_000);
+    assert_eq!(store.rescue_expired().await.unwrap(), vec![by_a.id]);
+    // Host B claims the same job with a newer token.
+    let by_b = store.claim(ClaimParams { host: "host-b".into(), ..claim(DEFAULT_QUEUE, 1) }).await.unwrap().pop().unwrap();
+    assert_eq!(by_b.id, by_a.id);
+    assert!(by_b.lease_token > by_a.lease_token);
+
+    let stale = store.complete(by_a.lease(), b"from A".to_vec()).await.unwrap_err();
+    assert!(matches!(stale, StoreError::StaleLease { id, .. } if id == by_a.id), "{stale}");
+    let still = store.get(by_a.id).await.unwrap().unwrap();
+    assert_eq!((still.state, still.leased_by.as_deref()), (JobState::Running, Some("host-b")), "nothing changed");
+    // Every transition is fenced, not only complete.
+    assert!(store.discard(by_a.lease(), err(1, "x")).await.is_err());
+    assert!(store.retry_at(by_a.lease(), 0, err(1, "x")).await.is_err());
+    assert!(store.snooze(by_a.lease(), 0).await.is_err());
+    assert!(store.heartbeat(HeartbeatParams { leases: vec![by_a.lease()], lease_ms: 1 }).await.unwrap().lost == vec![by_a.lease()]);
+
+    store.complete(by_b.lease(), b"from B".to_vec()).await.unwrap();
+    let done = store.get(by_b.id).await.unwrap().unwrap();
+    assert_eq!(done.result.as_deref(), Some(&b"from B"[..]));
+    assert!(store.complete(by_b.lease(), b"again".to_vec()).await.is_err(), "a finished job cannot be finished twice");
+}
+
+pub async fn retry_at_waits_and_records_the_error(store: &dyn JobStore, clock: &ManualClock) {
+    store.insert(new_job("flaky")).await.unwrap();
+    let job = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    let at = clock.now_for_tests() + 10_000;
+    store.retry_at(job.lease(), at, err(1, "upstream 503")).await.unwrap();
+    let waiting = store.get(job.id).await.unwrap().unwrap();
+    assert_eq!((waiting.state, waiting.scheduled_at), (JobState::Retryable, at));
+    assert_eq!(waiting.errors, vec![err(1, "upstream 503")]);
+    assert!(store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().is_empty(), "not before its time");
+    clock.advance(10_000);
+    let again = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    assert_eq!(again.attempt, 2);
+    store.retry_at(again.lease(), 0, err(2, "still 503")).await.unwrap();
+    assert_eq!(store.get(job.id).await.unwrap().unwrap().errors.len(), 2, "every failed attempt is kept");
+}
+
+pub async fn discard_dead_letters(store: &dyn JobStore, _clock: &ManualClock) {
+    store.insert(new_job("email")).await.unwrap();
+    let job = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    store.discard(job.lease(), err(1, "invalid input: no address")).await.unwrap();
+    let dead = store.get(job.id).await.unwrap().unwrap();
+    assert_eq!(dead.state, JobState::Dead);
+    assert_eq!(dead.errors[0].message, "invalid input: no address");
+    assert!(dead.finalized_at.is_some());
+    assert!(store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().is_empty());
+}
+
+pub async fn snooze_returns_the_job_without_counting_the_attempt(store: &dyn JobStore, clock: &ManualClock) {
+    store.insert(new_job("echo")).await.unwrap();
+    let job = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    store.snooze(job.lease(), clock.now_for_tests()).await.unwrap();
+    let back = store.get(job.id).await.unwrap().unwrap();
+    assert_eq!((back.state, back.attempt), (JobState::Available, 0));
+    let again = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    assert_eq!(again.attempt, 1);
+    store.snooze(again.lease(), clock.now_for_tests() + HOUR).await.unwrap();
+    assert_eq!(store.get(job.id).await.unwrap().unwrap().state, JobState::Scheduled);
+}
+
+pub async fn heartbeats_keep_a_lease_alive(store: &dyn JobStore, clock: &ManualClock) {
+    store.insert(new_job("long")).await.unwrap();
+    let job = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    for _ in 0..5 {
+        clock.advance(20_000);
+        let beat = store.heartbeat(HeartbeatParams { leases: vec![job.lease()], lease_ms: 30_000 }).await.unwrap();
+        assert_eq!(beat, HeartbeatResult::default());
+        assert!(store.rescue_expired().await.unwrap().is_empty(), "a beating lease is not rescued");
+    }
+    clock.advance(31_000);
+    assert_eq!(store.rescue_expired().await.unwrap(), vec![job.id]);
+    let rescued = store.get(job.id).await.unwrap().unwrap();
+    assert_eq!(rescued.state, JobState::Retryable);
+    assert_eq!(rescued.errors[0].outcome, "lease_expired");
+    let beat = store.heartbeat(HeartbeatParams { leases: vec![job.lease()], lease_ms: 30_000 }).await.unwrap();
+    assert_eq!(beat.lost, vec![job.lease()], "the old holder learns it lost the lease");
+}
+
+pub async fn rescue_with_no_attempts_left_dead_letters(store: &dyn JobStore, clock: &ManualClock) {
+    store.insert(NewJob { max_attempts: 1, ..new_job("once") }).await.unwrap();
+    let job = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    clock.advance(31_000);
+    store.rescue_expired().await.unwrap();
+    assert_eq!(store.get(job.id).await.unwrap().unwrap().state, JobState::Dead);
+}
+
+pub async fn cancel_pending_running_and_final_jobs(store: &dyn JobStore, _clock: &ManualClock) {
+    let pending = store.insert(new_job("a")).await.unwrap().job;
+    assert_eq!(store.cancel(pending.id).await.unwrap().state, JobState::Cancelled);
+
+    store.insert(new_job("b")).await.unwrap();
+    let running = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    let asked = store.cancel(running.id).await.unwrap();
+    assert_eq!((asked.state, asked.cancel_requested), (JobState::Running, true));
+    let beat = store.heartbeat(HeartbeatParams { leases: vec![running.lease()], lease_ms: 30_000 }).await.unwrap();
+    assert_eq!(beat.cancel_requested, vec![running.lease()]);
+    store
+        .finish(Finish { lease: running.lease(), transition: Transition::Cancel { error: err(1, "cancelled by request") } })
+        .await
+        .unwrap();
+    assert_eq!(store.get(running.id).await.unwrap().unwrap().state, JobState::Cancelled);
+
+    let e = store.cancel(running.id).await.unwrap_err();
+    assert!(matches!(e, StoreError::InvalidState { state: JobState::Cancelled, .. }), "{e}");
+    assert!(matches!(store.cancel(999_999).await.unwrap_err(), StoreError::NotFound(999_999)));
+}
+
+pub async fn a_dead_job_retried_by_hand_runs_again(store: &dyn JobStore, _clock: &ManualClock) {
+    store.insert(new_job("email")).await.unwrap();
+    let job = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    store.discard(job.lease(), err(1, "bad")).await.unwrap();
+    let revived = store.retry_by_hand(job.id).await.unwrap();
+    assert_eq!((revived.state, revived.attempt, revived.finalized_at), (JobState::Available, 0, None));
+    assert_eq!(revived.errors.len(), 1, "its history stays");
+    let again = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    assert_eq!(again.id, job.id);
+    store.complete(again.lease(), b"ok".to_vec()).await.unwrap();
+    let e = store.retry_by_hand(job.id).await.unwrap_err();
+    assert!(matches!(e, StoreError::InvalidState { state: JobState::Completed, .. }), "{e}");
+}
+
+pub async fn list_filters_and_pages(store: &dyn JobStore, _clock: &ManualClock) {
+    for i in 0..6 {
+        let kind = if i % 2 == 0 { "even" } else { "odd" };
+        store.insert(new_job(kind)).await.unwrap();
+    }
+    let first = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    let evens = store.list(ListFilter { kind: Some("even".into()), ..ListFilter::default() }).await.unwrap();
+    assert_eq!(evens.len(), 3);
+    let running = store.list(ListFilter { state: Some(JobState::Running), ..ListFilter::default() }).await.unwrap();
+    assert_eq!(running.iter().map(|j| j.id).collect::<Vec<_>>(), vec![first.id]);
+    let page1 = store.list(ListFilter { limit: 4, ..ListFilter::default() }).await.unwrap();
+    let page2 = store.list(ListFilter { limit: 4, after_id: Some(page1[3].id), ..ListFilter::default() }).await.unwrap();
+    assert_eq!((page1.len(), page2.len()), (4, 2));
+    assert!(page2[0].id > page1[3].id);
+
+    let counts = store.counts().await.unwrap();
+    let count = |state| counts.iter().find(|c| c.state == state).map_or(0, |c| c.count);
+    assert_eq!((count(JobState::Available), count(JobState::Running), count(JobState::Dead)), (5, 1, 0));
+}
+
+pub async fn a_paused_queue_is_not_claimed(store: &dyn JobStore, _clock: &ManualClock) {
+    store.insert(new_job("a")).await.unwrap();
+    store.pause_queue(DEFAULT_QUEUE).await.unwrap();
+    assert!(store.claim(claim(DEFAULT_QUEUE, 10)).await.unwrap().is_empty());
+    assert_eq!(store.queues().await.unwrap(), vec![QueueInfo { name: DEFAULT_QUEUE.into(), paused: true }]);
+    store.resume_queue(DEFAULT_QUEUE).await.unwrap();
+    assert_eq!(store.claim(claim(DEFAULT_QUEUE, 10)).await.unwrap().len(), 1);
+}
+
+pub async fn finish_many_applies_each_valid_transition(store: &dyn JobStore, _clock: &ManualClock) {
+    store.insert_many((0..3).map(|_| new_job("echo")).collect()).await.unwrap();
+    let jobs = store.claim(claim(DEFAULT_QUEUE, 3)).await.unwrap();
+    let stale = Lease { id: jobs[1].id, token: jobs[1].lease_token - 1 };
+    let results = store
+        .finish_many(vec![
+            Finish { lease: jobs[0].lease(), transition: Transition::Complete { result: b"0".to_vec() } },
+            Finish { lease: stale, transition: Transition::Complete { result: b"1".to_vec() } },
+            Finish { lease: jobs[2].lease(), transition: Transition::Discard { error: err(1, "bad") } },
+        ])
+        .await
+        .unwrap();
+    assert!(results[0].is_ok() && results[2].is_ok());
+    assert!(matches!(results[1], Err(StoreError::StaleLease { .. })));
+    let states: Vec<JobState> = futures_states(store, &jobs).await;
+    assert_eq!(states, vec![JobState::Completed, JobState::Running, JobState::Dead]);
+}
+
+async fn futures_states(store: &dyn JobStore, jobs: &[super::job::Job]) -> Vec<JobState> {
+    let mut states = Vec::new();
+    for job in jobs {
+        states.push(store.get(job.id).await.unwrap().unwrap().state);
+    }
+    states
+}
+
+pub async fn next_due_finds_the_earliest_waiting_job(store: &dyn JobStore, clock: &ManualClock) {
+    assert_eq!(store.next_due(DEFAULT_QUEUE).await.unwrap(), None);
+    let now = clock.now_for_tests();
+    store.insert(NewJob { scheduled_at: Some(now + 5_000), ..new_job("a") }).await.unwrap();
+    store.insert(NewJob { scheduled_at: Some(now + 2_000), ..new_job("b") }).await.unwrap();
+    assert_eq!(store.next_due(DEFAULT_QUEUE).await.unwrap(), Some(now + 2_000));
+    assert_eq!(store.next_due("other").await.unwrap(), None);
+}
+
+impl ManualClock {
+    fn now_for_tests(&self) -> i64 {
+        super::clock::Clock::now(self)
+    }
+}
+
+/// Instantiates every conformance test for one backend. `$factory` is an
+/// async fn returning `(Arc<dyn JobStore>, ManualClock, guard)`; the guard
+/// (a temp dir, a schema) lives as long as the test.
+macro_rules! conformance_tests {
+    ($factory:ident) => {
+        $crate::queue::conformance::conformance_tests!(@each $factory,
+            insert_and_get,
+            insert_many_keeps_order,
+            unique_key_deduplicates_until_the_job_is_dead,
+            claim_takes_due_jobs_best_first_once,
+            complete_stores_the_result,
+            a_stale_completion_is_refused,
+            retry_at_waits_and_records_the_error,
+            discard_dead_letters,
+            snooze_returns_the_job_without_counting_the_attempt,
+            heartbeats_keep_a_lease_alive,
+            rescue_with_no_attempts_left_dead_letters,
+            cancel_pending_running_and_final_jobs,
+            a_dead_job_retried_by_hand_runs_again,
+            list_filters_and_pages,
+            a_paused_queue_is_not_claimed,
+            finish_many_applies_each_valid_transition,
+            next_due_finds_the_earliest_waiting_job,
+        );
+    };
+    (@each $factory:ident, $($test:ident),+ $(,)?) => {
+        mod conformance {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let (store, clock, _guard) = super::$factory().await;
+                    $crate::queue::conformance::$test(&*store, &clock).await;
+                }
+            )+
+        }
+    };
+}
+pub(crate) use conformance_tests;

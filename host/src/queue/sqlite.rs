@@ -1,0 +1,603 @@
+//! The embedded default backend: one SQLite file in WAL mode, created and
+//! migrated by Kiln, with no set-up.
+//!
+//! One writer connection and one reader connection, each behind a mutex and
+//! used from tokio's blocking pool (SQLite has one writer at a time anyway;
+//! WAL lets the reader run beside it). `synchronous = NORMAL`: a committed
+//! transaction survives a crash of the process (`kill -9`); only a power
+//! loss can drop the last few commits.
+
+use super::clock::SharedClock;
+use super::job::{AttemptError, Job, JobId, JobState, Lease, Millis};
+use super::store::{
+    ClaimParams, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobStore, ListFilter, NewJob, QueueInfo,
+    StateCount, StoreError, Transition,
+};
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Migrations, applied in order, each once, recorded in `kiln_migrations`.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "jobs and queues",
+    r#"
+    CREATE TABLE jobs (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind             TEXT    NOT NULL,
+        queue            TEXT    NOT NULL,
+        priority         INTEGER NOT NULL DEFAULT 0,
+        payload          BLOB    NOT NULL,
+        state            TEXT    NOT NULL,
+        attempt          INTEGER NOT NULL DEFAULT 0,
+        max_attempts     INTEGER NOT NULL,
+        scheduled_at     INTEGER NOT NULL,
+        unique_key       TEXT,
+        errors           TEXT    NOT NULL DEFAULT '[]',
+        result           BLOB,
+        lease_token      INTEGER NOT NULL DEFAULT 0,
+        leased_by        TEXT,
+        lease_expires_at INTEGER,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        created_at       INTEGER NOT NULL,
+        attempted_at     INTEGER,
+        finalized_at     INTEGER
+    );
+    -- The claim query's path: due jobs of one queue, best first.
+    CREATE INDEX jobs_due ON jobs (queue, priority DESC, scheduled_at, id)
+        WHERE state IN ('available', 'scheduled', 'retryable');
+    -- The rescuer's path.
+    CREATE INDEX jobs_leases ON jobs (lease_expires_at) WHERE state = 'running';
+    CREATE INDEX jobs_state_kind ON jobs (state, kind);
+    -- One job per unique key outside the states a job is finished with for
+    -- good (completed keeps its key, so a schedule's tick fires once).
+    CREATE UNIQUE INDEX jobs_unique_key ON jobs (unique_key)
+        WHERE unique_key IS NOT NULL AND state NOT IN ('cancelled', 'dead');
+    CREATE TABLE queues (
+        name       TEXT PRIMARY KEY,
+        paused     INTEGER NOT NULL DEFAULT 0,
+        updated_at INTEGER NOT NULL
+    );
+    "#,
+)];
+
+const COLUMNS: &str = "id, kind, queue, priority, payload, state, attempt, max_attempts, scheduled_at, unique_key, \
+    errors, result, lease_token, leased_by, lease_expires_at, cancel_requested, created_at, attempted_at, finalized_at";
+
+/// The states a claim takes jobs from (once due).
+const WAITING: &str = "('available', 'scheduled', 'retryable')";
+
+/// The SQLite job store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
+    clock: SharedClock,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+fn db_error(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates it. A
+    /// file that is not an SQLite database, or an SQLite database that is
+    /// not Kiln's, is refused without being changed.
+    pub fn open(path: &Path, clock: SharedClock) -> Result<Self, StoreError> {
+        let shown = path.display().to_string();
+        let not_a_db = |reason: String| StoreError::NotADatabase { path: shown.clone(), reason };
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let writer = Connection::open_with_flags(path, flags).map_err(|e| not_a_db(e.to_string()))?;
+        // The first read of the header: fails here, before any write, for a
+        // file that is not a database.
+        let tables: Vec<String> = writer
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(|e| not_a_db(e.to_string()))?;
+        if !tables.is_empty() && !tables.iter().any(|t| t == "kiln_migrations") {
+            return Err(not_a_db(format!("it is an SQLite database of something else (tables: {})", tables.join(", "))));
+        }
+        configure(&writer).map_err(db_error)?;
+        migrate(&writer)?;
+        let reader = Connection::open_with_flags(path, flags).map_err(db_error)?;
+        configure(&reader).map_err(db_error)?;
+        Ok(Self { path: path.to_path_buf(), writer: Arc::new(Mutex::new(writer)), reader: Arc::new(Mutex::new(reader)), clock })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in a write transaction on the blocking pool.
+    async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, Millis) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (writer, now) = (self.writer.clone(), self.clock.now());
+        tokio::task::spawn_blocking(move || {
+            let mut conn = writer.lock().expect("sqlite writer poisoned");
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_error)?;
+            let result = f(&tx, now)?;
+            tx.commit().map_err(db_error)?;
+            Ok(result)
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?
+    }
+
+    /// Runs `f` on the reader connection on the blocking pool.
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, Millis) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (reader, now) = (self.reader.clone(), self.clock.now());
+        tokio::task::spawn_blocking(move || f(&reader.lock().expect("sqlite reader poisoned"), now))
+            .await
+            .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?
+    }
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // Another process (a second host on the same file) may hold the write
+    // lock briefly; wait for it rather than fail.
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(())
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         CREATE TABLE IF NOT EXISTS kiln_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL);",
+    )
+    .map_err(db_error)?;
+    let result = (|| {
+        let current: i64 =
+            conn.query_row("SELECT coalesce(max(version), 0) FROM kiln_migrations", [], |r| r.get(0)).map_err(db_error)?;
+        let known = MIGRATIONS.last().map_or(0, |m| m.0);
+        if current > known {
+            return Err(StoreError::SchemaTooNew { found: current, known });
+        }
+        for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+            conn.execute_batch(sql).map_err(|e| StoreError::Database(format!("migration {version} ({name}): {e}")))?;
+            conn.execute(
+                "INSERT INTO kiln_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+                params![version, name, super::clock::Clock::now(&super::clock::SystemClock)],
+            )
+            .map_err(db_error)?;
+            tracing::info!(version, name, "applied database migration");
+        }
+        Ok(())
+    })();
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    conn.execute_batch(end).map_err(db_error)?;
+    result
+}
+
+fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+    let state: String = row.get(5)?;
+    let errors: String = row.get(10)?;
+    Ok(Job {
+        id: row.get(0)?,
+        kind: row.get(1)?,
+        queue: row.get(2)?,
+        priority: row.get(3)?,
+        payload: row.get(4)?,
+        state: state.parse().map_err(|e: String| rusqlite::Error::InvalidColumnType(5, e, rusqlite::types::Type::Text))?,
+        attempt: row.get(6)?,
+        max_attempts: row.get(7)?,
+        scheduled_at: row.get(8)?,
+        unique_key: row.get(9)?,
+        errors: serde_json::from_str(&errors).unwrap_or_default(),
+        result: row.get(11)?,
+        lease_token: row.get(12)?,
+        leased_by: row.get(13)?,
+        lease_expires_at: row.get(14)?,
+        cancel_requested: row.get(15)?,
+        created_at: row.get(16)?,
+        attempted_at: row.get(17)?,
+        finalized_at: row.get(18)?,
+    })
+}
+
+fn get_job(conn: &Connection, id: JobId) -> Result<Option<Job>, StoreError> {
+    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"))
+        .and_then(|mut s| s.query_row([id], job_from_row).optional())
+        .map_err(db_error)
+}
+
+fn error_json(error: &AttemptError) -> String {
+    serde_json::to_string(error).expect("attempt errors serialise")
+}
+
+/// Applies one transition; `Ok(false)` when the lease is not current.
+fn apply(tx: &rusqlite::Transaction<'_>, finish: &Finish, now: Millis) -> rusqlite::Result<bool> {
+    const CLEAR_LEASE: &str = "leased_by = NULL, lease_expires_at = NULL";
+    const FENCE: &str = "WHERE id = ?1 AND lease_token = ?2 AND state = 'running'";
+    let Lease { id, token } = finish.lease;
+    let changed = match &finish.transition {
+        Transition::Complete { result } => tx
+            .prepare_cached(&format!("UPDATE jobs SET state = 'completed', result = ?3, finalized_at = ?4, {CLEAR_LEASE} {FENCE}"))?
+            .execute(params![id, token, result, now])?,
+        Transition::RetryAt { at, error } => tx
+            .prepare_cached(&format!(
+                "UPDATE jobs SET state = 'retryable', scheduled_at = ?3, errors = json_insert(errors, '$[#]', json(?4)), {CLEAR_LEASE} {FENCE}"
+            ))?
+            .execute(params![id, token, at, error_json(error)])?,
+        Transition::Discard { error } => tx
+            .prepare_cached(&format!(
+                "UPDATE jobs SET state = 'dead', finalized_at = ?3, errors = json_insert(errors, '$[#]', json(?4)), {CLEAR_LEASE} {FENCE}"
+            ))?
+            .execute(params![id, token, now, error_json(error)])?,
+        Transition::Snooze { at } => tx
+            .prepare_cached(&format!(
+                "UPDATE jobs SET state = CASE WHEN ?3 > ?4 THEN 'scheduled' ELSE 'available' END, scheduled_at = ?3, \
+                 attempt = max(attempt - 1, 0), {CLEAR_LEASE} {FENCE}"
+            ))?
+            .execute(params![id, token, at, now])?,
+        Transition::Cancel { error } => tx
+            .prepare_cached(&format!(
+                "UPDATE jobs SET state = 'cancelled', finalized_at = ?3, cancel_requested = 0, \
+                 errors = json_insert(errors, '$[#]', json(?4)), {CLEAR_LEASE} {FENCE}"
+            ))?
+            .execute(params![id, token, now, error_json(error)])?,
+    };
+    Ok(changed == 1)
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+}
+
+#[async_trait]
+impl JobStore for SqliteStore {
+    async fn insert_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Inserted>, StoreError> {
+        self.write(move |tx, now| {
+            let mut queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+            queues.sort_unstable();
+            queues.dedup();
+            for queue in queues {
+                tx.prepare_cached("INSERT OR IGNORE INTO queues (name, paused, updated_at) VALUES (?1, 0, ?2)")
+                    .and_then(|mut s| s.execute(params![queue, now]))
+                    .map_err(db_error)?;
+            }
+            let mut inserted = Vec::with_capacity(jobs.len());
+            for job in &jobs {
+                if let Some(key) = &job.unique_key {
+                    let existing = tx
+                        .prepare_cached(&format!(
+                            "SELECT {COLUMNS} FROM jobs WHERE unique_key = ?1 AND state NOT IN ('cancelled', 'dead')"
+                        ))
+                        .and_then(|mut s| s.query_row([key], job_from_row).optional())
+                        .map_err(db_error)?;
+                    if let Some(job) = existing {
+                        inserted.push(Inserted { job, created: false });
+                        continue;
+                    }
+                }
+                let scheduled_at = job.scheduled_at.unwrap_or(now).max(0);
+                let state = if scheduled_at > now { JobState::Scheduled } else { JobState::Available };
+                let row = tx
+                    .prepare_cached(&format!(
+                        "INSERT INTO jobs (kind, queue, priority, payload, state, max_attempts, scheduled_at, unique_key, created_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING {COLUMNS}"
+                    ))
+                    .and_then(|mut s| {
+                        s.query_row(
+                            params![
+                                job.kind,
+                                job.queue,
+                                job.priority,
+                                job.payload,
+                                state.as_str(),
+                                job.max_attempts,
+                                scheduled_at,
+                                job.unique_key,
+                                now
+                            ],
+                            job_from_row,
+                        )
+                    })
+                    .map_err(db_error)?;
+                inserted.push(Inserted { job: row, created: true });
+            }
+            Ok(inserted)
+        })
+        .await
+    }
+
+    async fn claim(&self, p: ClaimParams) -> Result<Vec<Job>, StoreError> {
+        self.write(move |tx, now| {
+            let mut jobs: Vec<Job> = tx
+                .prepare_cached(&format!(
+                    "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = lease_token + 1, \
+                     leased_by = ?1, lease_expires_at = ?2, attempted_at = ?3 \
+                     WHERE id IN (SELECT id FROM jobs WHERE queue = ?4 AND state IN {WAITING} AND scheduled_at <= ?3 \
+                                  ORDER BY priority DESC, scheduled_at, id LIMIT ?5) \
+                       AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?4 AND paused = 1) \
+                     RETURNING {COLUMNS}"
+                ))
+                .and_then(|mut s| {
+                    s.query_map(params![p.host, now + p.lease_ms, now, p.queue, p.limit as i64], job_from_row)?
+                        .collect::<rusqlite::Result<_>>()
+                })
+                .map_err(db_error)?;
+            jobs.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.scheduled_at.cmp(&b.scheduled_at)).then(a.id.cmp(&b.id)));
+            Ok(jobs)
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, p: HeartbeatParams) -> Result<HeartbeatResult, StoreError> {
+        self.write(move |tx, now| {
+            let mut result = HeartbeatResult::default();
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE jobs SET lease_expires_at = ?3 WHERE id = ?1 AND lease_token = ?2 AND state = 'running' \
+                     RETURNING cancel_requested",
+                )
+                .map_err(db_error)?;
+            for lease in p.leases {
+                let cancel: Option<bool> =
+                    stmt.query_row(params![lease.id, lease.token, now + p.lease_ms], |r| r.get(0)).optional().map_err(db_error)?;
+                match cancel {
+                    None => result.lost.push(lease),
+                    Some(true) => result.cancel_requested.push(lease),
+                    Some(false) => {}
+                }
+            }
+            Ok(result)
+        })
+        .await
+    }
+
+    async fn finish_many(&self, finishes: Vec<Finish>) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        self.write(move |tx, now| {
+            finishes
+                .iter()
+                .map(|f| match apply(tx, f, now) {
+                    Ok(true) => Ok(Ok(())),
+                    Ok(false) => Ok(Err(StoreError::StaleLease { id: f.lease.id, token: f.lease.token })),
+                    Err(e) => Err(db_error(e)),
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<Job, StoreError> {
+        self.write(move |tx, now| {
+            let job = get_job(tx, id)?.ok_or(StoreError::NotFound(id))?;
+            match job.state {
+                JobState::Running => {
+                    tx.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?1", [id]).map_err(db_error)?;
+                }
+                state if state.is_final() => return Err(StoreError::InvalidState { id, state, action: "cancel" }),
+                _ => {
+                    tx.execute(
+                        "UPDATE jobs SET state = 'cancelled', finalized_at = ?2 WHERE id = ?1",
+                        params![id, now],
+                    )
+                    .map_err(db_error)?;
+                }
+            }
+            get_job(tx, id)?.ok_or(StoreError::NotFound(id))
+        })
+        .await
+    }
+
+    async fn rescue_expired(&self) -> Result<Vec<JobId>, StoreError> {
+        self.write(move |tx, now| {
+            let expired: Vec<(JobId, u32, u32, Option<String>)> = tx
+                .prepare_cached(
+                    "SELECT id, attempt, max_attempts, leased_by FROM jobs WHERE state = 'running' AND lease_expires_at < ?1",
+                )
+                .and_then(|mut s| s.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect())
+                .map_err(db_error)?;
+            for (id, attempt, max_attempts, host) in &expired {
+                let error = AttemptError {
+                    attempt: *attempt,
+                    at: now,
+                    outcome: "lease_expired".into(),
+                    message: format!(
+                        "the lease of host {} expired: the host stopped or lost touch with the store",
+                        host.as_deref().unwrap_or("?")
+                    ),
+                };
+                let (state, finalized) = if attempt >= max_attempts { ("dead", Some(now)) } else { ("retryable", None) };
+                tx.prepare_cached(
+                    "UPDATE jobs SET state = ?2, scheduled_at = ?3, finalized_at = ?4, leased_by = NULL, lease_expires_at = NULL, \
+                     errors = json_insert(errors, '$[#]', json(?5)) WHERE id = ?1",
+                )
+                .and_then(|mut s| s.execute(params![id, state, now, finalized, error_json(&error)]))
+                .map_err(db_error)?;
+            }
+            Ok(expired.into_iter().map(|e| e.0).collect())
+        })
+        .await
+    }
+
+    async fn retry_by_hand(&self, id: JobId) -> Result<Job, StoreError> {
+        self.write(move |tx, now| {
+            let job = get_job(tx, id)?.ok_or(StoreError::NotFound(id))?;
+            if !matches!(job.state, JobState::Dead | JobState::Cancelled) {
+                return Err(StoreError::InvalidState { id, state: job.state, action: "retry" });
+            }
+            tx.execute(
+                "UPDATE jobs SET state = 'available', attempt = 0, scheduled_at = ?2, finalized_at = NULL, result = NULL, \
+                 cancel_requested = 0 WHERE id = ?1",
+                params![id, now],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    let key = job.unique_key.clone().unwrap_or_default();
+                    let existing = tx
+                        .query_row(
+                            "SELECT id FROM jobs WHERE unique_key = ?1 AND state NOT IN ('cancelled', 'dead')",
+                            [&key],
+                            |r| r.get(0),
+                        )
+                        .unwrap_or(0);
+                    StoreError::UniqueConflict { key, existing }
+                } else {
+                    db_error(e)
+                }
+            })?;
+            get_job(tx, id)?.ok_or(StoreError::NotFound(id))
+        })
+        .await
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        self.read(move |conn, _| get_job(conn, id)).await
+    }
+
+    async fn list(&self, filter: ListFilter) -> Result<Vec<Job>, StoreError> {
+        self.read(move |conn, _| {
+            let mut clauses = Vec::new();
+            let mut values: Vec<Box<dyn ToSql>> = Vec::new();
+            if let Some(state) = filter.state {
+                values.push(Box::new(state.as_str()));
+                clauses.push(format!("state = ?{}", values.len()));
+            }
+            if let Some(kind) = filter.kind {
+                values.push(Box::new(kind));
+                clauses.push(format!("kind = ?{}", values.len()));
+            }
+            if let Some(queue) = filter.queue {
+                values.push(Box::new(queue));
+                clauses.push(format!("queue = ?{}", values.len()));
+            }
+            if let Some(after) = filter.after_id {
+                values.push(Box::new(after));
+                clauses.push(format!("id > ?{}", values.len()));
+            }
+            let filter_sql = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
+            values.push(Box::new(filter.limit as i64));
+            let sql = format!("SELECT {COLUMNS} FROM jobs {filter_sql} ORDER BY id LIMIT ?{}", values.len());
+            let params: Vec<&dyn ToSql> = values.iter().map(|v| v.as_ref()).collect();
+            conn.prepare(&sql)
+                .and_then(|mut s| s.query_map(params.as_slice(), job_from_row)?.collect())
+                .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn counts(&self) -> Result<Vec<StateCount>, StoreError> {
+        self.read(|conn, _| {
+            let rows: Vec<(String, String, i64)> = conn
+                .prepare_cached("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state ORDER BY queue, state")
+                .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect())
+                .map_err(db_error)?;
+            rows.into_iter()
+                .map(|(queue, state, count)| {
+                    Ok(StateCount { queue, state: state.parse().map_err(StoreError::Database)?, count: count as u64 })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn next_due(&self, queue: &str) -> Result<Option<Millis>, StoreError> {
+        let queue = queue.to_string();
+        self.read(move |conn, _| {
+            conn.prepare_cached(&format!("SELECT min(scheduled_at) FROM jobs WHERE queue = ?1 AND state IN {WAITING}"))
+                .and_then(|mut s| s.query_row([queue], |r| r.get(0)))
+                .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn pause_queue(&self, queue: &str) -> Result<(), StoreError> {
+        self.set_paused(queue, true).await
+    }
+
+    async fn resume_queue(&self, queue: &str) -> Result<(), StoreError> {
+        self.set_paused(queue, false).await
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
+        self.read(|conn, _| {
+            conn.prepare_cached("SELECT name, paused FROM queues ORDER BY name")
+                .and_then(|mut s| s.query_map([], |r| Ok(QueueInfo { name: r.get(0)?, paused: r.get(1)? }))?.collect())
+                .map_err(db_error)
+        })
+        .await
+    }
+}
+
+impl SqliteStore {
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError> {
+        let queue = queue.to_string();
+        self.write(move |tx, now| {
+            tx.execute(
+                "INSERT INTO queues (name, paused, updated_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
+                params![queue, paused, now],
+            )
+            .map_err(db_error)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::clock::{ManualClock, SystemClock};
+
+    async fn sqlite_store() -> (Arc<dyn JobStore>, ManualClock, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(1_700_000_000_000);
+        let store = SqliteStore::open(&dir.path().join("kiln.db"), Arc::new(clock.clone())).unwrap();
+        (Arc::new(store), clock, dir)
+    }
+
+    crate::queue::conformance::conformance_tests!(sqlite_store);
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.db");
+        let garbage = b"this is a text file, not a database\n".repeat(200);
+        std::fs::write(&path, &garbage).unwrap();
+        let err = SqliteStore::open(&path, Arc::new(SystemClock)).unwrap_err();
+        assert!(matches!(err, StoreError::NotADatabase { .. }), "{err}");
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), garbage, "the file is unchanged");
+    }
+
+    #[test]
+    fn another_applications_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other.db");
+        Connection::open(&path).unwrap().execute_batch("CREATE TABLE invoices (id INTEGER);").unwrap();
+        let err = SqliteStore::open(&path, Arc::new(SystemClock)).unwrap_err().to_string();
+        assert!(err.contains("SQLite database of something else") && err.contains("invoices"), "{err}");
+    }
+
+    #[test]
+    fn migrations_run_once_and_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.db");
+        drop(SqliteStore::open(&path, Arc::new(SystemClock)).unwrap());
+        drop(SqliteStore::open(&path, Arc::new(SystemClock)).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let applied: i64 = conn.query_row("SELECT count(*) FROM kiln_migrations", [], |r| r.get(0)).unwrap();
+        assert_eq!(applied, MIGRATIONS.len() as i64);
+        conn.execute("INSERT INTO kiln_migrations VALUES (999, 'future', 0)", []).unwrap();
+        drop(conn);
+        let err = SqliteStore::open(&path, Arc::new(SystemClock)).unwrap_err();
+        assert!(matches!(err, StoreError::SchemaTooNew { found: 999, .. }), "{err}");
+    }
+}

@@ -1,0 +1,499 @@
+//! `Dispatcher`: the BackgroundService of Kiln. Claims jobs from each named
+//! queue in batches, runs each in the runner (one fresh sandbox iteration),
+//! turns the outcome into a state transition, keeps leases alive, and shuts
+//! down without losing a job.
+
+use super::metrics::Metrics;
+use super::rescuer::Rescuer;
+use super::retry_policy::{StopReason, decide};
+use super::runner::Runner;
+use crate::queue::{
+    ClaimParams, Finish, HeartbeatParams, Inserted, Job, JobId, JobStore, Lease, NewJob, SharedClock, StoreError,
+};
+use crate::sandbox::{Outcome, StopSignal};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+
+/// Jobs claimed per round trip: enough to amortise the claim's transaction
+/// over many jobs, small enough that one host does not hoard a queue.
+pub const DEFAULT_CLAIM_BATCH: usize = 64;
+/// Transitions written per transaction, for the same reason.
+pub const DEFAULT_FINISH_BATCH: usize = 256;
+/// A lease outlives a host by this much: a dead host's jobs come back
+/// within it (plus one rescue period).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
+/// Safety net for work that no local enqueue announces (another process
+/// enqueued, a retry came due); local enqueues wake the queue at once.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// How long running jobs get to finish on shutdown before they are interrupted.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a cancelled job gets to return before it is interrupted.
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// One named queue and how many of its jobs run at once on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    pub name: String,
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct DispatcherConfig {
+    /// This host's name in leases.
+    pub host: String,
+    pub queues: Vec<QueueConfig>,
+    pub claim_batch: usize,
+    pub finish_batch: usize,
+    pub lease: Duration,
+    pub poll_interval: Duration,
+    pub shutdown_grace: Duration,
+    pub cancel_grace: Duration,
+    /// The largest payload accepted at enqueue.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            host: default_host_name(),
+            queues: vec![QueueConfig { name: crate::queue::DEFAULT_QUEUE.into(), concurrency: cores * 4 }],
+            claim_batch: DEFAULT_CLAIM_BATCH,
+            finish_batch: DEFAULT_FINISH_BATCH,
+            lease: DEFAULT_LEASE,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            cancel_grace: DEFAULT_CANCEL_GRACE,
+            max_payload_bytes: crate::sandbox::DEFAULT_MAX_PAYLOAD_BYTES,
+        }
+    }
+}
+
+/// `hostname-pid`: unique among live processes on one machine.
+pub fn default_host_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Why an enqueue was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    #[error("unknown job kind {kind:?}: no plugin of that name is loaded (loaded: {known})")]
+    UnknownKind { kind: String, known: String },
+    #[error("job {index}: payload is {size} bytes, over the limit of {limit} bytes")]
+    PayloadTooLarge { index: usize, size: usize, limit: usize },
+    #[error("job {index}: queue {queue:?} is not served by this host (queues: {known})")]
+    UnknownQueue { index: usize, queue: String, known: String },
+    #[error("job {index}: max_attempts must be at least 1")]
+    ZeroAttempts { index: usize },
+    #[error("the host is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A job as a client asks for it; unset fields take the plugin's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct EnqueueRequest {
+    pub kind: String,
+    pub payload: Vec<u8>,
+    pub queue: Option<String>,
+    pub priority: Option<i32>,
+    pub unique_key: Option<String>,
+    pub scheduled_at: Option<i64>,
+    pub max_attempts: Option<u32>,
+}
+
+struct RunningJob {
+    lease: Lease,
+    stop: StopSignal,
+    reason: Option<StopReason>,
+}
+
+struct Inner {
+    store: Arc<dyn JobStore>,
+    runner: Arc<dyn Runner>,
+    config: DispatcherConfig,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+    wake: BTreeMap<String, Arc<Notify>>,
+    running: Mutex<HashMap<JobId, RunningJob>>,
+    in_flight: AtomicUsize,
+    idle: Notify,
+    stopping: watch::Sender<bool>,
+    accepting: AtomicBool,
+    finishes: Mutex<Option<mpsc::UnboundedSender<Finish>>>,
+}
+
+/// The worker: cheap to clone, shared by the API and the signal handler.
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher").field("host", &self.inner.config.host).finish_non_exhaustive()
+    }
+}
+
+/// The dispatcher's background tasks; await `stopped` after `shutdown`.
+#[derive(Debug)]
+pub struct Running {
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Running {
+    /// Resolves once every queue loop, the heartbeat, the rescuer and the
+    /// finisher have ended (after [`Dispatcher::shutdown`]).
+    pub async fn stopped(mut self) {
+        while let Some(result) = self.tasks.join_next().await {
+            if let Err(e) = result {
+                tracing::error!("dispatcher task failed: {e}");
+            }
+        }
+    }
+}
+
+impl Dispatcher {
+    pub fn new(store: Arc<dyn JobStore>, runner: Arc<dyn Runner>, config: DispatcherConfig, clock: SharedClock, metrics: Arc<Metrics>) -> Self {
+        let wake = config.queues.iter().map(|q| (q.name.clone(), Arc::new(Notify::new()))).collect();
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                runner,
+                config,
+                clock,
+                metrics,
+                wake,
+                running: Mutex::new(HashMap::new()),
+                in_flight: AtomicUsize::new(0),
+                idle: Notify::new(),
+                stopping: watch::Sender::new(false),
+                accepting: AtomicBool::new(true),
+                finishes: Mutex::new(None),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn JobStore> {
+        &self.inner.store
+    }
+
+    pub fn runner(&self) -> &Arc<dyn Runner> {
+        &self.inner.runner
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    pub fn config(&self) -> &DispatcherConfig {
+        &self.inner.config
+    }
+
+    /// True until shutdown starts.
+    pub fn is_accepting(&self) -> bool {
+        self.inner.accepting.load(Ordering::SeqCst)
+    }
+
+    /// Starts the queue loops, the heartbeat, the rescuer and the finisher.
+    pub fn start(&self) -> Running {
+        let mut tasks = tokio::task::JoinSet::new();
+        let (finish_tx, finish_rx) = mpsc::unbounded_channel();
+        *self.inner.finishes.lock().expect("poisoned") = Some(finish_tx);
+        tasks.spawn(finisher(self.inner.clone(), finish_rx));
+        for queue in &self.inner.config.queues {
+            tasks.spawn(queue_loop(self.inner.clone(), queue.clone()));
+        }
+        tasks.spawn(heartbeat_loop(self.inner.clone()));
+        let rescuer = Rescuer::new(self.inner.store.clone(), self.inner.config.lease);
+        let wake: Vec<Arc<Notify>> = self.inner.wake.values().cloned().collect();
+        tasks.spawn(rescuer.run(self.inner.stopping.subscribe(), move || wake.iter().for_each(|w| w.notify_one())));
+        tracing::info!(host = %self.inner.config.host, queues = ?self.inner.config.queues, "dispatcher started");
+        Running { tasks }
+    }
+
+    /// Validates and inserts jobs, then wakes their queues at once. An
+    /// unknown kind, an oversized payload or an unserved queue refuses the
+    /// whole batch before anything is stored.
+    pub async fn enqueue(&self, requests: Vec<EnqueueRequest>) -> Result<Vec<Inserted>, EnqueueError> {
+        if !self.is_accepting() {
+            return Err(EnqueueError::ShuttingDown);
+        }
+        let mut jobs = Vec::with_capacity(requests.len());
+        for (index, r) in requests.into_iter().enumerate() {
+            let Some(kind) = self.inner.runner.kind(&r.kind) else {
+                return Err(EnqueueError::UnknownKind { kind: r.kind, known: self.inner.runner.kinds().join(", ") });
+            };
+            if r.payload.len() > self.inner.config.max_payload_bytes {
+                return Err(EnqueueError::PayloadTooLarge { index, size: r.payload.len(), limit: self.inner.config.max_payload_bytes });
+            }
+            let queue = r.queue.unwrap_or_else(|| crate::queue::DEFAULT_QUEUE.to_string());
+            if !self.inner.wake.contains_key(&queue) {
+                let known = self.inner.wake.keys().cloned().collect::<Vec<_>>().join(", ");
+                return Err(EnqueueError::UnknownQueue { index, queue, known });
+            }
+            let max_attempts = r.max_attempts.unwrap_or(kind.retry.max_attempts);
+            if max_attempts == 0 {
+                return Err(EnqueueError::ZeroAttempts { index });
+            }
+            jobs.push(NewJob {
+                kind: r.kind,
+                queue,
+                priority: r.priority.unwrap_or(0),
+                payload: r.payload,
+                max_attempts,
+                scheduled_at: r.scheduled_at,
+                unique_key: r.unique_key,
+            });
+        }
+        let inserted = self.inner.store.insert_many(jobs).await?;
+        let mut woken: Vec<&str> = inserted.iter().filter(|i| i.created).map(|i| i.job.queue.as_str()).collect();
+        woken.dedup();
+        for queue in woken {
+            if let Some(wake) = self.inner.wake.get(queue) {
+                wake.notify_one();
+            }
+        }
+        Ok(inserted)
+    }
+
+    /// Cancels a job: a waiting one at once; a running one here sees
+    /// `cancelled()` now and is interrupted after the cancel grace period.
+    pub async fn cancel(&self, id: JobId) -> Result<Job, StoreError> {
+        let job = self.inner.store.cancel(id).await?;
+        if job.cancel_requested {
+            self.inner.stop_locally(id, StopReason::CancelRequested);
+        }
+        Ok(job)
+    }
+
+    /// Wakes a queue (after a hand retry, a resume).
+    pub fn wake(&self, queue: &str) {
+        if let Some(wake) = self.inner.wake.get(queue) {
+            wake.notify_one();
+        }
+    }
+
+    /// Graceful stop: stop claiming, ask running jobs to cancel, wait up to
+    /// the grace period, interrupt the rest, write every transition. Jobs
+    /// stopped this way go back to `available` without counting the attempt.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.accepting.store(false, Ordering::SeqCst);
+        inner.stopping.send_replace(true);
+        let running: Vec<JobId> = inner.running.lock().expect("poisoned").keys().copied().collect();
+        tracing::info!(running = running.len(), "shutdown: stopped claiming; asking running jobs to cancel");
+        for id in &running {
+            inner.stop_locally(*id, StopReason::Shutdown);
+        }
+        let grace = inner.config.shutdown_grace;
+        if tokio::time::timeout(grace, inner.wait_idle()).await.is_err() {
+            let left: Vec<JobId> = inner.running.lock().expect("poisoned").keys().copied().collect();
+            tracing::warn!(jobs = ?left, "shutdown: grace period of {grace:?} over; interrupting what is left");
+            for running in inner.running.lock().expect("poisoned").values() {
+                running.stop.interrupt();
+            }
+            inner.wait_idle().await;
+        }
+        tracing::info!("shutdown: every run has ended; writing the last transitions");
+        // Closing the channel lets the finisher drain and end.
+        inner.finishes.lock().expect("poisoned").take();
+    }
+}
+
+impl Inner {
+    fn stop_locally(self: &Arc<Self>, id: JobId, reason: StopReason) {
+        let mut running = self.running.lock().expect("poisoned");
+        let Some(job) = running.get_mut(&id) else { return };
+        if job.reason.is_none() || reason == StopReason::LeaseLost {
+            job.reason = Some(reason);
+        }
+        match reason {
+            StopReason::LeaseLost => job.stop.interrupt(),
+            StopReason::Shutdown => job.stop.cancel(),
+            StopReason::CancelRequested => {
+                job.stop.cancel();
+                let stop = job.stop.clone();
+                let grace = self.config.cancel_grace;
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    stop.interrupt();
+                });
+            }
+        }
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    fn send_finish(&self, finish: Finish) {
+        let sender = self.finishes.lock().expect("poisoned").clone();
+        match sender {
+            Some(sender) => {
+                if sender.send(finish).is_err() {
+                    tracing::error!("finisher has stopped; a transition was not written");
+                }
+            }
+            None => tracing::error!(job = finish.lease.id, "finisher already closed; the lease will expire and the job be rescued"),
+        }
+    }
+}
+
+async fn queue_loop(inner: Arc<Inner>, queue: QueueConfig) {
+    let slots = Arc::new(Semaphore::new(queue.concurrency));
+    let wake = inner.wake[&queue.name].clone();
+    let mut stopping = inner.stopping.subscribe();
+    loop {
+        if *stopping.borrow() {
+            break;
+        }
+        let mut permits: OwnedSemaphorePermit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            _ = stopping.changed() => break,
+        };
+        let extra = slots.available_permits().min(inner.config.claim_batch.saturating_sub(1));
+        if extra > 0 {
+            if let Ok(more) = slots.clone().try_acquire_many_owned(extra as u32) {
+                permits.merge(more);
+            }
+        }
+        let wanted = permits.num_permits();
+        let claimed = inner
+            .store
+            .claim(ClaimParams {
+                queue: queue.name.clone(),
+                limit: wanted,
+                host: inner.config.host.clone(),
+                lease_ms: inner.config.lease.as_millis() as i64,
+            })
+            .await;
+        let jobs = match claimed {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::error!(queue = %queue.name, "claim failed: {e}; retrying after {:?}", inner.config.poll_interval);
+                drop(permits);
+                tokio::time::sleep(inner.config.poll_interval).await;
+                continue;
+            }
+        };
+        if jobs.is_empty() {
+            drop(permits);
+            let until_due = match inner.store.next_due(&queue.name).await {
+                Ok(Some(at)) => Duration::from_millis((at - inner.clock.now()).max(1) as u64),
+                _ => inner.config.poll_interval,
+            };
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(until_due.min(inner.config.poll_interval)) => {}
+                _ = stopping.changed() => break,
+            }
+            continue;
+        }
+        for job in jobs {
+            let permit = permits.split(1).expect("one permit per claimed job");
+            inner.in_flight.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(run_job(inner.clone(), job, permit));
+        }
+        // Permits for jobs the claim did not find are dropped here.
+    }
+    tracing::info!(queue = %queue.name, "queue loop stopped");
+}
+
+async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
+    let stop = inner.runner.stop_signal();
+    let lease = job.lease();
+    inner.running.lock().expect("poisoned").insert(job.id, RunningJob { lease, stop: stop.clone(), reason: None });
+    if job.cancel_requested {
+        inner.stop_locally(job.id, StopReason::CancelRequested);
+    }
+    let started = inner.clock.now();
+    inner.metrics.job_started(&job.kind, started - job.scheduled_at);
+    let report = inner.runner.run(&job, &stop).await;
+    let reason = inner.running.lock().expect("poisoned").remove(&job.id).and_then(|r| r.reason);
+    inner.metrics.job_finished(&job.kind, &report);
+    let policy = inner.runner.kind(&job.kind).map(|k| k.retry).unwrap_or_default();
+    let now = inner.clock.now();
+    match decide(&job, &report.outcome, reason, &policy, now) {
+        Some(transition) => {
+            if !matches!(report.outcome, Outcome::Ok(_)) {
+                tracing::info!(job = job.id, kind = %job.kind, attempt = job.attempt, outcome = report.outcome.name(),
+                    next = transition.name(), "{}", report.outcome.error_message().unwrap_or_default());
+            }
+            inner.send_finish(Finish { lease, transition });
+        }
+        None => tracing::warn!(job = job.id, "lease lost while running; another host has the job, nothing written"),
+    }
+    if inner.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+        inner.idle.notify_waiters();
+    }
+}
+
+/// Writes transitions in batches: everything waiting when the previous
+/// write ends goes in the next transaction.
+async fn finisher(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>) {
+    let mut batch = Vec::with_capacity(inner.config.finish_batch);
+    while rx.recv_many(&mut batch, inner.config.finish_batch).await > 0 {
+        let finishes = std::mem::take(&mut batch);
+        let leases: Vec<Lease> = finishes.iter().map(|f| f.lease).collect();
+        match inner.store.finish_many(finishes).await {
+            Ok(results) => {
+                for (lease, result) in leases.iter().zip(results) {
+                    if let Err(e) = result {
+                        tracing::warn!(job = lease.id, "transition refused: {e}");
+                    }
+                }
+            }
+            // The leases expire and the rescuer brings the jobs back.
+            Err(e) => tracing::error!(jobs = leases.len(), "writing transitions failed: {e}; the jobs will be rescued"),
+        }
+    }
+    tracing::info!("finisher stopped: every transition written");
+}
+
+/// Keeps the leases of running jobs alive, and acts on what it learns: a
+/// lost lease interrupts the run, a requested cancel cancels it.
+async fn heartbeat_loop(inner: Arc<Inner>) {
+    // Three beats per lease: one lost beat does not lose the lease.
+    let every = inner.config.lease / 3;
+    let mut stopping = inner.stopping.subscribe();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stopping.changed() => {
+                // Keep beating until every run has ended: shutdown may take the whole grace period.
+                if inner.in_flight.load(Ordering::SeqCst) == 0 { break; }
+            }
+        }
+        if *stopping.borrow() && inner.in_flight.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        let leases: Vec<Lease> = inner.running.lock().expect("poisoned").values().map(|r| r.lease).collect();
+        if leases.is_empty() {
+            continue;
+        }
+        match inner.store.heartbeat(HeartbeatParams { leases, lease_ms: inner.config.lease.as_millis() as i64 }).await {
+            Ok(beat) => {
+                for lease in beat.lost {
+                    tracing::warn!(job = lease.id, "lease lost; interrupting the run");
+                    inner.stop_locally(lease.id, StopReason::LeaseLost);
+                }
+                for lease in beat.cancel_requested {
+                    inner.stop_locally(lease.id, StopReason::CancelRequested);
+                }
+            }
+            Err(e) => tracing::error!("heartbeat failed: {e}"),
+        }
+    }
+}

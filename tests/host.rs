@@ -1,0 +1,195 @@
+//! A running `kiln serve` for end-to-end tests: its own data directory and
+//! plugins directory, its API address read from its stdout, stopped by
+//! SIGTERM, `kill -9`, or dropping it.
+
+use crate::support::built;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a test waits for something the host should do in well under a
+/// second: generous, because the machine is shared and the build is debug.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The plugins a test host serves.
+const PLUGINS: &[&str] = &[built::ECHO, built::SEND_EMAIL, built::CLEANUP, built::FLAKY, built::SPIN, built::IGNORE_CANCEL];
+
+/// A directory for one host: `kiln.toml`, `data/`, `plugins/`, `stderr.log`.
+pub struct HostDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl HostDir {
+    /// `config` is written as `kiln.toml`; `[queues.default]` and fast
+    /// timings are the caller's to choose.
+    pub fn new(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("kiln.toml"), config).unwrap();
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir(&plugins).unwrap();
+        for plugin in PLUGINS {
+            let name = Path::new(plugin).file_name().unwrap();
+            std::os::unix::fs::symlink(plugin, plugins.join(name)).unwrap();
+        }
+        // Share compiled plugins across tests (writes are atomic renames).
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let shared = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-serve-artifacts");
+        std::fs::create_dir_all(&shared).unwrap();
+        std::os::unix::fs::symlink(&shared, data.join("artifacts")).unwrap();
+        Self { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.path().join("data/kiln.db")
+    }
+
+    /// The `kiln serve` command for this directory, not yet started.
+    pub fn command(&self) -> Command {
+        let mut cmd = crate::support::kiln();
+        cmd.current_dir(self.path())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", "data", "--plugins-dir", "plugins", "--config", "kiln.toml"])
+            .env("KILN_LOG", "info,kiln::plugin=warn");
+        cmd
+    }
+
+    /// Starts `kiln serve` and waits until its API listens.
+    pub fn start(&self) -> Host {
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(self.path().join("stderr.log")).unwrap();
+        let mut child = self.command().stdout(Stdio::piped()).stderr(stderr).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(url.to_string());
+                }
+            }
+        });
+        let url = rx.recv_timeout(PATIENCE).unwrap_or_else(|_| panic!("kiln serve did not start; stderr:\n{}", self.stderr()));
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        Host { child: Some(child), url, agent, log: self.path().join("stderr.log") }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.path().join("stderr.log")).unwrap_or_default()
+    }
+}
+
+pub struct Host {
+    child: Option<Child>,
+    pub url: String,
+    agent: ureq::Agent,
+    log: PathBuf,
+}
+
+impl Host {
+    fn answer(mut response: ureq::http::Response<ureq::Body>) -> (u16, Value) {
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        Self::answer(self.agent.get(&format!("{}{path}", self.url)).call().unwrap())
+    }
+
+    pub fn get_text(&self, path: &str) -> String {
+        self.agent.get(&format!("{}{path}", self.url)).call().unwrap().body_mut().read_to_string().unwrap()
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        Self::answer(self.agent.post(&format!("{}{path}", self.url)).send_json(body).unwrap())
+    }
+
+    pub fn post_raw(&self, path: &str, body: &[u8]) -> (u16, Value) {
+        Self::answer(self.agent.post(&format!("{}{path}", self.url)).content_type("application/json").send(body).unwrap())
+    }
+
+    /// Enqueues one job; returns its id.
+    pub fn enqueue(&self, job: Value) -> i64 {
+        let (status, body) = self.post("/jobs", &job);
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_i64().unwrap()
+    }
+
+    pub fn job(&self, id: i64) -> Value {
+        let (status, body) = self.get(&format!("/jobs/{id}"));
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Waits until job `id` is in `state`; returns the job.
+    pub fn wait_for(&self, id: i64, state: &str) -> Value {
+        let started = Instant::now();
+        loop {
+            let job = self.job(id);
+            if job["state"] == state {
+                return job;
+            }
+            assert!(started.elapsed() < PATIENCE, "job {id} never became {state}: {job}\nhost log:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// All jobs (first 1000) in `state`.
+    pub fn jobs_in(&self, state: &str) -> Vec<Value> {
+        let (status, body) = self.get(&format!("/jobs?state={state}&limit=1000"));
+        assert_eq!(status, 200, "{body}");
+        body["jobs"].as_array().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// `kill -9`: no chance to clean up.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for the exit; returns its status and how long it took.
+    pub fn sigterm(&mut self) -> (ExitStatus, Duration) {
+        let mut child = self.child.take().unwrap();
+        let sent = Instant::now();
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status, sent.elapsed());
+            }
+            assert!(sent.elapsed() < PATIENCE * 2, "kiln serve did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits until `condition` holds.
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !condition() {
+        assert!(started.elapsed() < PATIENCE, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,301 @@
+//! `kiln serve` end to end: the real binary, a real SQLite file, the HTTP
+//! API. Jobs run, retry, dead-letter, deduplicate, survive `kill -9` and
+//! SIGTERM; bad input is refused without touching what is stored.
+
+use crate::host::{HostDir, PATIENCE, eventually};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Fast timings so failure paths show in seconds, not minutes.
+const FAST: &str = "lease_ms = 1500\npoll_interval_ms = 100\nshutdown_grace_ms = 1000\ncancel_grace_ms = 500\n\n[queues.default]\nconcurrency = 4\n";
+
+#[test]
+fn an_enqueued_job_runs_and_completes_with_its_result() {
+    let dir = HostDir::new(FAST);
+    let host = dir.start();
+    let id = host.enqueue(json!({"kind": "echo", "payload": {"hello": "world"}}));
+    let job = host.wait_for(id, "completed");
+    assert_eq!(job["result"], json!({"hello": "world"}));
+    assert_eq!(job["attempt"], 1);
+    assert_eq!(job["errors"], json!([]));
+    assert!(job["finalized_at"].is_string());
+    assert_eq!(job["max_attempts"], 5, "the plugin's default max_attempts");
+}
+
+#[test]
+fn a_retryable_failure_retries_with_growing_delays_then_dead_letters() {
+    let dir = HostDir::new(FAST);
+    let host = dir.start();
+    let id = host.enqueue(json!({"kind": "flaky", "payload": {"fail_attempts": 100}}));
+    let job = host.wait_for(id, "dead");
+    let errors = job["errors"].as_array().unwrap();
+    assert_eq!(job["attempt"], 3, "flaky's manifest allows 3 attempts");
+    assert_eq!(errors.len(), 3, "{job}");
+    assert!(errors.iter().all(|e| e["outcome"] == "retry"));
+    assert!(errors[2]["message"].as_str().unwrap().contains("no attempts left"));
+    let at = |i: usize| crate::support::millis(errors[i]["at"].as_str().unwrap());
+    let (first_gap, second_gap) = (at(1) - at(0), at(2) - at(1));
+    // Backoff 100 ms then 200 ms, each ±25 %.
+    assert!(first_gap >= 75, "first retry waited {first_gap} ms");
+    assert!(second_gap > first_gap, "delays grow: {first_gap} ms then {second_gap} ms");
+}
+
+#[test]
+fn a_job_that_fails_once_completes_on_retry() {
+    let dir = HostDir::new(FAST);
+    let host = dir.start();
+    let id = host.enqueue(json!({"kind": "flaky", "payload": {"fail_attempts": 1}}));
+    let job = host.wait_for(id, "completed");
+    assert_eq!(job["result"], json!({"succeeded_on_attempt": 2}));
+    assert_eq!(job["errors"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn invalid_input_dead_letters_at_once_and_a_hand_retry_runs_it_again() {
+    let dir = HostDir::new(FAST);
+    let host = dir.start();
+    let id = host.enqueue(json!({"kind": "send-email", "payload": {"to": "not-an-address", "subject": "x"}}));
+    let dead = host.wait_for(id, "dead");
+    assert_eq!(dead["attempt"], 1, "never retried");
+    assert_eq!(dead["errors"][0]["outcome"], "invalid_input");
+    assert!(dead["errors"][0]["message"].as_str().unwrap().contains("not an email address"));
+
+    let (status, retried) = host.post(&format!("/jobs/{id}/retry"), &json!(null));
+    assert_eq!(status, 200, "{retried}");
+    assert_eq!(retried["state"], "available");
+    eventually("the retried job runs again", || host.job(id)["errors"].as_array().unwrap().len() == 2);
+    assert_eq!(host.wait_for(id, "dead")["attempt"], 1);
+
+    let (status, body) = host.post(&format!("/jobs/{id}/retry"), &json!(null));
+    assert_eq!(status, 200, "a dead job can be retried again: {body}");
+    let (status, body) = host.post("/jobs/999999/retry", &json!(null));
+    assert_eq!((status, body["error"].as_str().unwrap()), (404, "job 999999 not found"));
+}
+
+#[test]
+fn a_unique_key_deduplicates() {
+    let dir = HostDir::new(FAST);
+    let host = dir.start();
+    let job = json!({"kind": "echo", "payload": 1, "unique_key": "nightly-2026-11-22", "scheduled_at": "2999-01-01T00:00:00Z"});
+    let (first_status, first) = host.post("/jobs", &job);
+    let (second_status, second) = host.post("/jobs", &job);
+    assert_eq!((first_status, second_status), (201, 200));
+    assert_eq!(first["id"], second["id"]);
+    assert_eq!(first["state"], "scheduled");
+    assert_eq!(host.jobs_in("scheduled").len(), 1);
+}
+
+#[test]
+fn many_jobs_in_one_request_all_run() {
+    let dir = HostDir::new(FAST);
+    let host = dir.start();
+    let batch: Vec<Value> = (0..50).map(|i| json!({"kind": "echo", "payload": {"i": i}})).collect();
+    let (status, body) = host.post("/jobs", &Value::Array(batch));
+    assert_eq!(status, 201, "{body}");
+    let ids: Vec<i64> = body.as_array().unwrap().iter().map(|j| j["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids.len(), 50);
+    eventually("all 50 complete", || host.jobs_in("completed").len() == 50);
+    assert_eq!(host.job(ids[7])["result"], json!({"i": 7}));
+}
+
+#[test]
+fn a_running_job_is_cancelled_through_the_api() {
+    let dir = HostDir::new(FAST);
+    let host = dir.start();
+    let polite = host.enqueue(json!({"kind": "send-email", "payload": {"to": "a@b.co", "subject": "s", "send_ms": 60000}}));
+    let stubborn = host.enqueue(json!({"kind": "ignore-cancel"}));
+    host.wait_for(polite, "running");
+    host.wait_for(stubborn, "running");
+    for id in [polite, stubborn] {
+        let (status, body) = host.post(&format!("/jobs/{id}/cancel"), &json!(null));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["cancel_requested"], true);
+    }
+    let polite_job = host.wait_for(polite, "cancelled");
+    assert_eq!(polite_job["errors"][0]["outcome"], "cancelled");
+    let stubborn_job = host.wait_for(stubborn, "cancelled");
+    assert!(stubborn_job["errors"][0]["message"].as_str().unwrap().contains("interrupted"), "{stubborn_job}");
+
+    let waiting = host.enqueue(json!({"kind": "echo", "scheduled_at": "2999-01-01T00:00:00Z"}));
+    assert_eq!(host.post(&format!("/jobs/{waiting}/cancel"), &json!(null)).1["state"], "cancelled");
+    let (status, body) = host.post(&format!("/jobs/{waiting}/cancel"), &json!(null));
+    assert_eq!(status, 409, "a cancelled job cannot be cancelled again: {body}");
+}
+
+#[test]
+fn a_paused_queue_holds_its_jobs_until_resumed() {
+    let dir = HostDir::new(FAST);
+    let host = dir.start();
+    assert_eq!(host.post("/queues/default/pause", &json!(null)).0, 200);
+    let id = host.enqueue(json!({"kind": "echo", "payload": "held"}));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(host.job(id)["state"], "available", "a paused queue is not claimed");
+    let (_, queues) = host.get("/queues");
+    assert_eq!(queues["queues"][0]["paused"], true);
+    assert_eq!(host.post("/queues/default/resume", &json!(null)).0, 200);
+    host.wait_for(id, "completed");
+    assert_eq!(host.post("/queues/nope/pause", &json!(null)).0, 404);
+}
+
+#[test]
+fn health_readiness_plugins_and_metrics() {
+    let dir = HostDir::new(FAST);
+    let host = dir.start();
+    assert_eq!(host.get("/healthz"), (200, json!({"status": "ok"})));
+    assert_eq!(host.get("/readyz"), (200, json!({"status": "ready"})));
+    let (_, plugins) = host.get("/plugins");
+    let names: Vec<&str> = plugins["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"echo") && names.contains(&"flaky"), "{names:?}");
+
+    let ok = host.enqueue(json!({"kind": "echo", "payload": 1}));
+    let bad = host.enqueue(json!({"kind": "send-email", "payload": {}}));
+    host.wait_for(ok, "completed");
+    host.wait_for(bad, "dead");
+    let metrics = host.get_text("/metrics");
+    for expected in [
+        r#"kiln_jobs_finished_total{kind="echo",outcome="ok"} 1"#,
+        r#"kiln_jobs_finished_total{kind="send-email",outcome="invalid_input"} 1"#,
+        r#"kiln_job_failures_total{kind="send-email"} 1"#,
+        r#"kiln_queue_depth{queue="default",state="completed"} 1"#,
+        r#"kiln_queue_depth{queue="default",state="dead"} 1"#,
+        r#"kiln_queue_delay_seconds_count{kind="echo"} 1"#,
+        r#"kiln_run_duration_seconds_count{kind="echo"} 1"#,
+        r#"kiln_fuel_used_total{kind="echo"}"#,
+        r#"kiln_peak_memory_bytes_count{kind="echo"} 1"#,
+    ] {
+        assert!(metrics.contains(expected), "missing {expected} in:\n{metrics}");
+    }
+}
+
+#[test]
+fn bad_requests_are_refused_with_a_clear_error_and_store_nothing() {
+    let dir = HostDir::new(&format!("max_payload_bytes = 1000\n{FAST}"));
+    let host = dir.start();
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (b"{\"kind\": \"echo\", ".to_vec(), 400, "request body is not JSON: EOF while parsing a value at line 1 column 17"),
+        (br#"{"kind": "nope"}"#.to_vec(), 400, "unknown job kind \"nope\""),
+        (br#"{"kind": "echo", "colour": 1}"#.to_vec(), 400, "unknown field `colour`"),
+        (br#"{"kind": "echo", "max_attempts": 0}"#.to_vec(), 400, "max_attempts must be at least 1"),
+        (br#"{"kind": "echo", "scheduled_at": "tomorrow"}"#.to_vec(), 400, "scheduled_at: \"tomorrow\" is not an RFC 3339 time"),
+        (br#"{"kind": "echo", "queue": "elsewhere"}"#.to_vec(), 400, "queue \"elsewhere\" is not served"),
+        (br#"[{"kind": "echo"}, {"kind": "nope"}]"#.to_vec(), 400, "unknown job kind \"nope\""),
+        (br#"42"#.to_vec(), 400, "must be a job object or an array"),
+        (format!(r#"{{"kind": "echo", "payload": "{}"}}"#, "x".repeat(2000)).into_bytes(), 413, "payload is 2002 bytes, over the limit of 1000 bytes"),
+    ];
+    for (body, status, message) in cases {
+        let (got, answer) = host.post_raw("/jobs", &body);
+        assert_eq!(got, status, "{answer}");
+        let error = answer["error"].as_str().unwrap_or_else(|| panic!("no error field: {answer}"));
+        assert!(error.contains(message), "expected {message:?} in {error:?}");
+    }
+    let (status, page) = host.get("/jobs");
+    assert_eq!(status, 200);
+    assert_eq!(page["jobs"], json!([]), "nothing was stored, not even the valid first job of the mixed batch");
+    assert_eq!(host.get("/jobs?state=sleeping").0, 400);
+    assert_eq!(host.get("/jobs/abc").0, 400);
+}
+
+#[test]
+fn kill_9_loses_nothing_and_only_jobs_in_flight_run_twice() {
+    let dir = HostDir::new(FAST);
+    let mut host = dir.start();
+    let jobs: Vec<Value> = (0..40).map(|i| json!({"kind": "send-email", "payload": {"to": format!("u{i}@example.com"), "subject": "hi", "send_ms": 100}})).collect();
+    let (status, _) = host.post("/jobs", &Value::Array(jobs));
+    assert_eq!(status, 201);
+    eventually("some jobs completed", || host.jobs_in("completed").len() >= 8);
+    host.kill9();
+
+    let host = dir.start();
+    eventually("every job completed after the restart", || host.jobs_in("completed").len() == 40);
+    let completed = host.jobs_in("completed");
+    let twice: Vec<&Value> = completed.iter().filter(|j| j["attempt"] != 1).collect();
+    assert!(!twice.is_empty(), "jobs were in flight at the kill");
+    // In flight: at most `concurrency` running, plus runs finished but not yet written.
+    assert!(twice.len() <= 8, "{} jobs ran twice", twice.len());
+    for job in twice {
+        assert_eq!(job["attempt"], 2);
+        assert_eq!(job["errors"][0]["outcome"], "lease_expired", "{job}");
+    }
+}
+
+#[test]
+fn sigterm_lets_a_polite_job_stop_interrupts_a_stubborn_one_and_loses_neither() {
+    let dir = HostDir::new(FAST);
+    let mut host = dir.start();
+    let polite = host.enqueue(json!({"kind": "send-email", "payload": {"to": "a@b.co", "subject": "s", "send_ms": 60000}}));
+    let stubborn = host.enqueue(json!({"kind": "ignore-cancel"}));
+    host.wait_for(polite, "running");
+    host.wait_for(stubborn, "running");
+    // Paused (a stored flag): the restarted host must not claim them before we look.
+    assert_eq!(host.post("/queues/default/pause", &json!(null)).0, 200);
+    let (status, took) = host.sigterm();
+    assert!(status.success(), "exit {status:?}");
+    // Grace 1 s + one epoch tick; the bound here only catches a hang.
+    assert!(took < PATIENCE, "took {took:?}");
+    eprintln!("SIGTERM to exit with a stubborn job: {took:?} (grace 1 s)");
+    let log = dir.stderr();
+    for step in ["SIGTERM received", "shutdown: stopped claiming", "grace period of 1s over", "every run has ended", "every transition written", "stopped"] {
+        assert!(log.contains(step), "the log shows {step:?}:\n{log}");
+    }
+
+    let host = dir.start();
+    for id in [polite, stubborn] {
+        let job = host.job(id);
+        assert_eq!(job["state"], "available", "{job}");
+        assert_eq!(job["attempt"], 0, "a run stopped by shutdown does not count as an attempt: {job}");
+    }
+}
+
+#[test]
+fn bad_config_and_a_file_that_is_not_a_database_are_refused() {
+    for (config, expected) in [
+        ("lease_ms = 1000\nthreads = 4\n", vec!["kiln.toml", "line 2", "unknown field `threads`"]),
+        ("lease_ms = \"soon\"\n", vec!["kiln.toml", "line 1", "lease_ms"]),
+        ("[queues.default]\nconcurrency = 0\n", vec!["`queues.default.concurrency` must be greater than zero"]),
+    ] {
+        let dir = HostDir::new(config);
+        let out = dir.command().output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{config}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for part in expected {
+            assert!(stderr.contains(part), "{part:?} not in {stderr}");
+        }
+    }
+
+    let dir = HostDir::new(FAST);
+    let garbage = b"definitely not sqlite\n".repeat(100);
+    std::fs::write(dir.database(), &garbage).unwrap();
+    let out = dir.command().output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("kiln.db is not a Kiln database"), "{stderr}");
+    assert_eq!(std::fs::read(dir.database()).unwrap(), garbage, "the file is untouched");
+}
+
+#[test]
+fn the_cli_talks_to_the_api() {
+    let dir = HostDir::new(FAST);
+    let host = dir.start();
+    let kiln = |args: &[&str]| {
+        let out = crate::support::kiln().args(args).env("KILN_API", &host.url).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.code(), stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, out, err) = kiln(&["enqueue", "echo", "--payload", r#"{"via":"cli"}"#]);
+    assert_eq!(code, Some(0), "{err}");
+    let id = serde_json::from_str::<Value>(&out).unwrap()["id"].as_i64().unwrap();
+    host.wait_for(id, "completed");
+    let (_, out, _) = kiln(&["jobs", "show", &id.to_string()]);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["result"], json!({"via": "cli"}));
+    let (_, out, _) = kiln(&["jobs", "list", "--state", "completed"]);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(kiln(&["queues", "pause", "default"]).0, Some(0));
+    assert_eq!(host.get("/queues").1["queues"][0]["paused"], true);
+    assert_eq!(kiln(&["queues", "resume", "default"]).0, Some(0));
+    let (code, _, err) = kiln(&["enqueue", "nope"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("400 Bad Request: unknown job kind \"nope\""), "{err}");
+    let (code, _, err) = kiln(&["jobs", "cancel", &id.to_string()]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("409") && err.contains("is completed; cannot cancel"), "{err}");
+}
