@@ -38,6 +38,17 @@ pub fn load_plugins(sandbox: &Sandbox, cache: &ArtifactCache, dir: &Path) -> any
     Ok(plugins)
 }
 
+/// The runtime job iterations run on: one worker per core, apart from the
+/// runtime of the API and the dispatcher's control loops. A guest yields
+/// only once per epoch tick, and tokio polls for I/O only every few dozen
+/// task polls, so on a shared runtime a busy core delays a health check by
+/// tens of milliseconds; on separate threads the kernel schedules the idle
+/// control plane as soon as it has work.
+pub fn job_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    tokio::runtime::Builder::new_multi_thread().worker_threads(cores).thread_name("kiln-job").enable_all().build()
+}
+
 /// Runs the host until `shutdown` resolves, then stops it gracefully.
 /// `on_listening` is told the bound address.
 pub async fn serve(
@@ -63,6 +74,8 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
+    let jobs = job_runtime().context("cannot start the job runtime")?;
+    dispatcher.run_jobs_on(jobs.handle().clone());
     let running = dispatcher.start();
 
     let (close_api, api_closed) = tokio::sync::oneshot::channel::<()>();
@@ -78,6 +91,8 @@ pub async fn serve(
     running.stopped().await;
     let _ = close_api.send(());
     api.await.context("the API task failed")?.context("the API server failed")?;
+    // Every run has ended; nothing is left on it to wait for.
+    jobs.shutdown_background();
     tracing::info!("stopped");
     Ok(())
 }

@@ -148,6 +148,14 @@ impl SqliteStore {
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // The default 2 MB page cache holds a few thousand jobs; a busy queue's
+    // hot pages (the due index, recent rows) are larger. 64 MiB of cache and
+    // memory-mapped reads keep claims off the read() syscall path.
+    conn.pragma_update(None, "cache_size", -65536)?;
+    conn.pragma_update(None, "mmap_size", 256i64 << 20)?;
+    // Claims use ephemeral tables (`IN (subquery)`, `RETURNING`) and
+    // statement journals: keep them off disk.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     // Another process (a second host on the same file) may hold the write
     // lock briefly; wait for it rather than fail.
     conn.busy_timeout(std::time::Duration::from_secs(5))?;

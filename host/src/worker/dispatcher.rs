@@ -28,6 +28,10 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
 /// Safety net for work that no local enqueue announces (another process
 /// enqueued, a retry came due); local enqueues wake the queue at once.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// When a busy queue has only a few free slots, wait this long for more
+/// before claiming, so claims come in batches instead of one job per
+/// transaction. An idle queue claims at once.
+pub const CLAIM_COOLDOWN: Duration = Duration::from_millis(1);
 /// How long running jobs get to finish on shutdown before they are interrupted.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long a cancelled job gets to return before it is interrupted.
@@ -126,6 +130,8 @@ struct Inner {
     stopping: watch::Sender<bool>,
     accepting: AtomicBool,
     finishes: Mutex<Option<mpsc::UnboundedSender<Finish>>>,
+    /// Where runs are spawned; the current runtime if not set.
+    jobs: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 /// The worker: cheap to clone, shared by the API and the signal handler.
@@ -175,6 +181,7 @@ impl Dispatcher {
                 stopping: watch::Sender::new(false),
                 accepting: AtomicBool::new(true),
                 finishes: Mutex::new(None),
+                jobs: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -193,6 +200,13 @@ impl Dispatcher {
 
     pub fn config(&self) -> &DispatcherConfig {
         &self.inner.config
+    }
+
+    /// Runs jobs on `runtime` instead of the current one, so guests (which
+    /// yield only once per epoch tick) never queue ahead of the API, the
+    /// heartbeats and the claims. Call before [`start`](Self::start).
+    pub fn run_jobs_on(&self, runtime: tokio::runtime::Handle) {
+        let _ = self.inner.jobs.set(runtime);
     }
 
     /// True until shutdown starts.
@@ -363,7 +377,15 @@ async fn queue_loop(inner: Arc<Inner>, queue: QueueConfig) {
             permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
             _ = stopping.changed() => break,
         };
-        let extra = slots.available_permits().min(inner.config.claim_batch.saturating_sub(1));
+        let batch = inner.config.claim_batch.min(queue.concurrency).max(1);
+        let enough = (batch / 4).max(1);
+        if 1 + slots.available_permits() < enough {
+            let more = tokio::time::timeout(CLAIM_COOLDOWN, slots.clone().acquire_many_owned((enough - 1) as u32)).await;
+            if let Ok(Ok(more)) = more {
+                permits.merge(more);
+            }
+        }
+        let extra = slots.available_permits().min(batch.saturating_sub(permits.num_permits()));
         if extra > 0 {
             if let Ok(more) = slots.clone().try_acquire_many_owned(extra as u32) {
                 permits.merge(more);
@@ -401,10 +423,11 @@ async fn queue_loop(inner: Arc<Inner>, queue: QueueConfig) {
             }
             continue;
         }
+        let runtime = inner.jobs.get().cloned().unwrap_or_else(tokio::runtime::Handle::current);
         for job in jobs {
             let permit = permits.split(1).expect("one permit per claimed job");
             inner.in_flight.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(run_job(inner.clone(), job, permit));
+            runtime.spawn(run_job(inner.clone(), job, permit));
         }
         // Permits for jobs the claim did not find are dropped here.
     }
