@@ -150,9 +150,6 @@ impl Host {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
 
     /// `kill -9`: no chance to clean up.
     pub fn kill9(&mut self) {

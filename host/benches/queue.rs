@@ -8,7 +8,7 @@
 
 use async_trait::async_trait;
 use kiln::plugin;
-use kiln::queue::{JobState, JobStore, NewJob, SharedClock, SqliteStore, SystemClock};
+use kiln::queue::{JobState, JobStore, ListFilter, NewJob, SharedClock, SqliteStore, SystemClock};
 use kiln::sandbox::{Budget, Outcome, Report, Sandbox, StopSignal};
 use kiln::worker::{Dispatcher, DispatcherConfig, EnqueueRequest, KindInfo, Metrics, QueueConfig, Runner, SandboxRunner};
 use std::collections::BTreeMap;
@@ -87,19 +87,77 @@ async fn burn_down(runner: Arc<dyn Runner>, jobs: usize, concurrency: usize) -> 
             .unwrap();
     }
     let dispatcher = Dispatcher::new(store.clone(), runner, config(concurrency), clock, Arc::new(Metrics::new()));
+    let jobs_runtime = kiln::serve::job_runtime().unwrap();
+    dispatcher.run_jobs_on(jobs_runtime.handle().clone());
     let started = Instant::now();
     let running = dispatcher.start();
+    // Done when nothing is waiting or running: two index lookups, cheap
+    // enough to poll without loading the store being measured.
     loop {
-        let done: u64 = store.counts().await.unwrap().iter().filter(|c| c.state == JobState::Completed).map(|c| c.count).sum();
-        if done as usize == jobs {
+        let mut pending = 0;
+        for state in [JobState::Available, JobState::Running] {
+            pending += store.list(ListFilter { state: Some(state), limit: 1, ..ListFilter::default() }).await.unwrap().len();
+        }
+        if pending == 0 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = started.elapsed();
     dispatcher.shutdown().await;
     running.stopped().await;
+    jobs_runtime.shutdown_background();
     jobs as f64 / elapsed.as_secs_f64()
+}
+
+/// The peer: apalis 1.0 with its SQLite backend (sqlx), a no-op handler,
+/// the same job count and concurrency, tuned for throughput with its own
+/// settings: fetch batches of 64 (Kiln's claim batch) and a 1 ms poll
+/// interval (its default waits between polls, ~0.5k jobs/s here).
+mod apalis_peer {
+    use apalis::prelude::*;
+    use apalis_sqlite::{Config, SqliteConnectOptions, SqlitePoolOptions, SqliteStorage};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    async fn noop(_n: u64, done: Data<Arc<AtomicUsize>>) -> Result<(), BoxDynError> {
+        done.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Jobs per second, timed until every handler has returned (apalis
+    /// acknowledges after that, so this favours apalis slightly).
+    pub async fn burn_down(jobs: usize, concurrency: usize) -> f64 {
+        let dir = tempfile::tempdir().unwrap();
+        // Kiln's durability settings (WAL, synchronous = NORMAL), so both
+        // pay the same for a commit; sqlx's default fsyncs every one.
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("apalis.db"))
+            .create_if_missing(true)
+            .pragma("journal_mode", "WAL")
+            .pragma("synchronous", "NORMAL");
+        // One connection, as Kiln has one writer. (Tried here: batches of 8
+        // to 512, poll intervals of 10 µs to 1 ms, pools of 1 to 10
+        // connections, sqlx's default durability: all ~0.5-0.6k jobs/s.)
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.unwrap();
+        SqliteStorage::setup(&pool).await.unwrap();
+        let config = Config::default().batch_size(64);
+        let mut sink = SqliteStorage::new(&pool).with_config(config.clone());
+        let mut items = futures::stream::iter((0..jobs as u64).map(|n| TaskBuilder::new(n).build()));
+        sink.push_all(&mut items).await.unwrap();
+        let backend = SqliteStorage::<u64>::new(&pool).with_config(config).poll_with_interval(Duration::from_millis(1));
+        let done = Arc::new(AtomicUsize::new(0));
+        let worker = WorkerBuilder::new("peer").backend(backend).concurrency(concurrency).data(done.clone()).build(noop);
+        let started = Instant::now();
+        let handle = tokio::spawn(worker.run());
+        while done.load(Ordering::Relaxed) < jobs {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let elapsed = started.elapsed();
+        handle.abort();
+        jobs as f64 / elapsed.as_secs_f64()
+    }
 }
 
 /// Enqueue → start on an idle host, `samples` times, in microseconds.
@@ -127,6 +185,8 @@ async fn latency(runner: Arc<dyn Runner>, samples: usize) -> Vec<f64> {
     }
     let timed = Arc::new(Timed { inner: Shared(runner), started: tx });
     let dispatcher = Dispatcher::new(store, timed, config(8), clock, Arc::new(Metrics::new()));
+    let jobs_runtime = kiln::serve::job_runtime().unwrap();
+    dispatcher.run_jobs_on(jobs_runtime.handle().clone());
     let running = dispatcher.start();
     let mut out = Vec::with_capacity(samples);
     for _ in 0..samples {
@@ -142,6 +202,61 @@ async fn latency(runner: Arc<dyn Runner>, samples: usize) -> Vec<f64> {
     }
     dispatcher.shutdown().await;
     running.stopped().await;
+    jobs_runtime.shutdown_background();
+    out
+}
+
+/// `GET /healthz` latencies (µs) from a real socket while `spinners` jobs
+/// of a plugin that never yields on its own burn every core.
+async fn healthz_latency(spinners: usize, samples: usize) -> Vec<f64> {
+    let sandbox = Arc::new(Sandbox::new().unwrap());
+    let mut spin = plugin::load(&sandbox, None, &plugin::resolve(plugin::built::SPIN, &[]).unwrap()).unwrap();
+    // Spin until the bench stops it, not until its manifest's small budgets.
+    spin.manifest.limits.fuel = u64::MAX / 2;
+    spin.manifest.limits.timeout_ms = 600_000;
+    let runner = Arc::new(SandboxRunner::new(sandbox, Arc::new(BTreeMap::from([("spin".to_string(), Arc::new(spin))]))));
+    let dir = tempfile::tempdir().unwrap();
+    let clock: SharedClock = Arc::new(SystemClock);
+    let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&dir.path().join("kiln.db"), clock.clone()).unwrap());
+    let config = DispatcherConfig { shutdown_grace: Duration::from_millis(100), ..config(spinners.max(1)) };
+    let dispatcher = Dispatcher::new(store.clone(), runner, config, clock, Arc::new(Metrics::new()));
+    // As `kiln serve` does: jobs on their own runtime.
+    let jobs = kiln::serve::job_runtime().unwrap();
+    dispatcher.run_jobs_on(jobs.handle().clone());
+    let running = dispatcher.start();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/healthz", listener.local_addr().unwrap());
+    let (close, closed) = tokio::sync::oneshot::channel::<()>();
+    let api = tokio::spawn(kiln::api::serve(listener, kiln::api::AppState { dispatcher: dispatcher.clone() }, async {
+        let _ = closed.await;
+    }));
+    if spinners > 0 {
+        let spins = (0..spinners).map(|_| EnqueueRequest { kind: "spin".into(), ..Default::default() }).collect();
+        dispatcher.enqueue(spins).await.unwrap();
+        while store.counts().await.unwrap().iter().filter(|c| c.state == JobState::Running).map(|c| c.count).sum::<u64>() < spinners as u64 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // The client is a blocking thread outside the runtime, like any outside caller.
+    let out = tokio::task::spawn_blocking(move || {
+        let agent = ureq::Agent::new_with_defaults();
+        (0..samples)
+            .map(|_| {
+                let t = Instant::now();
+                agent.get(&url).call().unwrap().body_mut().read_to_string().unwrap();
+                let took = t.elapsed().as_secs_f64() * 1e6;
+                std::thread::sleep(Duration::from_millis(2));
+                took
+            })
+            .collect::<Vec<f64>>()
+    })
+    .await
+    .unwrap();
+    dispatcher.shutdown().await;
+    running.stopped().await;
+    let _ = close.send(());
+    api.await.unwrap().unwrap();
+    jobs.shutdown_background();
     out
 }
 
@@ -161,19 +276,22 @@ fn main() {
 
     let sandboxed = sandbox_runner();
     let native: Arc<dyn Runner> = Arc::new(NativeRunner);
-    let (mut with_sandbox, mut with_native) = (Vec::new(), Vec::new());
+    let (mut with_sandbox, mut with_native, mut with_apalis) = (Vec::new(), Vec::new(), Vec::new());
     rt.block_on(async {
         for _ in 0..rounds {
             with_sandbox.push(burn_down(sandboxed.clone(), jobs, concurrency).await);
             with_native.push(burn_down(native.clone(), jobs, concurrency).await);
+            // A tenth of the jobs: at its rate the full count takes minutes a round.
+            with_apalis.push(apalis_peer::burn_down(jobs / 10, concurrency).await);
         }
     });
-    let (s, n) = (percentile(&mut with_sandbox, 50.0), percentile(&mut with_native, 50.0));
+    let (s, n, a) = (percentile(&mut with_sandbox, 50.0), percentile(&mut with_native, 50.0), percentile(&mut with_apalis, 50.0));
     println!("## No-op jobs per second, end to end (insert excluded; claim, run, complete), all cores\n");
-    println!("| runner | jobs/s (median of {rounds}) | time per job, ratio to native |");
-    println!("|---|---|---|");
-    println!("| native Rust closure (no sandbox) | {n:.0} | 1.00 |");
-    println!("| `echo` in a fresh sandbox instance | {s:.0} | {:.2} |\n", n / s);
+    println!("| queue and runner | jobs/s (median of {rounds}) | time per job, ratio to Kiln native | Kiln sandbox's speed-up over it |");
+    println!("|---|---|---|---|");
+    println!("| Kiln, native Rust closure (no sandbox) | {n:.0} | 1.00 | {:.2}× |", s / n);
+    println!("| Kiln, `echo` in a fresh sandbox instance | {s:.0} | {:.2} | 1.00× |", n / s);
+    println!("| apalis 1.0 + apalis-sqlite, native no-op handler | {a:.0} | {:.2} | {:.2}× |\n", n / a, s / a);
 
     let (mut lat_sandbox, mut lat_native) = (Vec::new(), Vec::new());
     rt.block_on(async {
@@ -186,5 +304,18 @@ fn main() {
     for (name, v) in [("native", &mut lat_native), ("sandbox (`echo`)", &mut lat_sandbox)] {
         println!("| {name} | {:.0} µs | {:.0} µs |", percentile(v, 50.0), percentile(v, 99.0));
     }
+    println!();
+
+    let (mut idle, mut loaded) = (Vec::new(), Vec::new());
+    rt.block_on(async {
+        idle = healthz_latency(0, samples).await;
+        loaded = healthz_latency(cores, samples).await;
+    });
+    println!("## `GET /healthz` while {cores} CPU-spinning plugins run (as many as cores)\n");
+    println!("| host | p50 | p99 | ratio of p50 to idle |");
+    println!("|---|---|---|---|");
+    let (i50, l50) = (percentile(&mut idle, 50.0), percentile(&mut loaded, 50.0));
+    println!("| idle | {i50:.0} µs | {:.0} µs | 1.00 |", percentile(&mut idle, 99.0));
+    println!("| {cores} × `spin` running | {l50:.0} µs | {:.0} µs | {:.1} |", percentile(&mut loaded, 99.0), l50 / i50);
     println!();
 }

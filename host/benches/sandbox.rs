@@ -257,9 +257,8 @@ fn fresh_iteration(s: &Settings) {
     println!("| Kiln `run_iteration` | {kr:.0} | {:.2} |\n", br / kr);
 }
 
-/// A CPU-bound plugin with metering on and off.
+/// A CPU-bound plugin with metering on and off, on two kinds of loop.
 fn cpu_bound_metering(s: &Settings) {
-    const ROUNDS_OF_WORK: u64 = 10_000_000;
     let spin_wasm = wasm(plugin::built::SPIN);
     let variants: Vec<(&str, bare::Bare)> = [("no metering", false, false), ("epoch only", false, true), ("fuel only", true, false), ("epoch + fuel", true, true)]
         .into_iter()
@@ -272,39 +271,44 @@ fn cpu_bound_metering(s: &Settings) {
         .collect();
     let sandbox = Sandbox::new().unwrap();
     let spin = load(&sandbox, plugin::built::SPIN);
-    let input = job("spin", format!("{{\"iterations\": {ROUNDS_OF_WORK}}}").as_bytes());
-    let witjob = wit_job(&input);
     let budget = Budget { fuel: u64::MAX / 2, timeout: Duration::from_secs(60), ..Budget::default() };
-
+    let workloads = [
+        ("multiply-add chain, 10M rounds", r#"{"iterations": 10000000}"#),
+        ("loads and stores in 16 KiB, 2M rounds", r#"{"iterations": 2000000, "mode": "memory"}"#),
+    ];
     let rt = current_thread();
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); variants.len() + 1];
-    rt.block_on(async {
-        for _ in 0..s.rounds {
-            for (i, (_, bare)) in variants.iter().enumerate() {
+    for (workload, payload) in workloads {
+        let input = job("spin", payload.as_bytes());
+        let witjob = wit_job(&input);
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); variants.len() + 1];
+        rt.block_on(async {
+            for _ in 0..s.rounds {
+                for (i, (_, bare)) in variants.iter().enumerate() {
+                    for _ in 0..s.cpu_calls {
+                        let t = Instant::now();
+                        std::hint::black_box(bare.run(&witjob).await);
+                        times[i].push(us(t.elapsed()));
+                    }
+                }
                 for _ in 0..s.cpu_calls {
                     let t = Instant::now();
-                    std::hint::black_box(bare.run(&witjob).await);
-                    times[i].push(us(t.elapsed()));
+                    let r = sandbox.run_iteration(&spin.component, &input, &budget, &sandbox.stop_signal()).await;
+                    times[variants.len()].push(us(t.elapsed()));
+                    assert!(r.outcome.is_ok(), "{:?}", r.outcome);
                 }
             }
-            for _ in 0..s.cpu_calls {
-                let t = Instant::now();
-                let r = sandbox.run_iteration(&spin.component, &input, &budget, &sandbox.stop_signal()).await;
-                times[variants.len()].push(us(t.elapsed()));
-                assert!(r.outcome.is_ok(), "{:?}", r.outcome);
-            }
+        });
+        let base = median(&mut times[0]);
+        println!("## CPU-bound plugin (`spin`: {workload}), one thread\n");
+        println!("| variant | median per call | ratio to no metering |");
+        println!("|---|---|---|");
+        for (i, (name, _)) in variants.iter().enumerate() {
+            let m = median(&mut times[i]);
+            println!("| bare wasmtime, {name} | {:.2} ms | {:.2} |", m / 1000.0, m / base);
         }
-    });
-    let base = median(&mut times[0]);
-    println!("## CPU-bound plugin (`spin`, {ROUNDS_OF_WORK} multiply-add rounds), one thread\n");
-    println!("| variant | median per call | ratio to no metering |");
-    println!("|---|---|---|");
-    for (i, (name, _)) in variants.iter().enumerate() {
-        let m = median(&mut times[i]);
-        println!("| bare wasmtime, {name} | {:.2} ms | {:.2} |", m / 1000.0, m / base);
+        let k = median(&mut times[variants.len()]);
+        println!("| Kiln `run_iteration` (epoch + fuel, 1 ms ticks with yields) | {:.2} ms | {:.2} |\n", k / 1000.0, k / base);
     }
-    let k = median(&mut times[variants.len()]);
-    println!("| Kiln `run_iteration` (epoch + fuel, 1 ms ticks with yields) | {:.2} ms | {:.2} |\n", k / 1000.0, k / base);
 }
 
 /// From `StopSignal::interrupt` (and from a deadline) to `run_iteration` returning.
