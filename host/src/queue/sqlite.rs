@@ -62,11 +62,31 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
     "#,
 )];
 
-const COLUMNS: &str = "id, kind, queue, priority, payload, state, attempt, max_attempts, scheduled_at, unique_key, \
-    errors, result, lease_token, leased_by, lease_expires_at, cancel_requested, created_at, attempted_at, finalized_at";
-
+// SQL fragments as macros, so every statement below is one literal built at
+// compile time (`concat!`), not formatted again for each job.
+macro_rules! columns {
+    () => {
+        "id, kind, queue, priority, payload, state, attempt, max_attempts, scheduled_at, unique_key, \
+         errors, result, lease_token, leased_by, lease_expires_at, cancel_requested, created_at, attempted_at, finalized_at"
+    };
+}
 /// The states a claim takes jobs from (once due).
-const WAITING: &str = "('available', 'scheduled', 'retryable')";
+macro_rules! waiting {
+    () => {
+        "('available', 'scheduled', 'retryable')"
+    };
+}
+macro_rules! clear_lease {
+    () => {
+        "leased_by = NULL, lease_expires_at = NULL"
+    };
+}
+/// The fencing rule: a transition out of `running` names the current token.
+macro_rules! fence {
+    () => {
+        " WHERE id = ?1 AND lease_token = ?2 AND state = 'running'"
+    };
+}
 
 /// The SQLite job store.
 #[derive(Clone)]
@@ -218,7 +238,7 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
 }
 
 fn get_job(conn: &Connection, id: JobId) -> Result<Option<Job>, StoreError> {
-    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"))
+    conn.prepare_cached(concat!("SELECT ", columns!(), " FROM jobs WHERE id = ?1"))
         .and_then(|mut s| s.query_row([id], job_from_row).optional())
         .map_err(db_error)
 }
@@ -229,33 +249,39 @@ fn error_json(error: &AttemptError) -> String {
 
 /// Applies one transition; `Ok(false)` when the lease is not current.
 fn apply(tx: &rusqlite::Transaction<'_>, finish: &Finish, now: Millis) -> rusqlite::Result<bool> {
-    const CLEAR_LEASE: &str = "leased_by = NULL, lease_expires_at = NULL";
-    const FENCE: &str = "WHERE id = ?1 AND lease_token = ?2 AND state = 'running'";
     let Lease { id, token } = finish.lease;
     let changed = match &finish.transition {
         Transition::Complete { result } => tx
-            .prepare_cached(&format!("UPDATE jobs SET state = 'completed', result = ?3, finalized_at = ?4, {CLEAR_LEASE} {FENCE}"))?
+            .prepare_cached(concat!("UPDATE jobs SET state = 'completed', result = ?3, finalized_at = ?4, ", clear_lease!(), fence!()))?
             .execute(params![id, token, result, now])?,
         Transition::RetryAt { at, error } => tx
-            .prepare_cached(&format!(
-                "UPDATE jobs SET state = 'retryable', scheduled_at = ?3, errors = json_insert(errors, '$[#]', json(?4)), {CLEAR_LEASE} {FENCE}"
+            .prepare_cached(concat!(
+                "UPDATE jobs SET state = 'retryable', scheduled_at = ?3, errors = json_insert(errors, '$[#]', json(?4)), ",
+                clear_lease!(),
+                fence!()
             ))?
             .execute(params![id, token, at, error_json(error)])?,
         Transition::Discard { error } => tx
-            .prepare_cached(&format!(
-                "UPDATE jobs SET state = 'dead', finalized_at = ?3, errors = json_insert(errors, '$[#]', json(?4)), {CLEAR_LEASE} {FENCE}"
+            .prepare_cached(concat!(
+                "UPDATE jobs SET state = 'dead', finalized_at = ?3, errors = json_insert(errors, '$[#]', json(?4)), ",
+                clear_lease!(),
+                fence!()
             ))?
             .execute(params![id, token, now, error_json(error)])?,
         Transition::Snooze { at } => tx
-            .prepare_cached(&format!(
+            .prepare_cached(concat!(
                 "UPDATE jobs SET state = CASE WHEN ?3 > ?4 THEN 'scheduled' ELSE 'available' END, scheduled_at = ?3, \
-                 attempt = max(attempt - 1, 0), {CLEAR_LEASE} {FENCE}"
+                 attempt = max(attempt - 1, 0), ",
+                clear_lease!(),
+                fence!()
             ))?
             .execute(params![id, token, at, now])?,
         Transition::Cancel { error } => tx
-            .prepare_cached(&format!(
+            .prepare_cached(concat!(
                 "UPDATE jobs SET state = 'cancelled', finalized_at = ?3, cancel_requested = 0, \
-                 errors = json_insert(errors, '$[#]', json(?4)), {CLEAR_LEASE} {FENCE}"
+                 errors = json_insert(errors, '$[#]', json(?4)), ",
+                clear_lease!(),
+                fence!()
             ))?
             .execute(params![id, token, now, error_json(error)])?,
     };
@@ -282,8 +308,10 @@ impl JobStore for SqliteStore {
             for job in &jobs {
                 if let Some(key) = &job.unique_key {
                     let existing = tx
-                        .prepare_cached(&format!(
-                            "SELECT {COLUMNS} FROM jobs WHERE unique_key = ?1 AND state NOT IN ('cancelled', 'dead')"
+                        .prepare_cached(concat!(
+                            "SELECT ",
+                            columns!(),
+                            " FROM jobs WHERE unique_key = ?1 AND state NOT IN ('cancelled', 'dead')"
                         ))
                         .and_then(|mut s| s.query_row([key], job_from_row).optional())
                         .map_err(db_error)?;
@@ -295,9 +323,10 @@ impl JobStore for SqliteStore {
                 let scheduled_at = job.scheduled_at.unwrap_or(now).max(0);
                 let state = if scheduled_at > now { JobState::Scheduled } else { JobState::Available };
                 let row = tx
-                    .prepare_cached(&format!(
+                    .prepare_cached(concat!(
                         "INSERT INTO jobs (kind, queue, priority, payload, state, max_attempts, scheduled_at, unique_key, created_at) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING {COLUMNS}"
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING ",
+                        columns!()
                     ))
                     .and_then(|mut s| {
                         s.query_row(
@@ -326,13 +355,15 @@ impl JobStore for SqliteStore {
     async fn claim(&self, p: ClaimParams) -> Result<Vec<Job>, StoreError> {
         self.write(move |tx, now| {
             let mut jobs: Vec<Job> = tx
-                .prepare_cached(&format!(
+                .prepare_cached(concat!(
                     "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = lease_token + 1, \
                      leased_by = ?1, lease_expires_at = ?2, attempted_at = ?3 \
-                     WHERE id IN (SELECT id FROM jobs WHERE queue = ?4 AND state IN {WAITING} AND scheduled_at <= ?3 \
-                                  ORDER BY priority DESC, scheduled_at, id LIMIT ?5) \
+                     WHERE id IN (SELECT id FROM jobs WHERE queue = ?4 AND state IN ",
+                    waiting!(),
+                    " AND scheduled_at <= ?3 ORDER BY priority DESC, scheduled_at, id LIMIT ?5) \
                        AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?4 AND paused = 1) \
-                     RETURNING {COLUMNS}"
+                     RETURNING ",
+                    columns!()
                 ))
                 .and_then(|mut s| {
                     s.query_map(params![p.host, now + p.lease_ms, now, p.queue, p.limit as i64], job_from_row)?
@@ -491,7 +522,7 @@ impl JobStore for SqliteStore {
             }
             let filter_sql = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
             values.push(Box::new(filter.limit as i64));
-            let sql = format!("SELECT {COLUMNS} FROM jobs {filter_sql} ORDER BY id LIMIT ?{}", values.len());
+            let sql = format!("SELECT {} FROM jobs {filter_sql} ORDER BY id LIMIT ?{}", columns!(), values.len());
             let params: Vec<&dyn ToSql> = values.iter().map(|v| v.as_ref()).collect();
             conn.prepare(&sql)
                 .and_then(|mut s| s.query_map(params.as_slice(), job_from_row)?.collect())
@@ -518,7 +549,7 @@ impl JobStore for SqliteStore {
     async fn next_due(&self, queue: &str) -> Result<Option<Millis>, StoreError> {
         let queue = queue.to_string();
         self.read(move |conn, _| {
-            conn.prepare_cached(&format!("SELECT min(scheduled_at) FROM jobs WHERE queue = ?1 AND state IN {WAITING}"))
+            conn.prepare_cached(concat!("SELECT min(scheduled_at) FROM jobs WHERE queue = ?1 AND state IN ", waiting!()))
                 .and_then(|mut s| s.query_row([queue], |r| r.get(0)))
                 .map_err(db_error)
         })
