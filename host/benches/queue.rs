@@ -38,13 +38,13 @@ impl Runner for NativeRunner {
 
 /// Wraps a runner and reports the instant each run starts.
 #[derive(Debug)]
-struct Timed<R> {
-    inner: R,
+struct Timed {
+    inner: Arc<dyn Runner>,
     started: mpsc::UnboundedSender<Instant>,
 }
 
 #[async_trait]
-impl<R: Runner> Runner for Timed<R> {
+impl Runner for Timed {
     fn kind(&self, kind: &str) -> Option<KindInfo> {
         self.inner.kind(kind)
     }
@@ -166,24 +166,7 @@ async fn latency(runner: Arc<dyn Runner>, samples: usize) -> Vec<f64> {
     let clock: SharedClock = Arc::new(SystemClock);
     let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&dir.path().join("kiln.db"), clock.clone()).unwrap());
     let (tx, mut rx) = mpsc::unbounded_channel();
-    #[derive(Debug)]
-    struct Shared(Arc<dyn Runner>);
-    #[async_trait]
-    impl Runner for Shared {
-        fn kind(&self, k: &str) -> Option<KindInfo> {
-            self.0.kind(k)
-        }
-        fn kinds(&self) -> Vec<String> {
-            self.0.kinds()
-        }
-        fn stop_signal(&self) -> StopSignal {
-            self.0.stop_signal()
-        }
-        async fn run(&self, job: &kiln::queue::Job, stop: &StopSignal) -> Report {
-            self.0.run(job, stop).await
-        }
-    }
-    let timed = Arc::new(Timed { inner: Shared(runner), started: tx });
+    let timed = Arc::new(Timed { inner: runner, started: tx });
     let dispatcher = Dispatcher::new(store, timed, config(8), clock, Arc::new(Metrics::new()));
     let jobs_runtime = kiln::serve::job_runtime().unwrap();
     dispatcher.run_jobs_on(jobs_runtime.handle().clone());
