@@ -136,3 +136,35 @@ fn zero_budgets_on_the_command_line_are_refused() {
     assert!(refused(&["run", "echo", "--timeout-ms", "0"]).contains("--timeout-ms must be greater than zero"));
     assert!(refused(&["run", "echo", "--memory-mib", "0"]).contains("--memory-mib must be between 1 and"));
 }
+
+#[test]
+fn a_bad_cron_line_is_refused_naming_the_field() {
+    let (dir, _) = plugin_dir(&echo_wasm(), Some(&format!("{GOOD_HEAD}[trigger.schedule]\ncron = \"0 25 * * *\"\n")));
+    let err = check(dir.path());
+    assert!(err.contains("`trigger.schedule.cron`") && err.contains("field 2 (hour) \"25\" is invalid"), "{err}");
+    let (dir, _) = plugin_dir(&echo_wasm(), Some(&format!("{GOOD_HEAD}[trigger.schedule]\ncron = \"0 30 * * FUNDAY\"\n")));
+    let err = check(dir.path());
+    assert!(err.contains("field 5 (day-of-week) \"FUNDAY\" is invalid"), "{err}");
+}
+
+#[test]
+fn an_unknown_time_zone_is_refused() {
+    let (dir, _) =
+        plugin_dir(&echo_wasm(), Some(&format!("{GOOD_HEAD}[trigger.schedule]\ncron = \"0 9 * * *\"\ntimezone = \"Europe/Atlantis\"\n")));
+    let err = check(dir.path());
+    assert!(err.contains("`trigger.schedule.timezone` \"Europe/Atlantis\" is not a known IANA time zone"), "{err}");
+}
+
+#[test]
+fn a_zero_interval_is_refused() {
+    let (dir, _) = plugin_dir(&echo_wasm(), Some(&format!("{GOOD_HEAD}[trigger.schedule]\ninterval = \"0s\"\n")));
+    let err = check(dir.path());
+    assert!(err.contains("`trigger.schedule.interval` \"0s\" is zero"), "{err}");
+}
+
+#[test]
+fn two_triggers_in_one_manifest_are_refused() {
+    let (dir, _) = plugin_dir(&echo_wasm(), Some(&format!("{GOOD_HEAD}[trigger.startup]\n[trigger.continuous]\ndelay = \"1s\"\n")));
+    let err = check(dir.path());
+    assert!(err.contains("`trigger` names 2 triggers (continuous, startup); a plugin has exactly one"), "{err}");
+}

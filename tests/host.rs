@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 /// second: generous, because the machine is shared and the build is debug.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-/// The plugins a test host serves.
-const PLUGINS: &[&str] = &[built::ECHO, built::SEND_EMAIL, built::CLEANUP, built::FLAKY, built::SPIN, built::IGNORE_CANCEL];
+/// The queued plugins a test host serves (the scheduled, continuous and
+/// start-up examples are added by the tests about them, with fast timings).
+const PLUGINS: &[&str] = &[built::ECHO, built::SEND_EMAIL, built::FLAKY, built::SPIN, built::IGNORE_CANCEL];
 
 /// A directory for one host: `kiln.toml`, `data/`, `plugins/`, `stderr.log`.
 pub struct HostDir {
@@ -46,6 +47,37 @@ impl HostDir {
         self.dir.path()
     }
 
+    pub fn plugins(&self) -> PathBuf {
+        self.path().join("plugins")
+    }
+
+    /// Installs the component of the built plugin `built` as plugin `name`
+    /// with `manifest` (whose `name` should be `name`).
+    pub fn add_plugin(&self, name: &str, built: &str, manifest: &str) {
+        let dir = self.plugins().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::copy(crate::support::wasm_of(built), dir.join(format!("{name}.wasm"))).unwrap();
+        std::fs::write(dir.join("plugin.toml"), manifest).unwrap();
+    }
+
+    /// Starts `kiln serve` expecting it to exit on its own; returns its exit
+    /// code and stderr.
+    pub fn run_to_exit(&self) -> (Option<i32>, String) {
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(self.path().join("stderr.log")).unwrap();
+        let mut child = self.command().stdout(Stdio::null()).stderr(stderr).spawn().unwrap();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status.code(), self.stderr());
+            }
+            if started.elapsed() > PATIENCE {
+                let _ = child.kill();
+                panic!("kiln serve did not exit; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn database(&self) -> PathBuf {
         self.path().join("data/kiln.db")
     }
@@ -55,7 +87,7 @@ impl HostDir {
         let mut cmd = crate::support::kiln();
         cmd.current_dir(self.path())
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", "data", "--plugins-dir", "plugins", "--config", "kiln.toml"])
-            .env("KILN_LOG", "info,kiln::plugin=warn");
+            .env("KILN_LOG", "info");
         cmd
     }
 
@@ -107,6 +139,36 @@ impl Host {
 
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         Self::answer(self.agent.post(&format!("{}{path}", self.url)).send_json(body).unwrap())
+    }
+
+    pub fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        Self::answer(self.agent.put(&format!("{}{path}", self.url)).send_json(body).unwrap())
+    }
+
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        Self::answer(self.agent.delete(&format!("{}{path}", self.url)).call().unwrap())
+    }
+
+    /// The live plugin `name` as `GET /plugins` shows it.
+    pub fn plugin(&self, name: &str) -> Option<Value> {
+        let (status, body) = self.get("/plugins");
+        assert_eq!(status, 200, "{body}");
+        body["plugins"].as_array().unwrap().iter().find(|p| p["name"] == name).cloned()
+    }
+
+    /// Every job of `kind` (first 10,000), oldest first.
+    pub fn jobs_of(&self, kind: &str) -> Vec<Value> {
+        let mut jobs = Vec::new();
+        let mut after = String::new();
+        loop {
+            let (status, body) = self.get(&format!("/jobs?kind={kind}&limit=1000{after}"));
+            assert_eq!(status, 200, "{body}");
+            jobs.extend(body["jobs"].as_array().unwrap().iter().cloned());
+            match body["next_after"].as_i64() {
+                Some(id) if jobs.len() < 10_000 => after = format!("&after={id}"),
+                _ => return jobs,
+            }
+        }
     }
 
     pub fn post_raw(&self, path: &str, body: &[u8]) -> (u16, Value) {

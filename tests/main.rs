@@ -3,7 +3,9 @@
 
 mod bad_input;
 mod host;
+mod hot_swap;
 mod run_cli;
 mod sandbox_in_process;
 mod serve;
 mod support;
+mod triggers;

@@ -7,10 +7,10 @@
 //! Variants alternate round by round; figures are medians over rounds.
 
 use async_trait::async_trait;
-use kiln::plugin;
+use kiln::plugin::{self, Registry, Trigger};
 use kiln::queue::{JobState, JobStore, ListFilter, NewJob, SharedClock, SqliteStore, SystemClock};
-use kiln::sandbox::{Budget, Outcome, Report, Sandbox, StopSignal};
-use kiln::worker::{Dispatcher, DispatcherConfig, EnqueueRequest, KindInfo, Metrics, QueueConfig, Runner, SandboxRunner};
+use kiln::sandbox::{Budget, JobInput, Outcome, Report, Sandbox, StopSignal};
+use kiln::worker::{Dispatcher, DispatcherConfig, EnqueueRequest, KindInfo, Metrics, QueueConfig, Ran, Runner, SandboxRunner};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ struct NativeRunner;
 #[async_trait]
 impl Runner for NativeRunner {
     fn kind(&self, _kind: &str) -> Option<KindInfo> {
-        Some(KindInfo { version: "native".into(), retry: Default::default(), budget: Budget::default() })
+        Some(KindInfo { version: "native".into(), retry: Default::default(), budget: Budget::default(), trigger: Trigger::Queued })
     }
     fn kinds(&self) -> Vec<String> {
         vec!["echo".into()]
@@ -31,8 +31,8 @@ impl Runner for NativeRunner {
     fn stop_signal(&self) -> StopSignal {
         StopSignal::standalone()
     }
-    async fn run(&self, job: &kiln::queue::Job, _stop: &StopSignal) -> Report {
-        Report::without_cost(Outcome::Ok(job.payload.clone()))
+    async fn run(&self, input: &JobInput, _stop: &StopSignal) -> Ran {
+        Ran { report: Report::without_cost(Outcome::Ok(input.payload.clone())), version: None }
     }
 }
 
@@ -54,9 +54,9 @@ impl Runner for Timed {
     fn stop_signal(&self) -> StopSignal {
         self.inner.stop_signal()
     }
-    async fn run(&self, job: &kiln::queue::Job, stop: &StopSignal) -> Report {
+    async fn run(&self, input: &JobInput, stop: &StopSignal) -> Ran {
         let _ = self.started.send(Instant::now());
-        self.inner.run(job, stop).await
+        self.inner.run(input, stop).await
     }
 }
 
@@ -71,7 +71,7 @@ fn config(concurrency: usize) -> DispatcherConfig {
 fn sandbox_runner() -> Arc<dyn Runner> {
     let sandbox = Arc::new(Sandbox::new().unwrap());
     let echo = plugin::load(&sandbox, None, &plugin::resolve(plugin::built::ECHO, &[]).unwrap()).unwrap();
-    Arc::new(SandboxRunner::new(sandbox, Arc::new(BTreeMap::from([("echo".to_string(), Arc::new(echo))]))))
+    Arc::new(SandboxRunner::new(Arc::new(Registry::fixed(sandbox, BTreeMap::from([("echo".to_string(), Arc::new(echo))])))))
 }
 
 /// Pre-inserts `jobs` no-op jobs into a fresh database, then times the
@@ -197,7 +197,7 @@ async fn healthz_latency(spinners: usize, samples: usize) -> Vec<f64> {
     // Spin until the bench stops it, not until its manifest's small budgets.
     spin.manifest.limits.fuel = u64::MAX / 2;
     spin.manifest.limits.timeout_ms = 600_000;
-    let runner = Arc::new(SandboxRunner::new(sandbox, Arc::new(BTreeMap::from([("spin".to_string(), Arc::new(spin))]))));
+    let runner = Arc::new(SandboxRunner::new(Arc::new(Registry::fixed(sandbox, BTreeMap::from([("spin".to_string(), Arc::new(spin))])))));
     let dir = tempfile::tempdir().unwrap();
     let clock: SharedClock = Arc::new(SystemClock);
     let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&dir.path().join("kiln.db"), clock.clone()).unwrap());

@@ -1,5 +1,5 @@
 //! A small blocking HTTP client for the API, used by the CLI's `enqueue`,
-//! `jobs` and `queues` commands.
+//! `jobs`, `queues` and `plugin` commands.
 
 use anyhow::{Context as _, bail};
 
@@ -37,6 +37,18 @@ impl ApiClient {
             None => request.send_empty(),
         }
         .with_context(|| format!("cannot reach the Kiln API at {url}"))?;
+        Self::answer(response, &url)
+    }
+
+    pub fn put(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        let url = format!("{}{path}", self.base);
+        let response = self.agent.put(&url).send_json(body).with_context(|| format!("cannot reach the Kiln API at {url}"))?;
+        Self::answer(response, &url)
+    }
+
+    pub fn delete(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let url = format!("{}{path}", self.base);
+        let response = self.agent.delete(&url).call().with_context(|| format!("cannot reach the Kiln API at {url}"))?;
         Self::answer(response, &url)
     }
 

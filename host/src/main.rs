@@ -36,7 +36,7 @@ struct CommonArgs {
     /// Compile plugins every time instead of using the artifact cache.
     #[arg(long, global = true)]
     no_cache: bool,
-    /// The Kiln API that `enqueue`, `jobs` and `queues` talk to.
+    /// The Kiln API that `enqueue`, `jobs`, `queues` and `plugin list|deploy|rollback|remove` talk to.
     #[arg(long, global = true, env = "KILN_API", default_value = DEFAULT_API)]
     api: String,
 }
@@ -132,6 +132,35 @@ enum PluginCommand {
         /// A .wasm file, a plugin directory, a plugin source directory, or a plugin name.
         plugin: String,
     },
+    /// Write a new plugin crate: manifest, SDK dependency, a job function, a test.
+    New {
+        /// The plugin's name (a-z, 0-9, `-`, `_`).
+        name: String,
+        /// Where to write it [default: ./NAME].
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// The Kiln SDK crate [default: the one this binary was built beside].
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// List the plugins a running host serves, with their versions.
+    List,
+    /// Send a new version to a running host; it serves from the next job on.
+    Deploy {
+        /// A plugin directory, a plugin source directory, or a .wasm with a plugin.toml beside it.
+        plugin: String,
+        /// Deploy as this name [default: the manifest's]; the host refuses a mismatch.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Serve the previous version of a plugin again.
+    Rollback { name: String },
+    /// Stop serving a plugin (refused while jobs of its kind are pending, unless --force).
+    Remove {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -197,6 +226,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run(common, args).await,
         Command::Serve(args) => serve(common, args).await,
         Command::Plugin(PluginCommand::Check { plugin }) => check(common, &plugin),
+        Command::Plugin(PluginCommand::New { name, path, sdk }) => new_plugin(&name, path, sdk),
+        Command::Plugin(command) => {
+            let client = ApiClient::new(&common.api);
+            let dirs = plugin_dirs(common);
+            tokio::task::spawn_blocking(move || plugins(&client, &dirs, command)).await?
+        }
         Command::Enqueue(args) => {
             let client = ApiClient::new(&common.api);
             tokio::task::spawn_blocking(move || enqueue(&client, args)).await?
@@ -290,6 +325,48 @@ fn queues(client: &ApiClient, command: QueuesCommand) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+fn plugins(client: &ApiClient, dirs: &[PathBuf], command: PluginCommand) -> anyhow::Result<ExitCode> {
+    let answer = match command {
+        PluginCommand::List => client.get("/plugins")?,
+        PluginCommand::Deploy { plugin, name } => {
+            let files = plugin::resolve(&plugin, dirs)?;
+            let manifest_path = files
+                .manifest
+                .as_ref()
+                .with_context(|| format!("{} has no {} beside it; a deployed plugin needs one", files.wasm.display(), plugin::MANIFEST_FILE))?;
+            let manifest = std::fs::read_to_string(manifest_path).with_context(|| format!("cannot read {}", manifest_path.display()))?;
+            let name = match name {
+                Some(name) => name,
+                None => plugin::Manifest::parse(&manifest, &manifest_path.display().to_string())?.name,
+            };
+            let wasm = std::fs::read(&files.wasm).with_context(|| format!("cannot read {}", files.wasm.display()))?;
+            use base64::Engine as _;
+            let body = serde_json::to_value(kiln::api::DeployRequest {
+                manifest,
+                wasm_base64: base64::engine::general_purpose::STANDARD.encode(wasm),
+            })?;
+            client.put(&format!("/plugins/{name}"), &body)?
+        }
+        PluginCommand::Rollback { name } => client.post(&format!("/plugins/{name}/rollback"), None)?,
+        PluginCommand::Remove { name, force } => client.delete(&format!("/plugins/{name}?force={force}"))?,
+        PluginCommand::Check { .. } | PluginCommand::New { .. } => unreachable!("handled without the API"),
+    };
+    print_json(&answer);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn new_plugin(name: &str, path: Option<PathBuf>, sdk: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let dir = path.unwrap_or_else(|| PathBuf::from(name));
+    let sdk = sdk.unwrap_or_else(plugin::scaffold::default_sdk_path);
+    let files = plugin::scaffold::scaffold(name, &dir, &sdk)?;
+    for file in &files {
+        println!("created {}", file.display());
+    }
+    println!("\nbuild it:  cd {} && {}", dir.display(), plugin::scaffold::BUILD_COMMAND);
+    println!("run it:    kiln run {} --payload '{{\"name\": \"Ada\"}}'", dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
 fn plugin_dirs(common: &CommonArgs) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     dirs.extend(common.plugins_dir.clone());
@@ -326,6 +403,7 @@ fn check(common: &CommonArgs, spec: &str) -> anyhow::Result<ExitCode> {
         "  limits: fuel {}, memory {} MiB, timeout {} ms; retry: {} attempts",
         m.limits.fuel, m.limits.memory_mib, m.limits.timeout_ms, m.retry.max_attempts
     );
+    println!("  trigger: {}", m.trigger.describe());
     Ok(ExitCode::SUCCESS)
 }
 

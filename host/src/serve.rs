@@ -5,37 +5,22 @@
 
 use crate::api::{self, AppState};
 use crate::config::Config;
-use crate::plugin::{self, ArtifactCache, MANIFEST_FILE, Plugin};
+use crate::plugin::{ArtifactCache, Registry, watch_plugins_dir};
 use crate::queue::{SharedClock, SqliteStore, SystemClock};
 use crate::sandbox::Sandbox;
-use crate::worker::{Dispatcher, Metrics, SandboxRunner};
+use crate::worker::{Dispatcher, Metrics, SandboxRunner, run_startup_plugins};
 use anyhow::Context as _;
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Loads every plugin directory under `dir`. A plugin that fails to load is
-/// reported and left out; the others serve.
-pub fn load_plugins(sandbox: &Sandbox, cache: &ArtifactCache, dir: &Path) -> anyhow::Result<BTreeMap<String, Arc<Plugin>>> {
-    let mut plugins = BTreeMap::new();
-    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read the plugins directory {}", dir.display()))?;
-    let mut dirs: Vec<_> = entries.filter_map(|e| Some(e.ok()?.path())).filter(|p| p.join(MANIFEST_FILE).is_file()).collect();
-    dirs.sort();
-    for path in dirs {
-        let loaded = plugin::resolve(&path.display().to_string(), &[]).and_then(|files| plugin::load(sandbox, Some(cache), &files));
-        match loaded {
-            Ok(p) => {
-                tracing::info!(plugin = %p.manifest.name, version = %p.manifest.version, cache = ?p.cache,
-                    load_ms = p.load_time.as_secs_f64() * 1000.0, "plugin loaded");
-                if let Some(previous) = plugins.insert(p.manifest.name.clone(), Arc::new(p)) {
-                    tracing::error!(plugin = %previous.manifest.name, "two plugin directories share a name; the later one wins");
-                }
-            }
-            Err(e) => tracing::error!(dir = %path.display(), "plugin refused: {e}"),
-        }
-    }
-    Ok(plugins)
+/// The registry for `plugins_dir`, loaded: every plugin directory in it
+/// that validates serves; one that does not is reported and left out.
+pub fn load_registry(sandbox: Arc<Sandbox>, data_dir: &Path, plugins_dir: &Path) -> anyhow::Result<Arc<Registry>> {
+    let cache = ArtifactCache::new(data_dir.join("artifacts"));
+    let registry = Registry::new(sandbox, cache, plugins_dir.to_path_buf(), data_dir.join("plugin-versions"));
+    registry.load_all().with_context(|| format!("cannot read the plugins directory {}", plugins_dir.display()))?;
+    Ok(Arc::new(registry))
 }
 
 /// The runtime job iterations run on: one worker per core, apart from the
@@ -50,7 +35,9 @@ pub fn job_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// Runs the host until `shutdown` resolves, then stops it gracefully.
-/// `on_listening` is told the bound address.
+/// `on_listening` is told the bound address. Start-up plugins run after the
+/// API listens (so `/readyz` can say what it waits for) and before any
+/// other work starts.
 pub async fn serve(
     config: Config,
     plugins_dir: &Path,
@@ -64,31 +51,56 @@ pub async fn serve(
     tracing::info!(database = %db.display(), "job store open");
 
     let sandbox = Arc::new(Sandbox::new()?);
-    let cache = ArtifactCache::new(config.data_dir.join("artifacts"));
-    let plugins = load_plugins(&sandbox, &cache, plugins_dir)?;
-    tracing::info!(dir = %plugins_dir.display(), count = plugins.len(), "plugins loaded");
-    let runner = Arc::new(SandboxRunner::new(sandbox, Arc::new(plugins)));
+    let loading = std::time::Instant::now();
+    let registry = load_registry(sandbox, &config.data_dir, plugins_dir)?;
+    tracing::info!(dir = %plugins_dir.display(), count = registry.snapshot().len(),
+        load_ms = loading.elapsed().as_secs_f64() * 1000.0, "plugins loaded");
+    let _watcher = watch_plugins_dir(registry.clone())
+        .with_context(|| format!("cannot watch the plugins directory {}", plugins_dir.display()))?;
+    let runner = Arc::new(SandboxRunner::new(registry.clone()));
 
-    let dispatcher = Dispatcher::new(Arc::new(store), runner, config.dispatcher(), clock, Arc::new(Metrics::new()));
+    let dispatcher = Dispatcher::new(Arc::new(store), runner.clone(), config.dispatcher(), clock, Arc::new(Metrics::new()));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
     let jobs = job_runtime().context("cannot start the job runtime")?;
     dispatcher.run_jobs_on(jobs.handle().clone());
-    let running = dispatcher.start();
 
+    let (readiness, ready) = tokio::sync::watch::channel(Some("running start-up plugins".to_string()));
     let (close_api, api_closed) = tokio::sync::oneshot::channel::<()>();
-    let api = tokio::spawn(api::serve(listener, AppState { dispatcher: dispatcher.clone() }, async {
+    let state = AppState { dispatcher: dispatcher.clone(), registry: registry.clone(), not_ready: ready };
+    let api = tokio::spawn(api::serve(listener, state, async {
         let _ = api_closed.await;
     }));
     tracing::info!(%address, "HTTP API listening");
     on_listening(address);
 
-    shutdown.await;
-    tracing::info!("shutdown requested");
-    dispatcher.shutdown().await;
-    running.stopped().await;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let started = tokio::select! {
+        started = run_startup_plugins(runner, jobs.handle().clone()) => Some(started),
+        () = &mut shutdown => None,
+    };
+    let running = match started {
+        Some(Ok(_)) => {
+            readiness.send_replace(None);
+            Some(dispatcher.start())
+        }
+        Some(Err(failed)) => {
+            let _ = close_api.send(());
+            let _ = api.await;
+            jobs.shutdown_background();
+            return Err(failed.into());
+        }
+        None => None,
+    };
+    if let Some(running) = running {
+        shutdown.await;
+        tracing::info!("shutdown requested");
+        readiness.send_replace(Some("shutting down".to_string()));
+        dispatcher.shutdown().await;
+        running.stopped().await;
+    }
     let _ = close_api.send(());
     api.await.context("the API task failed")?.context("the API server failed")?;
     // Every run has ended; nothing is left on it to wait for.

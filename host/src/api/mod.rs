@@ -2,9 +2,11 @@
 //! worker and the store; holds no logic of its own.
 
 mod error;
+mod plugins;
 mod views;
 
 pub use error::AppError;
+pub use plugins::DeployRequest;
 pub use views::{JobPage, JobRequest, JobView, ListQuery, bytes_value};
 
 use crate::queue::{JobState, ListFilter, from_rfc3339};
@@ -16,7 +18,10 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use crate::plugin::Registry;
 use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::watch;
 
 /// Largest request body: a batch of jobs; each payload is also held to
 /// the dispatcher's per-job limit.
@@ -28,6 +33,10 @@ pub const MAX_PAGE: usize = 1000;
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub dispatcher: Dispatcher,
+    pub registry: Arc<Registry>,
+    /// `Some(reason)` while the host is not ready (start-up plugins still
+    /// running, shutting down).
+    pub not_ready: watch::Receiver<Option<String>>,
 }
 
 /// The API's routes, without a socket (tests can call it directly).
@@ -40,7 +49,9 @@ pub fn app(state: AppState) -> Router {
         .route("/queues", get(list_queues))
         .route("/queues/{name}/pause", post(pause_queue))
         .route("/queues/{name}/resume", post(resume_queue))
-        .route("/plugins", get(list_plugins))
+        .route("/plugins", get(plugins::list))
+        .route("/plugins/{name}", axum::routing::put(plugins::deploy).delete(plugins::remove))
+        .route("/plugins/{name}/rollback", post(plugins::rollback))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -182,37 +193,19 @@ async fn resume_queue(State(state): State<AppState>, Path(name): Path<String>) -
     Ok(Json(serde_json::json!({ "name": name, "paused": false })))
 }
 
-async fn list_plugins(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let runner = state.dispatcher.runner();
-    let plugins: Vec<serde_json::Value> = runner
-        .kinds()
-        .into_iter()
-        .filter_map(|name| {
-            let info = runner.kind(&name)?;
-            Some(serde_json::json!({
-                "name": name,
-                "version": info.version,
-                "max_attempts": info.retry.max_attempts,
-                "limits": {
-                    "fuel": info.budget.fuel,
-                    "memory_bytes": info.budget.memory_bytes,
-                    "timeout_ms": info.budget.timeout.as_millis() as u64,
-                },
-            }))
-        })
-        .collect();
-    Json(serde_json::json!({ "plugins": plugins }))
-}
-
 /// Liveness: the process answers.
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Readiness: accepting work and the store answers.
+/// Readiness: start-up plugins have run, the host accepts work, and the
+/// store answers.
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
+    if let Some(reason) = state.not_ready.borrow().clone() {
+        return Err(AppError::Unavailable(format!("not ready: {reason}")));
+    }
     if !state.dispatcher.is_accepting() {
-        return Err(AppError::Unavailable("shutting down".into()));
+        return Err(AppError::Unavailable("not ready: shutting down".into()));
     }
     state
         .dispatcher

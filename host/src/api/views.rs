@@ -37,6 +37,8 @@ pub struct JobView {
     pub created_at: String,
     pub attempted_at: Option<String>,
     pub finalized_at: Option<String>,
+    /// The plugin version that ran the latest attempt.
+    pub plugin_version: Option<String>,
     pub leased_by: Option<String>,
     pub cancel_requested: bool,
 }
@@ -75,6 +77,7 @@ impl From<&Job> for JobView {
             created_at: to_rfc3339(job.created_at),
             attempted_at: job.attempted_at.map(to_rfc3339),
             finalized_at: job.finalized_at.map(to_rfc3339),
+            plugin_version: job.plugin_version.clone(),
             leased_by: job.leased_by.clone(),
             cancel_requested: job.cancel_requested,
         }

@@ -1,6 +1,7 @@
 //! The plugin manifest (`plugin.toml`): what a plugin says about itself.
 //! Strict: an unknown key or a wrong type is an error naming it and its line.
 
+use super::trigger::{Trigger, TriggerTable};
 use crate::sandbox::{self, Budget};
 use serde::Deserialize;
 use std::path::Path;
@@ -29,6 +30,12 @@ pub struct Manifest {
     /// Host capabilities the plugin asks for; nothing by default.
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// The `[trigger.*]` table as written; [`Manifest::trigger`] is what it means.
+    #[serde(default, rename = "trigger")]
+    pub trigger_table: TriggerTable,
+    /// What starts the plugin's iterations, resolved from `[trigger.*]`.
+    #[serde(skip)]
+    pub trigger: Trigger,
 }
 
 /// Per-iteration budgets; each defaults to the host's.
@@ -92,9 +99,13 @@ impl Manifest {
 
     /// Parses and validates manifest text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ManifestError> {
-        let manifest: Manifest =
+        let mut manifest: Manifest =
             toml::from_str(text).map_err(|source| ManifestError::Parse { path: origin.to_string(), source })?;
         manifest.validate(origin)?;
+        manifest.trigger = manifest
+            .trigger_table
+            .resolve()
+            .map_err(|(field, problem)| ManifestError::Invalid { path: origin.to_string(), field, problem })?;
         Ok(manifest)
     }
 
@@ -107,6 +118,8 @@ impl Manifest {
             limits: Limits::default(),
             retry: RetryPolicy::default(),
             capabilities: Vec::new(),
+            trigger_table: TriggerTable::default(),
+            trigger: Trigger::Queued,
         }
     }
 
@@ -155,7 +168,8 @@ impl Manifest {
     }
 }
 
-fn is_valid_name(name: &str) -> bool {
+/// 1-64 characters of a-z, 0-9, `-` or `_`, starting with a letter.
+pub fn is_valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     name.len() <= 64
         && chars.next().is_some_and(|c| c.is_ascii_lowercase())
@@ -183,6 +197,7 @@ mod tests {
         assert_eq!(m.limits, Limits::default());
         assert_eq!(m.retry.max_attempts, DEFAULT_MAX_ATTEMPTS);
         assert!(m.capabilities.is_empty());
+        assert_eq!(m.trigger, Trigger::Queued);
         assert_eq!(m.budget().memory_bytes, sandbox::DEFAULT_MEMORY_BYTES);
     }
 
@@ -220,5 +235,21 @@ mod tests {
         assert!(parse("name = \"Bad Name\"\nversion = \"1\"\n").unwrap_err().to_string().contains("`name`"));
         let err = parse("name = \"a\"\nversion = \"1\"\ncapabilities = [\"kv\"]\n").unwrap_err().to_string();
         assert!(err.contains("unknown capability \"kv\""), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod trigger_tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_trigger_names_the_manifest_and_the_field() {
+        let err = Manifest::parse("name = \"a\"\nversion = \"1\"\n[trigger.schedule]\ncron = \"0 0 32 * *\"\n", "x/plugin.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("bad manifest x/plugin.toml: `trigger.schedule.cron`"), "{err}");
+        assert!(err.contains("field 3 (day-of-month) \"32\""), "{err}");
+        let err = Manifest::parse("name = \"a\"\nversion = \"1\"\n[trigger.nightly]\n", "x/plugin.toml").unwrap_err().to_string();
+        assert!(err.contains("unknown field `nightly`"), "{err}");
     }
 }

@@ -5,11 +5,18 @@
 mod artifact_cache;
 pub mod built;
 mod manifest;
+mod registry;
 mod resolve;
+pub mod scaffold;
+pub mod trigger;
+mod watch;
 
 pub use artifact_cache::{ArtifactCache, CacheUse, sha256_hex};
 pub use manifest::{DEFAULT_MAX_ATTEMPTS, KNOWN_CAPABILITIES, Limits, MANIFEST_FILE, Manifest, ManifestError, RetryPolicy};
+pub use registry::{DeployError, Deployed, Registry, Source, VersionInfo};
 pub use resolve::{PluginFiles, resolve};
+pub use trigger::Trigger;
+pub use watch::watch_plugins_dir;
 
 use crate::sandbox::{JobComponent, PrepareError, Sandbox};
 use std::path::PathBuf;
@@ -22,6 +29,11 @@ pub struct Plugin {
     pub component: JobComponent,
     pub wasm_path: PathBuf,
     pub wasm_sha256: String,
+    /// The manifest as written (`None` for a bare `.wasm`).
+    pub manifest_text: Option<String>,
+    /// Names this exact version: the SHA-256 of the component and the
+    /// manifest together, so a manifest-only change is a new version too.
+    pub version_id: String,
     /// Whether the compiled form came from the artifact cache.
     pub cache: CacheUse,
     /// Time spent compiling or loading the component.
@@ -60,9 +72,13 @@ const CORE_MODULE_VERSION: [u8; 4] = [1, 0, 0, 0];
 pub fn load(sandbox: &Sandbox, cache: Option<&ArtifactCache>, files: &PluginFiles) -> Result<Plugin, PluginError> {
     let started = Instant::now();
     let path = files.wasm.display().to_string();
-    let manifest = match &files.manifest {
-        Some(manifest) => Manifest::load(manifest)?,
-        None => Manifest::for_bare_component(&files.default_name()),
+    let (manifest, manifest_text) = match &files.manifest {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ManifestError::Read { path: path.display().to_string(), source })?;
+            (Manifest::parse(&text, &path.display().to_string())?, Some(text))
+        }
+        None => (Manifest::for_bare_component(&files.default_name()), None),
     };
     let wasm = std::fs::read(&files.wasm).map_err(|source| PluginError::ReadWasm { path: path.clone(), source })?;
     if wasm.len() < 8 || &wasm[..4] != WASM_MAGIC {
@@ -72,6 +88,7 @@ pub fn load(sandbox: &Sandbox, cache: Option<&ArtifactCache>, files: &PluginFile
         return Err(PluginError::CoreModule { path });
     }
     let wasm_sha256 = sha256_hex(&wasm);
+    let version_id = sha256_hex(format!("{wasm_sha256}\n{}", manifest_text.as_deref().unwrap_or("")).as_bytes());
     let compiled = match cache {
         Some(cache) => cache.load_or_compile(sandbox.engine(), &wasm, &wasm_sha256),
         None => wasmtime::component::Component::new(sandbox.engine(), &wasm).map(|c| (c, CacheUse::Disabled)),
@@ -84,6 +101,8 @@ pub fn load(sandbox: &Sandbox, cache: Option<&ArtifactCache>, files: &PluginFile
         component,
         wasm_path: files.wasm.clone(),
         wasm_sha256,
+        manifest_text,
+        version_id,
         cache: cache_use,
         load_time: started.elapsed(),
     })

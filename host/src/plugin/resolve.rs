@@ -24,7 +24,8 @@ impl PluginFiles {
 /// - a plugin directory: `plugin.toml` and one `.wasm`;
 /// - a plugin's source directory (`plugin.toml` and `Cargo.toml`, no
 ///   `.wasm`): resolved to the newest built component of that crate, in a
-///   `target/wasm32-wasip2/{release,debug}` above it or in one of `plugin_dirs`;
+///   `target/wasm32-wasip2/{release,debug}` above it, under `$CARGO_TARGET_DIR`,
+///   or in one of `plugin_dirs`;
 /// - a plugin's name: `DIR/NAME` for the first of `plugin_dirs` that has it.
 pub fn resolve(plugin: &str, plugin_dirs: &[PathBuf]) -> Result<PluginFiles, PluginError> {
     let path = Path::new(plugin);
@@ -84,6 +85,11 @@ fn resolve_dir(dir: &Path, plugin_dirs: &[PathBuf]) -> Result<PluginFiles, Plugi
         .ancestors()
         .flat_map(|a| ["release", "debug"].map(|p| a.join("target/wasm32-wasip2").join(p).join(&file)))
         .collect();
+    // A target directory set for all builds (CARGO_TARGET_DIR) is where cargo put it.
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        let target = dir.join(target);
+        candidates.extend(["release", "debug"].map(|p| target.join("wasm32-wasip2").join(p).join(&file)));
+    }
     candidates.extend(plugin_dirs.iter().map(|d| d.join(&plugin_name).join(format!("{plugin_name}.wasm"))));
     let newest = candidates
         .into_iter()

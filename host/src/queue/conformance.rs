@@ -206,7 +206,7 @@ pub async fn cancel_pending_running_and_final_jobs(store: &dyn JobStore, _clock:
     let beat = store.heartbeat(HeartbeatParams { leases: vec![running.lease()], lease_ms: 30_000 }).await.unwrap();
     assert_eq!(beat.cancel_requested, vec![running.lease()]);
     store
-        .finish(Finish { lease: running.lease(), transition: Transition::Cancel { error: err(1, "cancelled by request") } })
+        .finish(Finish::new(running.lease(), Transition::Cancel { error: err(1, "cancelled by request") }))
         .await
         .unwrap();
     assert_eq!(store.get(running.id).await.unwrap().unwrap().state, JobState::Cancelled);
@@ -265,9 +265,9 @@ pub async fn finish_many_applies_each_valid_transition(store: &dyn JobStore, _cl
     let stale = Lease { id: jobs[1].id, token: jobs[1].lease_token - 1 };
     let results = store
         .finish_many(vec![
-            Finish { lease: jobs[0].lease(), transition: Transition::Complete { result: b"0".to_vec() } },
-            Finish { lease: stale, transition: Transition::Complete { result: b"1".to_vec() } },
-            Finish { lease: jobs[2].lease(), transition: Transition::Discard { error: err(1, "bad") } },
+            Finish::new(jobs[0].lease(), Transition::Complete { result: b"0".to_vec() }),
+            Finish::new(stale, Transition::Complete { result: b"1".to_vec() }),
+            Finish::new(jobs[2].lease(), Transition::Discard { error: err(1, "bad") }),
         ])
         .await
         .unwrap();
@@ -292,6 +292,73 @@ pub async fn next_due_finds_the_earliest_waiting_job(store: &dyn JobStore, clock
     store.insert(NewJob { scheduled_at: Some(now + 2_000), ..new_job("b") }).await.unwrap();
     assert_eq!(store.next_due(DEFAULT_QUEUE).await.unwrap(), Some(now + 2_000));
     assert_eq!(store.next_due("other").await.unwrap(), None);
+}
+
+pub async fn schedule_ticks_fire_once_and_carry_the_checkpoint(store: &dyn JobStore, clock: &ManualClock) {
+    assert_eq!(store.schedule_state("report").await.unwrap(), ScheduleState { last_tick: None, active: false });
+    let tick = |t: i64| NewJob { unique_key: Some(schedule_key("report", t)), scheduled_at: Some(t), ..new_job("report") };
+    let now = clock.now_for_tests();
+    // Two hosts fire the same tick: the store keeps one.
+    assert!(store.insert(tick(now)).await.unwrap().created);
+    assert!(!store.insert(tick(now)).await.unwrap().created);
+    store.insert(NewJob { unique_key: Some(schedule_key("other", now + 9)), ..new_job("other") }).await.unwrap();
+    assert_eq!(store.schedule_state("report").await.unwrap(), ScheduleState { last_tick: Some(now), active: true });
+    assert_eq!(store.pending_count("report").await.unwrap(), 1);
+
+    let first = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    assert_eq!(first.kind, "report");
+    store.complete(first.lease(), b"{\"cursor\":1}".to_vec()).await.unwrap();
+    assert_eq!(store.schedule_state("report").await.unwrap(), ScheduleState { last_tick: Some(now), active: false });
+    assert_eq!(store.schedule_checkpoint("report").await.unwrap().as_deref(), Some(&b"{\"cursor\":1}"[..]));
+    assert_eq!(store.pending_count("report").await.unwrap(), 0);
+
+    // A later tick that fails leaves the checkpoint of the last completed one.
+    store.insert(tick(now + 1_000)).await.unwrap();
+    clock.advance(1_000);
+    let second = store.claim(claim(DEFAULT_QUEUE, 10)).await.unwrap().into_iter().find(|j| j.kind == "report").unwrap();
+    store.discard(second.lease(), err(1, "boom")).await.unwrap();
+    assert_eq!(store.schedule_state("report").await.unwrap().last_tick, Some(now + 1_000), "a dead tick still counts as fired");
+    assert_eq!(store.schedule_checkpoint("report").await.unwrap().as_deref(), Some(&b"{\"cursor\":1}"[..]));
+    assert_eq!(tick_of_key(&schedule_key("report", now)), Some(now));
+}
+
+pub async fn a_loop_is_held_by_one_host_and_its_checkpoint_is_fenced(store: &dyn JobStore, clock: &ManualClock) {
+    let take = |host: &str| LoopClaim { name: "poller".into(), host: host.into(), lease_ms: 10_000 };
+    let a = store.acquire_loop(take("a")).await.unwrap().expect("a free loop is taken");
+    assert_eq!((a.checkpoint.clone(), a.passes), (None, 0));
+    assert!(store.acquire_loop(take("b")).await.unwrap().is_none(), "held by a");
+
+    let save = |token, data: Option<&[u8]>| LoopSave { name: "poller".into(), token, checkpoint: data.map(<[u8]>::to_vec), lease_ms: 10_000 };
+    store.save_loop(save(a.token, Some(b"1"))).await.unwrap();
+    store.save_loop(save(a.token, Some(b"2"))).await.unwrap();
+    clock.advance(8_000);
+    store.save_loop(save(a.token, None)).await.unwrap();
+    clock.advance(8_000);
+    assert!(store.acquire_loop(take("b")).await.unwrap().is_none(), "a renewed its lease");
+
+    // a stops beating; once its lease expires b takes over where a was.
+    clock.advance(10_001);
+    let b = store.acquire_loop(take("b")).await.unwrap().expect("an expired loop is taken");
+    assert_eq!((b.checkpoint.as_deref(), b.passes), (Some(&b"2"[..]), 2));
+    assert!(b.token > a.token);
+    let stale = store.save_loop(save(a.token, Some(b"99"))).await.unwrap_err();
+    assert!(matches!(stale, StoreError::LoopLost { .. }), "{stale}");
+    let state = store.loops().await.unwrap();
+    assert_eq!(state.len(), 1);
+    assert_eq!((state[0].checkpoint.as_deref(), state[0].owner.as_deref()), (Some(&b"2"[..]), Some("b")));
+
+    // A released loop is free at once, checkpoint kept.
+    store.release_loop("poller", b.token).await.unwrap();
+    let c = store.acquire_loop(take("c")).await.unwrap().expect("a released loop is free");
+    assert_eq!(c.checkpoint.as_deref(), Some(&b"2"[..]));
+}
+
+pub async fn a_finish_records_the_plugin_version(store: &dyn JobStore, _clock: &ManualClock) {
+    store.insert(new_job("echo")).await.unwrap();
+    let job = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    let finish = Finish { ran_version: Some("2.0.0".into()), ..Finish::new(job.lease(), Transition::Complete { result: vec![] }) };
+    store.finish(finish).await.unwrap();
+    assert_eq!(store.get(job.id).await.unwrap().unwrap().plugin_version.as_deref(), Some("2.0.0"));
 }
 
 impl ManualClock {
@@ -323,6 +390,9 @@ macro_rules! conformance_tests {
             a_paused_queue_is_not_claimed,
             finish_many_applies_each_valid_transition,
             next_due_finds_the_earliest_waiting_job,
+            schedule_ticks_fire_once_and_carry_the_checkpoint,
+            a_loop_is_held_by_one_host_and_its_checkpoint_is_fenced,
+            a_finish_records_the_plugin_version,
         );
     };
     (@each $factory:ident, $($test:ident),+ $(,)?) => {

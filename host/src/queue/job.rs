@@ -127,6 +127,8 @@ pub struct Job {
     pub created_at: Millis,
     pub attempted_at: Option<Millis>,
     pub finalized_at: Option<Millis>,
+    /// The plugin version that ran the latest attempt.
+    pub plugin_version: Option<String>,
 }
 
 impl Job {

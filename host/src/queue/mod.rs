@@ -12,6 +12,7 @@ pub use clock::{Clock, ManualClock, SharedClock, SystemClock, from_rfc3339, to_r
 pub use job::{AttemptError, Job, JobId, JobState, Lease, Millis};
 pub use sqlite::SqliteStore;
 pub use store::{
-    ClaimParams, DEFAULT_QUEUE, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobStore, ListFilter, NewJob,
-    QueueInfo, StateCount, StoreError, Transition,
+    ClaimParams, DEFAULT_QUEUE, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobStore, ListFilter, LoopClaim,
+    LoopLease, LoopSave, LoopState, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, schedule_key,
+    schedule_key_range, tick_of_key,
 };

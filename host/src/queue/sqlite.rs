@@ -10,16 +10,18 @@
 use super::clock::SharedClock;
 use super::job::{AttemptError, Job, JobId, JobState, Lease, Millis};
 use super::store::{
-    ClaimParams, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobStore, ListFilter, NewJob, QueueInfo,
-    StateCount, StoreError, Transition,
+    ClaimParams, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobStore, ListFilter, LoopClaim, LoopLease, LoopSave,
+    LoopState, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, schedule_key_range, tick_of_key,
 };
 use async_trait::async_trait;
+use rusqlite::types::Null;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// Migrations, applied in order, each once, recorded in `kiln_migrations`.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
     1,
     "jobs and queues",
     r#"
@@ -60,14 +62,34 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
         updated_at INTEGER NOT NULL
     );
     "#,
-)];
+    ),
+    (
+        2,
+        "schedules, loops and plugin versions",
+        r#"
+    ALTER TABLE jobs ADD COLUMN plugin_version TEXT;
+    -- A schedule's ticks: its newest tick, its newest completed one.
+    CREATE INDEX jobs_kind_key ON jobs (kind, unique_key) WHERE unique_key IS NOT NULL;
+    CREATE TABLE loops (
+        name             TEXT PRIMARY KEY,
+        checkpoint       BLOB,
+        passes           INTEGER NOT NULL DEFAULT 0,
+        token            INTEGER NOT NULL DEFAULT 0,
+        owner            TEXT,
+        lease_expires_at INTEGER,
+        updated_at       INTEGER NOT NULL
+    );
+    "#,
+    ),
+];
 
 // SQL fragments as macros, so every statement below is one literal built at
 // compile time (`concat!`), not formatted again for each job.
 macro_rules! columns {
     () => {
         "id, kind, queue, priority, payload, state, attempt, max_attempts, scheduled_at, unique_key, \
-         errors, result, lease_token, leased_by, lease_expires_at, cancel_requested, created_at, attempted_at, finalized_at"
+         errors, result, lease_token, leased_by, lease_expires_at, cancel_requested, created_at, attempted_at, finalized_at, \
+         plugin_version"
     };
 }
 /// The states a claim takes jobs from (once due).
@@ -82,9 +104,16 @@ macro_rules! clear_lease {
     };
 }
 /// The fencing rule: a transition out of `running` names the current token.
+/// `?9` is the plugin version that ran the attempt.
 macro_rules! fence {
     () => {
-        " WHERE id = ?1 AND lease_token = ?2 AND state = 'running'"
+        ", plugin_version = coalesce(?9, plugin_version) WHERE id = ?1 AND lease_token = ?2 AND state = 'running'"
+    };
+}
+/// The states of a job not yet done with.
+macro_rules! pending {
+    () => {
+        "('available', 'scheduled', 'retryable', 'running')"
     };
 }
 
@@ -234,6 +263,7 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         created_at: row.get(16)?,
         attempted_at: row.get(17)?,
         finalized_at: row.get(18)?,
+        plugin_version: row.get(19)?,
     })
 }
 
@@ -253,21 +283,21 @@ fn apply(tx: &rusqlite::Transaction<'_>, finish: &Finish, now: Millis) -> rusqli
     let changed = match &finish.transition {
         Transition::Complete { result } => tx
             .prepare_cached(concat!("UPDATE jobs SET state = 'completed', result = ?3, finalized_at = ?4, ", clear_lease!(), fence!()))?
-            .execute(params![id, token, result, now])?,
+            .execute(params![id, token, result, now, Null, Null, Null, Null, finish.ran_version])?,
         Transition::RetryAt { at, error } => tx
             .prepare_cached(concat!(
                 "UPDATE jobs SET state = 'retryable', scheduled_at = ?3, errors = json_insert(errors, '$[#]', json(?4)), ",
                 clear_lease!(),
                 fence!()
             ))?
-            .execute(params![id, token, at, error_json(error)])?,
+            .execute(params![id, token, at, error_json(error), Null, Null, Null, Null, finish.ran_version])?,
         Transition::Discard { error } => tx
             .prepare_cached(concat!(
                 "UPDATE jobs SET state = 'dead', finalized_at = ?3, errors = json_insert(errors, '$[#]', json(?4)), ",
                 clear_lease!(),
                 fence!()
             ))?
-            .execute(params![id, token, now, error_json(error)])?,
+            .execute(params![id, token, now, error_json(error), Null, Null, Null, Null, finish.ran_version])?,
         Transition::Snooze { at } => tx
             .prepare_cached(concat!(
                 "UPDATE jobs SET state = CASE WHEN ?3 > ?4 THEN 'scheduled' ELSE 'available' END, scheduled_at = ?3, \
@@ -275,7 +305,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, finish: &Finish, now: Millis) -> rusqli
                 clear_lease!(),
                 fence!()
             ))?
-            .execute(params![id, token, at, now])?,
+            .execute(params![id, token, at, now, Null, Null, Null, Null, finish.ran_version])?,
         Transition::Cancel { error } => tx
             .prepare_cached(concat!(
                 "UPDATE jobs SET state = 'cancelled', finalized_at = ?3, cancel_requested = 0, \
@@ -283,7 +313,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, finish: &Finish, now: Millis) -> rusqli
                 clear_lease!(),
                 fence!()
             ))?
-            .execute(params![id, token, now, error_json(error)])?,
+            .execute(params![id, token, now, error_json(error), Null, Null, Null, Null, finish.ran_version])?,
     };
     Ok(changed == 1)
 }
@@ -568,6 +598,118 @@ impl JobStore for SqliteStore {
         self.read(|conn, _| {
             conn.prepare_cached("SELECT name, paused FROM queues ORDER BY name")
                 .and_then(|mut s| s.query_map([], |r| Ok(QueueInfo { name: r.get(0)?, paused: r.get(1)? }))?.collect())
+                .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn pending_count(&self, kind: &str) -> Result<u64, StoreError> {
+        let kind = kind.to_string();
+        self.read(move |conn, _| {
+            conn.prepare_cached(concat!("SELECT count(*) FROM jobs WHERE state IN ", pending!(), " AND kind = ?1"))
+                .and_then(|mut s| s.query_row([kind], |r| r.get::<_, i64>(0)))
+                .map(|n| n as u64)
+                .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn schedule_state(&self, kind: &str) -> Result<ScheduleState, StoreError> {
+        let kind = kind.to_string();
+        self.read(move |conn, _| {
+            let (start, end) = schedule_key_range(&kind);
+            let (last, active): (Option<String>, bool) = conn
+                .prepare_cached(concat!(
+                    "SELECT (SELECT max(unique_key) FROM jobs WHERE kind = ?1 AND unique_key >= ?2 AND unique_key < ?3), \
+                            EXISTS (SELECT 1 FROM jobs WHERE state IN ",
+                    pending!(),
+                    " AND kind = ?1 AND unique_key >= ?2 AND unique_key < ?3)"
+                ))
+                .and_then(|mut s| s.query_row(params![kind, start, end], |r| Ok((r.get(0)?, r.get(1)?))))
+                .map_err(db_error)?;
+            Ok(ScheduleState { last_tick: last.as_deref().and_then(tick_of_key), active })
+        })
+        .await
+    }
+
+    async fn schedule_checkpoint(&self, kind: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let kind = kind.to_string();
+        self.read(move |conn, _| {
+            let (start, end) = schedule_key_range(&kind);
+            conn.prepare_cached(
+                "SELECT result FROM jobs WHERE kind = ?1 AND unique_key >= ?2 AND unique_key < ?3 AND state = 'completed' \
+                 ORDER BY unique_key DESC LIMIT 1",
+            )
+            .and_then(|mut s| s.query_row(params![kind, start, end], |r| r.get::<_, Option<Vec<u8>>>(0)).optional())
+            .map(Option::flatten)
+            .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn acquire_loop(&self, claim: LoopClaim) -> Result<Option<LoopLease>, StoreError> {
+        self.write(move |tx, now| {
+            tx.prepare_cached("INSERT INTO loops (name, updated_at) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING")
+                .and_then(|mut s| s.execute(params![claim.name, now]))
+                .map_err(db_error)?;
+            tx.prepare_cached(
+                "UPDATE loops SET token = token + 1, owner = ?2, lease_expires_at = ?3 + ?4, updated_at = ?3 \
+                 WHERE name = ?1 AND (owner IS NULL OR owner = ?2 OR lease_expires_at < ?3) RETURNING token, checkpoint, passes",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![claim.name, claim.host, now, claim.lease_ms], |r| {
+                    Ok(LoopLease { name: claim.name.clone(), token: r.get(0)?, checkpoint: r.get(1)?, passes: r.get::<_, i64>(2)? as u64 })
+                })
+                .optional()
+            })
+            .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn save_loop(&self, save: LoopSave) -> Result<(), StoreError> {
+        self.write(move |tx, now| {
+            let stored = save.checkpoint.is_some();
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE loops SET checkpoint = CASE WHEN ?3 THEN ?4 ELSE checkpoint END, passes = passes + ?3, \
+                     lease_expires_at = ?5 + ?6, updated_at = ?5 WHERE name = ?1 AND token = ?2 AND owner IS NOT NULL",
+                )
+                .and_then(|mut s| s.execute(params![save.name, save.token, stored, save.checkpoint, now, save.lease_ms]))
+                .map_err(db_error)?;
+            if changed == 1 { Ok(()) } else { Err(StoreError::LoopLost { name: save.name, token: save.token }) }
+        })
+        .await
+    }
+
+    async fn release_loop(&self, name: &str, token: i64) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.write(move |tx, now| {
+            let changed = tx
+                .prepare_cached("UPDATE loops SET owner = NULL, lease_expires_at = NULL, updated_at = ?3 WHERE name = ?1 AND token = ?2")
+                .and_then(|mut s| s.execute(params![name, token, now]))
+                .map_err(db_error)?;
+            if changed == 1 { Ok(()) } else { Err(StoreError::LoopLost { name, token }) }
+        })
+        .await
+    }
+
+    async fn loops(&self) -> Result<Vec<LoopState>, StoreError> {
+        self.read(|conn, _| {
+            conn.prepare_cached("SELECT name, checkpoint, passes, owner, lease_expires_at, updated_at FROM loops ORDER BY name")
+                .and_then(|mut s| {
+                    s.query_map([], |r| {
+                        Ok(LoopState {
+                            name: r.get(0)?,
+                            checkpoint: r.get(1)?,
+                            passes: r.get::<_, i64>(2)? as u64,
+                            owner: r.get(3)?,
+                            lease_expires_at: r.get(4)?,
+                            updated_at: r.get(5)?,
+                        })
+                    })?
+                    .collect()
+                })
                 .map_err(db_error)
         })
         .await

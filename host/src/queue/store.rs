@@ -101,6 +101,80 @@ impl Transition {
 pub struct Finish {
     pub lease: Lease,
     pub transition: Transition,
+    /// The plugin version that ran the attempt, recorded on the job.
+    pub ran_version: Option<String>,
+}
+
+impl Finish {
+    pub fn new(lease: Lease, transition: Transition) -> Self {
+        Self { lease, transition, ran_version: None }
+    }
+}
+
+/// The unique key of a schedule's tick: one job per schedule and tick time,
+/// so however many hosts fire the tick, the store keeps one. Fixed-width
+/// time, so keys sort by tick.
+pub fn schedule_key(kind: &str, tick: Millis) -> String {
+    format!("schedule:{kind}:{tick:015}")
+}
+
+/// The key range `[start, end)` holding every tick of `kind`.
+pub fn schedule_key_range(kind: &str) -> (String, String) {
+    (format!("schedule:{kind}:"), format!("schedule:{kind};"))
+}
+
+/// The tick time inside a schedule key.
+pub fn tick_of_key(key: &str) -> Option<Millis> {
+    key.rsplit(':').next()?.parse().ok()
+}
+
+/// Where a schedule stands in the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScheduleState {
+    /// The newest tick that became a job (whatever happened to it since).
+    pub last_tick: Option<Millis>,
+    /// Whether any of its ticks is waiting or running.
+    pub active: bool,
+}
+
+/// Take a continuous loop for one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopClaim {
+    pub name: String,
+    pub host: String,
+    pub lease_ms: i64,
+}
+
+/// A host's hold on a loop: only it may store the loop's checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopLease {
+    pub name: String,
+    /// Fencing token: each acquire increments it.
+    pub token: i64,
+    /// The last stored checkpoint: the next pass's input.
+    pub checkpoint: Option<Vec<u8>>,
+    /// Passes that stored a checkpoint so far.
+    pub passes: u64,
+}
+
+/// Store a loop pass's checkpoint (or, with `None`, only renew the lease).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopSave {
+    pub name: String,
+    pub token: i64,
+    pub checkpoint: Option<Vec<u8>>,
+    pub lease_ms: i64,
+}
+
+/// A loop as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopState {
+    pub name: String,
+    pub checkpoint: Option<Vec<u8>>,
+    pub passes: u64,
+    pub owner: Option<String>,
+    pub lease_expires_at: Option<Millis>,
+    pub updated_at: Millis,
 }
 
 /// Filters for listing jobs; `after_id` pages through results.
@@ -147,6 +221,9 @@ pub enum StoreError {
     InvalidState { id: JobId, state: JobState, action: &'static str },
     #[error("job {existing} already holds unique key {key:?}")]
     UniqueConflict { key: String, existing: JobId },
+    /// The fencing rule for loops: another host (or a newer run here) took it.
+    #[error("loop {name:?}: stale lease (token {token} is no longer current); the checkpoint was not stored")]
+    LoopLost { name: String, token: i64 },
     #[error("{path} is not a Kiln database: {reason}")]
     NotADatabase { path: String, reason: String },
     #[error("database schema version {found} is newer than this Kiln knows ({known}); upgrade Kiln")]
@@ -186,22 +263,22 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// → completed.
     async fn complete(&self, lease: Lease, result: Vec<u8>) -> Result<(), StoreError> {
-        self.finish(Finish { lease, transition: Transition::Complete { result } }).await
+        self.finish(Finish::new(lease, Transition::Complete { result })).await
     }
 
     /// → retryable at `at`.
     async fn retry_at(&self, lease: Lease, at: Millis, error: AttemptError) -> Result<(), StoreError> {
-        self.finish(Finish { lease, transition: Transition::RetryAt { at, error } }).await
+        self.finish(Finish::new(lease, Transition::RetryAt { at, error })).await
     }
 
     /// → dead.
     async fn discard(&self, lease: Lease, error: AttemptError) -> Result<(), StoreError> {
-        self.finish(Finish { lease, transition: Transition::Discard { error } }).await
+        self.finish(Finish::new(lease, Transition::Discard { error })).await
     }
 
     /// → available at `at`, attempt not counted.
     async fn snooze(&self, lease: Lease, at: Millis) -> Result<(), StoreError> {
-        self.finish(Finish { lease, transition: Transition::Snooze { at } }).await
+        self.finish(Finish::new(lease, Transition::Snooze { at })).await
     }
 
     /// Cancels a job that is not running (→ cancelled); for a running job,
@@ -232,4 +309,31 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Queues known to the store (any that ever held a job or was paused).
     async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError>;
+
+    /// How many jobs of `kind` are waiting (available, scheduled,
+    /// retryable) or running.
+    async fn pending_count(&self, kind: &str) -> Result<u64, StoreError>;
+
+    /// The newest tick of the schedule `kind` (its jobs carry
+    /// [`schedule_key`]s) and whether any of its ticks is unfinished.
+    async fn schedule_state(&self, kind: &str) -> Result<ScheduleState, StoreError>;
+
+    /// The result of the newest completed tick of `kind`: the checkpoint
+    /// handed to the next tick.
+    async fn schedule_checkpoint(&self, kind: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Takes the loop for `host` if it is free, its lease expired, or it is
+    /// already this host's; a new fencing token either way. `None`: another
+    /// host holds it.
+    async fn acquire_loop(&self, claim: LoopClaim) -> Result<Option<LoopLease>, StoreError>;
+
+    /// Stores a pass's checkpoint and extends the lease, only with the
+    /// current token (`Err(LoopLost)` otherwise).
+    async fn save_loop(&self, save: LoopSave) -> Result<(), StoreError>;
+
+    /// Gives the loop up (at shutdown), only with the current token.
+    async fn release_loop(&self, name: &str, token: i64) -> Result<(), StoreError>;
+
+    /// Every loop the store knows.
+    async fn loops(&self) -> Result<Vec<LoopState>, StoreError>;
 }

@@ -6,11 +6,11 @@
 use super::metrics::Metrics;
 use super::rescuer::Rescuer;
 use super::retry_policy::{StopReason, decide};
-use super::runner::Runner;
+use super::runner::{Ran, Runner};
 use crate::queue::{
     ClaimParams, Finish, HeartbeatParams, Inserted, Job, JobId, JobStore, Lease, NewJob, SharedClock, StoreError,
 };
-use crate::sandbox::{Outcome, StopSignal};
+use crate::sandbox::{JobInput, Outcome, StopSignal};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -87,6 +87,8 @@ pub fn default_host_name() -> String {
 pub enum EnqueueError {
     #[error("unknown job kind {kind:?}: no plugin of that name is loaded (loaded: {known})")]
     UnknownKind { kind: String, known: String },
+    #[error("plugin {kind:?} is a {trigger} plugin: the host runs it, it is not enqueued")]
+    NotEnqueued { kind: String, trigger: &'static str },
     #[error("job {index}: payload is {size} bytes, over the limit of {limit} bytes")]
     PayloadTooLarge { index: usize, size: usize, limit: usize },
     #[error("job {index}: queue {queue:?} is not served by this host (queues: {known})")]
@@ -202,6 +204,15 @@ impl Dispatcher {
         &self.inner.config
     }
 
+    pub fn clock(&self) -> &SharedClock {
+        &self.inner.clock
+    }
+
+    /// Where guest code runs: the job runtime if one was set, else the current one.
+    pub fn job_runtime(&self) -> tokio::runtime::Handle {
+        self.inner.jobs.get().cloned().unwrap_or_else(tokio::runtime::Handle::current)
+    }
+
     /// Runs jobs on `runtime` instead of the current one, so guests (which
     /// yield only once per epoch tick) never queue ahead of the API, the
     /// heartbeats and the claims. Call before [`start`](Self::start).
@@ -227,6 +238,7 @@ impl Dispatcher {
         let rescuer = Rescuer::new(self.inner.store.clone(), self.inner.config.lease);
         let wake: Vec<Arc<Notify>> = self.inner.wake.values().cloned().collect();
         tasks.spawn(rescuer.run(self.inner.stopping.subscribe(), move || wake.iter().for_each(|w| w.notify_one())));
+        tasks.spawn(super::triggers::supervise(self.clone(), self.inner.runner.changes(), self.inner.stopping.subscribe()));
         tracing::info!(host = %self.inner.config.host, queues = ?self.inner.config.queues, "dispatcher started");
         Running { tasks }
     }
@@ -243,6 +255,9 @@ impl Dispatcher {
             let Some(kind) = self.inner.runner.kind(&r.kind) else {
                 return Err(EnqueueError::UnknownKind { kind: r.kind, known: self.inner.runner.kinds().join(", ") });
             };
+            if !kind.trigger.accepts_jobs() {
+                return Err(EnqueueError::NotEnqueued { kind: r.kind, trigger: kind.trigger.name() });
+            }
             if r.payload.len() > self.inner.config.max_payload_bytes {
                 return Err(EnqueueError::PayloadTooLarge { index, size: r.payload.len(), limit: self.inner.config.max_payload_bytes });
             }
@@ -423,7 +438,7 @@ async fn queue_loop(inner: Arc<Inner>, queue: QueueConfig) {
             }
             continue;
         }
-        let runtime = inner.jobs.get().cloned().unwrap_or_else(tokio::runtime::Handle::current);
+        let runtime = Dispatcher { inner: inner.clone() }.job_runtime();
         for job in jobs {
             let permit = permits.split(1).expect("one permit per claimed job");
             inner.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -441,12 +456,32 @@ async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
     if job.cancel_requested {
         inner.stop_locally(job.id, StopReason::CancelRequested);
     }
+    let kind = inner.runner.kind(&job.kind);
+    // A schedule's tick gets the result of the last completed tick.
+    let checkpoint = match kind.as_ref().map(|k| &k.trigger) {
+        Some(crate::plugin::Trigger::Schedule(_)) => match inner.store.schedule_checkpoint(&job.kind).await {
+            Ok(checkpoint) => checkpoint,
+            Err(e) => {
+                tracing::warn!(job = job.id, "cannot read the schedule's checkpoint ({e}); the tick runs without it");
+                None
+            }
+        },
+        _ => None,
+    };
+    let input = JobInput {
+        id: job.id.to_string(),
+        kind: job.kind.clone(),
+        attempt: job.attempt,
+        max_attempts: job.max_attempts,
+        payload: job.payload.clone(),
+        checkpoint,
+    };
     let started = inner.clock.now();
     inner.metrics.job_started(&job.kind, started - job.scheduled_at);
-    let report = inner.runner.run(&job, &stop).await;
+    let Ran { report, version } = inner.runner.run(&input, &stop).await;
     let reason = inner.running.lock().expect("poisoned").remove(&job.id).and_then(|r| r.reason);
     inner.metrics.job_finished(&job.kind, &report);
-    let policy = inner.runner.kind(&job.kind).map(|k| k.retry).unwrap_or_default();
+    let policy = kind.map(|k| k.retry).unwrap_or_default();
     let now = inner.clock.now();
     match decide(&job, &report.outcome, reason, &policy, now) {
         Some(transition) => {
@@ -454,7 +489,7 @@ async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
                 tracing::info!(job = job.id, kind = %job.kind, attempt = job.attempt, outcome = report.outcome.name(),
                     next = transition.name(), "{}", report.outcome.error_message().unwrap_or_default());
             }
-            inner.send_finish(Finish { lease, transition });
+            inner.send_finish(Finish { lease, transition, ran_version: version });
         }
         None => tracing::warn!(job = job.id, "lease lost while running; another host has the job, nothing written"),
     }

@@ -3,15 +3,23 @@
 //! queue and the sandbox.
 //!
 //! One file per service: [`dispatcher`] (queue loops, heartbeat, finisher),
-//! [`rescuer`] (expired leases), [`retry_policy`] (outcome → transition),
-//! [`runner`] (what runs a job), [`metrics`].
+//! [`scheduler`] (cron and interval ticks), [`looper`] (continuous loops),
+//! [`startup`] (start-up plugins), [`triggers`] (starts and stops the
+//! schedule and loop tasks as the registry changes), [`rescuer`] (expired
+//! leases), [`retry_policy`] (outcome → transition), [`runner`] (what runs
+//! an iteration), [`metrics`].
 
 pub mod dispatcher;
+pub mod looper;
 pub mod metrics;
 pub mod rescuer;
 pub mod retry_policy;
 pub mod runner;
+pub mod scheduler;
+pub mod startup;
+mod triggers;
 
 pub use dispatcher::{Dispatcher, DispatcherConfig, EnqueueError, EnqueueRequest, QueueConfig, Running};
 pub use metrics::Metrics;
-pub use runner::{KindInfo, PluginSet, Runner, SandboxRunner};
+pub use runner::{KindInfo, Ran, Runner, SandboxRunner};
+pub use startup::{StartupFailed, run_startup_plugins};

@@ -92,6 +92,7 @@ mod tests {
             created_at: 0,
             attempted_at: None,
             finalized_at: None,
+            plugin_version: None,
         }
     }
 

@@ -1,11 +1,10 @@
-//! What runs a claimed job: the sandbox in production; a native closure in
+//! What runs one iteration of a kind: the sandbox, with the version the
+//! live registry serves at that moment, in production; a native closure in
 //! the benchmark that measures the queue without it.
 
-use crate::plugin::{Manifest, Plugin, RetryPolicy};
-use crate::queue::Job;
-use crate::sandbox::{Budget, JobInput, Report, Sandbox, StopSignal};
+use crate::plugin::{Manifest, Registry, RetryPolicy, Trigger};
+use crate::sandbox::{Budget, JobInput, Outcome, Report, StopSignal};
 use async_trait::async_trait;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// What the worker needs to know of one job kind.
@@ -14,9 +13,29 @@ pub struct KindInfo {
     pub version: String,
     pub retry: RetryPolicy,
     pub budget: Budget,
+    pub trigger: Trigger,
 }
 
-/// Runs jobs of the kinds it knows.
+impl KindInfo {
+    pub fn of(manifest: &Manifest) -> Self {
+        Self {
+            version: manifest.version.clone(),
+            retry: manifest.retry.clone(),
+            budget: manifest.budget(),
+            trigger: manifest.trigger.clone(),
+        }
+    }
+}
+
+/// One finished iteration, and the plugin version that ran it.
+#[derive(Debug)]
+pub struct Ran {
+    pub report: Report,
+    /// `None` when no version of the kind was loaded.
+    pub version: Option<String>,
+}
+
+/// Runs iterations of the kinds it knows.
 #[async_trait]
 pub trait Runner: Send + Sync + std::fmt::Debug + 'static {
     /// The kind's policy, or `None` when this host cannot run it.
@@ -25,56 +44,57 @@ pub trait Runner: Send + Sync + std::fmt::Debug + 'static {
     fn kinds(&self) -> Vec<String>;
     /// A fresh stop signal for one run.
     fn stop_signal(&self) -> StopSignal;
-    /// Runs one attempt of `job`.
-    async fn run(&self, job: &Job, stop: &StopSignal) -> Report;
-}
-
-/// The loaded plugins, by name.
-pub type PluginSet = Arc<BTreeMap<String, Arc<Plugin>>>;
-
-/// Runs each job as one fresh sandbox iteration of its kind's plugin.
-#[derive(Debug, Clone)]
-pub struct SandboxRunner {
-    sandbox: Arc<Sandbox>,
-    plugins: PluginSet,
-}
-
-impl SandboxRunner {
-    pub fn new(sandbox: Arc<Sandbox>, plugins: PluginSet) -> Self {
-        Self { sandbox, plugins }
+    /// Runs one iteration of `input.kind` with the version serving now.
+    async fn run(&self, input: &JobInput, stop: &StopSignal) -> Ran;
+    /// Changes whenever the set of kinds (or a kind's version) changes;
+    /// `None` for a fixed set.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
     }
 }
 
-fn kind_info(manifest: &Manifest) -> KindInfo {
-    KindInfo { version: manifest.version.clone(), retry: manifest.retry.clone(), budget: manifest.budget() }
+/// Runs each iteration in a fresh sandbox instance of the version the
+/// registry serves when it starts.
+#[derive(Debug, Clone)]
+pub struct SandboxRunner {
+    registry: Arc<Registry>,
+}
+
+impl SandboxRunner {
+    pub fn new(registry: Arc<Registry>) -> Self {
+        Self { registry }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
 }
 
 #[async_trait]
 impl Runner for SandboxRunner {
     fn kind(&self, kind: &str) -> Option<KindInfo> {
-        self.plugins.get(kind).map(|p| kind_info(&p.manifest))
+        self.registry.get(kind).map(|p| KindInfo::of(&p.manifest))
     }
 
     fn kinds(&self) -> Vec<String> {
-        self.plugins.keys().cloned().collect()
+        self.registry.snapshot().keys().cloned().collect()
     }
 
     fn stop_signal(&self) -> StopSignal {
-        self.sandbox.stop_signal()
+        self.registry.sandbox().stop_signal()
     }
 
-    async fn run(&self, job: &Job, stop: &StopSignal) -> Report {
-        let Some(plugin) = self.plugins.get(&job.kind) else {
-            return Report::without_cost(crate::sandbox::Outcome::Fatal(format!("no plugin {:?} is loaded on this host", job.kind)));
+    async fn run(&self, input: &JobInput, stop: &StopSignal) -> Ran {
+        // The version is pinned here: a swap during the run does not touch it.
+        let Some(plugin) = self.registry.get(&input.kind) else {
+            let outcome = Outcome::Fatal(format!("no plugin {:?} is loaded on this host", input.kind));
+            return Ran { report: Report::without_cost(outcome), version: None };
         };
-        let input = JobInput {
-            id: job.id.to_string(),
-            kind: job.kind.clone(),
-            attempt: job.attempt,
-            max_attempts: job.max_attempts,
-            payload: job.payload.clone(),
-            checkpoint: None,
-        };
-        self.sandbox.run_iteration(&plugin.component, &input, &plugin.manifest.budget(), stop).await
+        let report = self.registry.sandbox().run_iteration(&plugin.component, input, &plugin.manifest.budget(), stop).await;
+        Ran { report, version: Some(plugin.manifest.version.clone()) }
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.registry.subscribe())
     }
 }

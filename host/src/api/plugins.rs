@@ -1,0 +1,145 @@
+//! The plugin routes: list the live versions, deploy a new one, roll back,
+//! remove. Validation and the swap are the registry's; compiling runs on
+//! the blocking pool, off the API's threads.
+
+use super::{AppError, AppState};
+use crate::plugin::{Registry, VersionInfo};
+use crate::queue::{LoopState, to_rfc3339};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// `PUT /plugins/{name}` body.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// The `plugin.toml` text; its `name` must be the one in the path.
+    pub manifest: String,
+    /// The component, base64 (standard alphabet, padded).
+    pub wasm_base64: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveQuery {
+    #[serde(default)]
+    pub force: bool,
+}
+
+fn version_json(v: &VersionInfo) -> serde_json::Value {
+    serde_json::json!({
+        "version": v.version,
+        "version_id": v.version_id,
+        "wasm_sha256": v.wasm_sha256,
+        "activated_at": to_rfc3339(v.activated_at),
+        "source": v.source,
+        "active": v.active,
+    })
+}
+
+fn loop_json(l: &LoopState) -> serde_json::Value {
+    serde_json::json!({
+        "passes": l.passes,
+        "checkpoint": l.checkpoint.as_deref().map(super::bytes_value),
+        "held_by": l.owner,
+        "lease_expires_at": l.lease_expires_at.map(to_rfc3339),
+        "updated_at": to_rfc3339(l.updated_at),
+    })
+}
+
+/// `GET /plugins`: every live plugin, its trigger, its archived versions
+/// (newest first, the serving one marked) and, for loops, where the loop is.
+pub async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
+    let loops = state.dispatcher.store().loops().await?;
+    let registry = state.registry.clone();
+    let plugins = tokio::task::spawn_blocking(move || {
+        registry
+            .snapshot()
+            .values()
+            .map(|p| {
+                let m = &p.manifest;
+                let budget = m.budget();
+                serde_json::json!({
+                    "name": m.name,
+                    "version": m.version,
+                    "version_id": p.version_id,
+                    "description": m.description,
+                    "trigger": m.trigger.name(),
+                    "trigger_detail": m.trigger.describe(),
+                    "max_attempts": m.retry.max_attempts,
+                    "limits": {
+                        "fuel": budget.fuel,
+                        "memory_bytes": budget.memory_bytes,
+                        "timeout_ms": budget.timeout.as_millis() as u64,
+                    },
+                    "versions": registry.versions(&m.name).iter().map(version_json).collect::<Vec<_>>(),
+                    "loop": loops.iter().find(|l| l.name == m.name).map(loop_json),
+                })
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.to_string()))?;
+    Ok(Json(serde_json::json!({ "plugins": plugins })))
+}
+
+async fn blocking<T: Send + 'static>(
+    registry: &Arc<Registry>,
+    f: impl FnOnce(&Registry) -> Result<T, crate::plugin::DeployError> + Send + 'static,
+) -> Result<T, AppError> {
+    let registry = registry.clone();
+    tokio::task::spawn_blocking(move || f(&registry)).await.map_err(|e| AppError::Internal(e.to_string()))?.map_err(AppError::from)
+}
+
+fn deployed_json(d: &crate::plugin::Deployed) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "name": d.name,
+        "version": d.version,
+        "version_id": d.version_id,
+        "previous": d.previous,
+        "changed": d.changed,
+    }))
+}
+
+/// `PUT /plugins/{name}`: validates and compiles the version, swaps it in,
+/// writes it into the plugins directory. A refused version changes nothing.
+pub async fn deploy(State(state): State<AppState>, Path(name): Path<String>, body: Bytes) -> Result<Json<serde_json::Value>, AppError> {
+    let request: DeployRequest = serde_json::from_slice(&body)
+        .map_err(|e| AppError::BadRequest(format!("request body is not a deploy request ({{\"manifest\", \"wasm_base64\"}}): {e}")))?;
+    let wasm = base64::engine::general_purpose::STANDARD
+        .decode(request.wasm_base64.trim())
+        .map_err(|e| AppError::BadRequest(format!("wasm_base64 is not base64: {e}")))?;
+    let deployed = blocking(&state.registry, move |r| r.deploy_upload(&name, &request.manifest, &wasm)).await?;
+    Ok(deployed_json(&deployed))
+}
+
+/// `POST /plugins/{name}/rollback`: the previous archived version serves again.
+pub async fn rollback(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, AppError> {
+    let deployed = blocking(&state.registry, move |r| r.rollback(&name)).await?;
+    Ok(deployed_json(&deployed))
+}
+
+/// `DELETE /plugins/{name}[?force=true]`: refused while jobs of the kind
+/// are pending, unless forced (they then fail as "no plugin loaded" when
+/// claimed, and can be retried by hand after a redeploy).
+pub async fn remove(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<RemoveQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let Query(query) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
+    if state.registry.get(&name).is_none() {
+        return Err(AppError::NotFound(format!("no plugin {name:?} is loaded")));
+    }
+    let pending = state.dispatcher.store().pending_count(&name).await?;
+    if pending > 0 && !query.force {
+        return Err(AppError::Conflict(format!(
+            "plugin {name:?} still has {pending} pending jobs (waiting or running); let them finish, cancel them, or remove with force"
+        )));
+    }
+    let removed = blocking(&state.registry, move |r| r.remove(&name)).await?;
+    Ok(Json(serde_json::json!({ "name": removed.manifest.name, "version": removed.manifest.version, "removed": true, "pending_jobs": pending })))
+}

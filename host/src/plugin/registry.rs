@@ -1,0 +1,382 @@
+//! The live registry: which version of each plugin serves, swapped while
+//! the host runs.
+//!
+//! Readers (every job run) take the current map without a lock
+//! ([`ArcSwap`]); a writer validates and compiles the new version first, off
+//! the hot path, then builds a new map and swaps it in. An iteration that
+//! already holds the old version's `Arc<Plugin>` finishes on it; the next
+//! one gets the new version. A version that fails validation never reaches
+//! the map: the old one keeps serving.
+//!
+//! Every version that was ever active is archived under
+//! `<data_dir>/plugin-versions/<name>/<version id>/` (its manifest, its
+//! component and a `record.json`), which is what `rollback` restores from,
+//! across restarts too. The plugins directory holds what serves now: deploys
+//! and rollbacks write there, so a restart serves the same versions.
+
+use super::manifest::is_valid_name;
+use super::{ArtifactCache, MANIFEST_FILE, Plugin, PluginError};
+use crate::sandbox::Sandbox;
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// The plugins serving now, by name.
+pub type LiveSet = BTreeMap<String, Arc<Plugin>>;
+
+/// How a version came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Found in the plugins directory when the host started.
+    Startup,
+    /// Landed in the watched plugins directory while the host ran.
+    File,
+    /// `PUT /plugins/{name}` (or `kiln plugin deploy`).
+    Api,
+    /// `POST /plugins/{name}/rollback` (or `kiln plugin rollback`).
+    Rollback,
+}
+
+/// One archived version of a plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub version: String,
+    pub version_id: String,
+    pub wasm_sha256: String,
+    /// Milliseconds since the epoch when it last became active.
+    pub activated_at: i64,
+    pub source: Source,
+    /// True for the version serving now.
+    #[serde(default)]
+    pub active: bool,
+}
+
+/// What a deploy did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployed {
+    pub name: String,
+    pub version: String,
+    pub version_id: String,
+    /// The version it replaced, if any.
+    pub previous: Option<String>,
+    /// False when this exact version was already serving: nothing changed.
+    pub changed: bool,
+}
+
+/// Why a deploy, rollback or removal was refused. The serving version is
+/// untouched in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("refused: {0}")]
+    Invalid(#[from] PluginError),
+    #[error("refused: the manifest names plugin {found:?} but it was deployed as {expected:?} ({path})")]
+    NameMismatch { expected: String, found: String, path: String },
+    #[error("refused: {0:?} is not a valid plugin name (1-64 characters of a-z, 0-9, `-` or `_`, starting with a letter)")]
+    BadName(String),
+    #[error("no plugin {0:?} is loaded")]
+    NotLoaded(String),
+    #[error("plugin {name:?} has no earlier version to roll back to (archived: {archived})")]
+    NoEarlierVersion { name: String, archived: usize },
+    #[error("cannot write {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DeployError + '_ {
+    move |source| DeployError::Io { path: path.display().to_string(), source }
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The registry of live plugin versions.
+pub struct Registry {
+    sandbox: Arc<Sandbox>,
+    cache: ArtifactCache,
+    plugins_dir: PathBuf,
+    archive_dir: PathBuf,
+    live: ArcSwap<LiveSet>,
+    /// Serialises writers; readers never take it.
+    writer: Mutex<()>,
+    /// Bumped on every swap, for the services that follow triggers.
+    generation: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("plugins_dir", &self.plugins_dir).field("live", &self.live.load().len()).finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry serving from `plugins_dir`, archiving under `archive_dir`.
+    pub fn new(sandbox: Arc<Sandbox>, cache: ArtifactCache, plugins_dir: PathBuf, archive_dir: PathBuf) -> Self {
+        Self {
+            sandbox,
+            cache,
+            plugins_dir,
+            archive_dir,
+            live: ArcSwap::from_pointee(LiveSet::new()),
+            writer: Mutex::new(()),
+            generation: watch::Sender::new(0),
+        }
+    }
+
+    /// A registry holding `plugins`, with no directory behind it (tests and
+    /// benchmarks that never deploy).
+    pub fn fixed(sandbox: Arc<Sandbox>, plugins: LiveSet) -> Self {
+        let registry = Self::new(sandbox, ArtifactCache::new(std::env::temp_dir()), PathBuf::new(), PathBuf::new());
+        registry.live.store(Arc::new(plugins));
+        registry
+    }
+
+    pub fn plugins_dir(&self) -> &Path {
+        &self.plugins_dir
+    }
+
+    pub fn sandbox(&self) -> &Arc<Sandbox> {
+        &self.sandbox
+    }
+
+    /// The plugins serving now. Lock-free; the map never changes under the caller.
+    pub fn snapshot(&self) -> Arc<LiveSet> {
+        self.live.load_full()
+    }
+
+    /// The version of `name` serving now.
+    pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.live.load().get(name).cloned()
+    }
+
+    /// Resolves whenever the set of live versions changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Loads every plugin directory in the plugins directory. One that fails
+    /// is reported and left out; the others serve. Returns the failures.
+    pub fn load_all(&self) -> Result<Vec<(PathBuf, DeployError)>, DeployError> {
+        let entries = std::fs::read_dir(&self.plugins_dir).map_err(io_error(&self.plugins_dir))?;
+        let mut dirs: Vec<PathBuf> = entries
+            .filter_map(|e| Some(e.ok()?.path()))
+            .filter(|p| !is_hidden(p) && p.join(MANIFEST_FILE).is_file())
+            .collect();
+        dirs.sort();
+        let mut failures = Vec::new();
+        for dir in dirs {
+            if let Err(e) = self.deploy_dir(&dir, Source::Startup) {
+                tracing::error!(dir = %dir.display(), "plugin {e}");
+                failures.push((dir, e));
+            }
+        }
+        Ok(failures)
+    }
+
+    /// Loads the plugin in `dir` (named by the directory) and makes it the
+    /// serving version, unless that exact version already serves.
+    pub fn deploy_dir(&self, dir: &Path, source: Source) -> Result<Deployed, DeployError> {
+        let expected = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let plugin = self.load_checked(dir, &expected)?;
+        let _writer = self.writer.lock().expect("registry writer poisoned");
+        self.activate(plugin, source)
+    }
+
+    /// Validates an uploaded version of `name`, makes it serve, and writes it
+    /// into the plugins directory (so a restart serves it too).
+    pub fn deploy_upload(&self, name: &str, manifest_text: &str, wasm: &[u8]) -> Result<Deployed, DeployError> {
+        if !is_valid_name(name) {
+            return Err(DeployError::BadName(name.to_string()));
+        }
+        let staging = self.plugins_dir.join(format!(".{name}.deploy-{:016x}", fastrand::u64(..)));
+        let result = (|| {
+            std::fs::create_dir_all(&staging).map_err(io_error(&staging))?;
+            let wasm_path = staging.join(format!("{name}.wasm"));
+            std::fs::write(&wasm_path, wasm).map_err(io_error(&wasm_path))?;
+            let manifest_path = staging.join(MANIFEST_FILE);
+            std::fs::write(&manifest_path, manifest_text).map_err(io_error(&manifest_path))?;
+            let plugin = self.load_checked(&staging, name).map_err(|e| match e {
+                DeployError::NameMismatch { expected, found, .. } => {
+                    DeployError::NameMismatch { expected, found, path: "the uploaded manifest".into() }
+                }
+                other => other,
+            })?;
+            let _writer = self.writer.lock().expect("registry writer poisoned");
+            let deployed = self.activate(plugin, Source::Api)?;
+            self.install(&staging, name)?;
+            Ok(deployed)
+        })();
+        let _ = std::fs::remove_dir_all(&staging);
+        result
+    }
+
+    /// Makes the newest archived version of `name` other than the serving
+    /// one serve again, and writes it back into the plugins directory.
+    pub fn rollback(&self, name: &str) -> Result<Deployed, DeployError> {
+        let _writer = self.writer.lock().expect("registry writer poisoned");
+        let current = self.get(name).ok_or_else(|| DeployError::NotLoaded(name.to_string()))?;
+        let versions = self.archived(name);
+        let Some(target) = versions.iter().find(|v| v.version_id != current.version_id) else {
+            return Err(DeployError::NoEarlierVersion { name: name.to_string(), archived: versions.len() });
+        };
+        let archived = self.archive_dir.join(name).join(&target.version_id);
+        let plugin = self.load_checked(&archived, name)?;
+        let deployed = self.activate(plugin, Source::Rollback)?;
+        let staging = self.plugins_dir.join(format!(".{name}.rollback-{:016x}", fastrand::u64(..)));
+        let copied = copy_plugin(&archived, &staging, name).and_then(|()| self.install(&staging, name));
+        let _ = std::fs::remove_dir_all(&staging);
+        copied?;
+        Ok(deployed)
+    }
+
+    /// Stops serving `name` and removes its directory from the plugins
+    /// directory (its versions stay archived). Whether its pending jobs
+    /// allow this is the caller's to check.
+    pub fn remove(&self, name: &str) -> Result<Arc<Plugin>, DeployError> {
+        let _writer = self.writer.lock().expect("registry writer poisoned");
+        let mut next = LiveSet::clone(&self.live.load());
+        let removed = next.remove(name).ok_or_else(|| DeployError::NotLoaded(name.to_string()))?;
+        self.live.store(Arc::new(next));
+        self.generation.send_modify(|g| *g += 1);
+        let dir = self.plugins_dir.join(name);
+        let gone = if dir.is_symlink() || dir.is_file() { std::fs::remove_file(&dir) } else { std::fs::remove_dir_all(&dir) };
+        if let Err(e) = gone.or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }) {
+            tracing::warn!(plugin = name, "removed from the registry, but its directory stays: {e}");
+        }
+        tracing::info!(plugin = name, version = %removed.manifest.version, "plugin removed");
+        Ok(removed)
+    }
+
+    /// Every archived version of `name`, newest activation first, the
+    /// serving one marked.
+    pub fn versions(&self, name: &str) -> Vec<VersionInfo> {
+        let active = self.get(name).map(|p| p.version_id.clone());
+        let mut versions = self.archived(name);
+        for v in &mut versions {
+            v.active = Some(&v.version_id) == active.as_ref();
+        }
+        versions
+    }
+
+    fn archived(&self, name: &str) -> Vec<VersionInfo> {
+        let Ok(entries) = std::fs::read_dir(self.archive_dir.join(name)) else { return Vec::new() };
+        let mut versions: Vec<VersionInfo> = entries
+            .filter_map(|e| {
+                let text = std::fs::read_to_string(e.ok()?.path().join("record.json")).ok()?;
+                serde_json::from_str(&text).ok()
+            })
+            .collect();
+        versions.sort_by(|a, b| b.activated_at.cmp(&a.activated_at));
+        versions
+    }
+
+    /// Loads `dir` and checks its manifest names `expected`.
+    fn load_checked(&self, dir: &Path, expected: &str) -> Result<Plugin, DeployError> {
+        let files = super::resolve(&dir.display().to_string(), &[])?;
+        let plugin = super::load(&self.sandbox, Some(&self.cache), &files)?;
+        if plugin.manifest.name != expected {
+            return Err(DeployError::NameMismatch {
+                expected: expected.to_string(),
+                found: plugin.manifest.name.clone(),
+                path: files.manifest.as_ref().unwrap_or(&files.wasm).display().to_string(),
+            });
+        }
+        Ok(plugin)
+    }
+
+    /// Swaps `plugin` in (the writer lock is held) and archives it.
+    fn activate(&self, plugin: Plugin, source: Source) -> Result<Deployed, DeployError> {
+        let name = plugin.manifest.name.clone();
+        let current = self.live.load();
+        let previous = current.get(&name).cloned();
+        let mut deployed = Deployed {
+            name: name.clone(),
+            version: plugin.manifest.version.clone(),
+            version_id: plugin.version_id.clone(),
+            previous: previous.as_ref().map(|p| p.manifest.version.clone()),
+            changed: true,
+        };
+        if previous.as_ref().is_some_and(|p| p.version_id == plugin.version_id) {
+            deployed.changed = false;
+            return Ok(deployed);
+        }
+        self.archive(&plugin, source);
+        let mut next = LiveSet::clone(&current);
+        let trigger = plugin.manifest.trigger.describe();
+        let (cache, load_ms) = (plugin.cache, plugin.load_time.as_secs_f64() * 1000.0);
+        next.insert(name.clone(), Arc::new(plugin));
+        self.live.store(Arc::new(next));
+        self.generation.send_modify(|g| *g += 1);
+        match &deployed.previous {
+            Some(previous) => tracing::info!(plugin = %name, from = %previous, to = %deployed.version, ?source, ?cache, load_ms,
+                version_id = %&deployed.version_id[..16], "plugin version swapped"),
+            None => tracing::info!(plugin = %name, version = %deployed.version, ?source, ?cache, load_ms, %trigger,
+                version_id = %&deployed.version_id[..16], "plugin loaded"),
+        }
+        Ok(deployed)
+    }
+
+    /// Keeps a copy of `plugin` to roll back to. Best effort: a failure is
+    /// logged, the deploy goes on.
+    fn archive(&self, plugin: &Plugin, source: Source) {
+        if self.archive_dir.as_os_str().is_empty() {
+            return;
+        }
+        let name = &plugin.manifest.name;
+        let dir = self.archive_dir.join(name).join(&plugin.version_id);
+        let record = VersionInfo {
+            version: plugin.manifest.version.clone(),
+            version_id: plugin.version_id.clone(),
+            wasm_sha256: plugin.wasm_sha256.clone(),
+            activated_at: now_millis(),
+            source,
+            active: false,
+        };
+        let written = (|| -> std::io::Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            let wasm = dir.join(format!("{name}.wasm"));
+            if !wasm.is_file() {
+                std::fs::copy(&plugin.wasm_path, &wasm)?;
+                std::fs::write(dir.join(MANIFEST_FILE), plugin.manifest_text.as_deref().unwrap_or_default())?;
+            }
+            let tmp = dir.join("record.json.tmp");
+            std::fs::write(&tmp, serde_json::to_vec_pretty(&record).expect("a record serialises"))?;
+            std::fs::rename(tmp, dir.join("record.json"))
+        })();
+        if let Err(e) = written {
+            tracing::warn!(plugin = %name, dir = %dir.display(), "cannot archive this version (rollback to it will not be possible): {e}");
+        }
+    }
+
+    /// Moves the staged directory into the plugins directory as `name`,
+    /// replacing what was there (a directory or a symlink) in one rename
+    /// each, so the watcher never sees half a plugin.
+    fn install(&self, staging: &Path, name: &str) -> Result<(), DeployError> {
+        let target = self.plugins_dir.join(name);
+        let old = self.plugins_dir.join(format!(".{name}.old-{:016x}", fastrand::u64(..)));
+        if target.is_symlink() || target.is_file() {
+            std::fs::remove_file(&target).map_err(io_error(&target))?;
+        } else if target.is_dir() {
+            std::fs::rename(&target, &old).map_err(io_error(&target))?;
+        }
+        std::fs::rename(staging, &target).map_err(io_error(&target))?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
+    }
+}
+
+fn copy_plugin(from: &Path, to: &Path, name: &str) -> Result<(), DeployError> {
+    std::fs::create_dir_all(to).map_err(io_error(to))?;
+    for file in [MANIFEST_FILE.to_string(), format!("{name}.wasm")] {
+        std::fs::copy(from.join(&file), to.join(&file)).map_err(io_error(&to.join(&file)))?;
+    }
+    Ok(())
+}
+
+/// Dot-entries are staging areas (a deploy in progress), never plugins.
+pub(super) fn is_hidden(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}

@@ -1,0 +1,114 @@
+//! Hot-swap by file: watches the plugins directory and deploys a plugin
+//! directory that changed, once its files have been quiet for [`SETTLE`].
+//!
+//! A new version lands whole when it is written beside the directory and
+//! renamed in (what `kiln plugin deploy` and the API do); files copied into
+//! place one by one also work, as long as the copy finishes within the
+//! settle time — a half-written version fails validation and is refused,
+//! and the next write tries again. Deleting a directory does not unload its
+//! plugin (a file being replaced must not stop a kind): removal goes
+//! through `kiln plugin remove`, which checks for pending jobs.
+
+use super::registry::{Registry, Source, is_hidden};
+use notify::{RecursiveMode, Watcher};
+use std::collections::BTreeSet;
+use std::path::{Component, Path};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How long a plugin directory must be quiet before it is loaded.
+pub const SETTLE: Duration = Duration::from_millis(20);
+
+/// Watches while it lives.
+pub struct PluginWatcher {
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl std::fmt::Debug for PluginWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PluginWatcher")
+    }
+}
+
+/// Starts watching `registry`'s plugins directory; changes are deployed
+/// from a task on the current runtime until the watcher is dropped.
+pub fn watch_plugins_dir(registry: Arc<Registry>) -> notify::Result<PluginWatcher> {
+    let root = registry.plugins_dir().to_path_buf();
+    let (tx, rx) = mpsc::unbounded_channel::<String>();
+    // Events may name paths absolutely whatever the watch was given.
+    let watched = root.canonicalize().unwrap_or_else(|_| root.clone());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+        Ok(event) => {
+            for path in &event.paths {
+                if let Some(name) = plugin_of(&watched, &absolute(path)) {
+                    let _ = tx.send(name);
+                }
+            }
+        }
+        Err(e) => tracing::warn!("watching the plugins directory: {e}"),
+    })?;
+    watcher.watch(&root, RecursiveMode::Recursive)?;
+    tokio::spawn(deploy_changes(registry, rx));
+    tracing::info!(dir = %root.display(), "watching the plugins directory for new versions");
+    Ok(PluginWatcher { _watcher: watcher })
+}
+
+/// `path` with symlinks resolved, as far as it still exists (a removed
+/// file cannot be canonicalized; its directory can).
+fn absolute(path: &Path) -> std::path::PathBuf {
+    path.canonicalize()
+        .or_else(|e| match (path.parent(), path.file_name()) {
+            (Some(parent), Some(name)) => parent.canonicalize().map(|p| p.join(name)),
+            _ => Err(e),
+        })
+        .unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The plugin directory `path` is in, if it is inside `root` and not a
+/// staging area.
+fn plugin_of(root: &Path, path: &Path) -> Option<String> {
+    let relative = path.strip_prefix(root).ok()?;
+    let Some(Component::Normal(first)) = relative.components().next() else { return None };
+    let first = Path::new(first);
+    (!is_hidden(first)).then(|| first.to_string_lossy().into_owned())
+}
+
+async fn deploy_changes(registry: Arc<Registry>, mut rx: mpsc::UnboundedReceiver<String>) {
+    while let Some(first) = rx.recv().await {
+        let mut changed = BTreeSet::from([first]);
+        // Settle: keep gathering until the directory has been quiet.
+        while let Ok(Some(name)) = tokio::time::timeout(SETTLE, rx.recv()).await {
+            changed.insert(name);
+        }
+        for name in changed {
+            let dir = registry.plugins_dir().join(&name);
+            if !dir.join(super::MANIFEST_FILE).is_file() {
+                tracing::debug!(plugin = %name, "plugin directory changed but holds no manifest (removed or half-written); ignored");
+                continue;
+            }
+            let registry = registry.clone();
+            let deployed = tokio::task::spawn_blocking(move || registry.deploy_dir(&dir, Source::File)).await;
+            match deployed {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(plugin = %name, "new version in the plugins directory {e}; the serving version stays"),
+                Err(e) => tracing::error!(plugin = %name, "loading a new version failed: {e}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_map_to_their_plugin_directory() {
+        let root = Path::new("/p");
+        assert_eq!(plugin_of(root, Path::new("/p/echo/echo.wasm")), Some("echo".into()));
+        assert_eq!(plugin_of(root, Path::new("/p/echo")), Some("echo".into()));
+        assert_eq!(plugin_of(root, Path::new("/p/.echo.deploy-1/echo.wasm")), None, "staging areas are not plugins");
+        assert_eq!(plugin_of(root, Path::new("/p")), None);
+        assert_eq!(plugin_of(root, Path::new("/elsewhere/echo")), None);
+    }
+}

@@ -1,0 +1,26 @@
+//! A long-running poller: each pass "reads" the next batch of a feed after
+//! the cursor in its checkpoint and returns the advanced cursor, which the
+//! host stores, so a restart resumes where the loop was.
+
+use kiln_sdk::{Job, JobResult};
+use serde::{Deserialize, Serialize};
+
+/// Items read per pass.
+const BATCH: u64 = 10;
+
+#[derive(Serialize, Deserialize, Default)]
+struct Checkpoint {
+    /// Everything before it has been read.
+    cursor: u64,
+    /// Passes that completed, this one included.
+    passes: u64,
+}
+
+fn run(job: Job) -> JobResult {
+    let previous: Checkpoint = job.checkpoint_json()?.unwrap_or_default();
+    let next = Checkpoint { cursor: previous.cursor + BATCH, passes: previous.passes + 1 };
+    kiln_sdk::info(&format!("polled items {}..{} (pass {})", previous.cursor, next.cursor, next.passes));
+    kiln_sdk::ok_json(&next)
+}
+
+kiln_sdk::export_job!(run);
