@@ -142,7 +142,7 @@ fn a_bad_cron_line_is_refused_naming_the_field() {
     let (dir, _) = plugin_dir(&echo_wasm(), Some(&format!("{GOOD_HEAD}[trigger.schedule]\ncron = \"0 25 * * *\"\n")));
     let err = check(dir.path());
     assert!(err.contains("`trigger.schedule.cron`") && err.contains("field 2 (hour) \"25\" is invalid"), "{err}");
-    let (dir, _) = plugin_dir(&echo_wasm(), Some(&format!("{GOOD_HEAD}[trigger.schedule]\ncron = \"0 30 * * FUNDAY\"\n")));
+    let (dir, _) = plugin_dir(&echo_wasm(), Some(&format!("{GOOD_HEAD}[trigger.schedule]\ncron = \"30 2 * * FUNDAY\"\n")));
     let err = check(dir.path());
     assert!(err.contains("field 5 (day-of-week) \"FUNDAY\" is invalid"), "{err}");
 }
