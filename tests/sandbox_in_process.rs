@@ -28,7 +28,10 @@ fn job(kind: &str, payload: &[u8]) -> JobInput {
 async fn a_good_iteration_right_after_each_bad_one_still_succeeds() {
     let sandbox = Sandbox::new().unwrap();
     let echo = load(&sandbox, built::ECHO);
-    let tight = Budget { fuel: 50_000_000, timeout: Duration::from_millis(300), memory_bytes: 16 << 20, ..Budget::default() };
+    // Each bad plugin meets the budget it is meant to break; the others are
+    // generous, so a loaded machine cannot turn one outcome into another
+    // (CI once saw huge-output time out at 300 ms before it could overflow).
+    let tight = Budget { fuel: 50_000_000, timeout: Duration::from_secs(60), memory_bytes: 16 << 20, ..Budget::default() };
     let bad = [
         (built::SPIN, "out_of_fuel"),
         (built::IGNORE_CANCEL, "timed_out"),
@@ -40,7 +43,11 @@ async fn a_good_iteration_right_after_each_bad_one_still_succeeds() {
     for (dir, expected) in bad {
         let plugin = load(&sandbox, dir);
         let stop = sandbox.stop_signal();
-        let budget = Budget { fuel: if dir == built::IGNORE_CANCEL { u64::MAX / 2 } else { tight.fuel }, ..tight.clone() };
+        let budget = if dir == built::IGNORE_CANCEL {
+            Budget { fuel: u64::MAX / 2, timeout: Duration::from_millis(300), ..tight.clone() }
+        } else {
+            tight.clone()
+        };
         let report = sandbox.run_iteration(&plugin.component, &job(&plugin.manifest.name, b""), &budget, &stop).await;
         assert_eq!(report.outcome.name(), expected, "{dir}: {:?}", report.outcome);
 
