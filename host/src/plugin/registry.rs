@@ -182,6 +182,21 @@ impl Registry {
         let expected = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let plugin = self.load_checked(dir, &expected)?;
         let _writer = self.writer.lock().expect("registry writer poisoned");
+        // Loading took a while: if a deploy or rollback rewrote the directory
+        // meanwhile, what was read is stale; the rewrite's own event (or the
+        // rollback itself) decides what serves. Nothing changes here.
+        let on_disk = std::fs::read_to_string(dir.join(MANIFEST_FILE)).unwrap_or_default();
+        if plugin.manifest_text.as_deref().is_some_and(|read| read != on_disk) {
+            tracing::debug!(dir = %dir.display(), "plugin directory changed while it was loaded; the newer contents decide");
+            let current = self.get(&expected);
+            return Ok(Deployed {
+                name: expected,
+                version: current.as_ref().map(|p| p.manifest.version.clone()).unwrap_or_default(),
+                version_id: current.as_ref().map(|p| p.version_id.clone()).unwrap_or_default(),
+                previous: None,
+                changed: false,
+            });
+        }
         self.activate(plugin, source)
     }
 
