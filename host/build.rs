@@ -24,6 +24,22 @@ fn main() {
     println!("cargo:rerun-if-changed={}", root.join("plugins").display());
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
 
+    // Tests that need Postgres run only when a test database is named;
+    // otherwise libtest lists them as ignored, with the reason.
+    // The outage test also needs a command that stops and starts that
+    // Postgres (`KILN_TEST_PG_CTL`).
+    println!("cargo::rustc-check-cfg=cfg(kiln_postgres)");
+    println!("cargo::rustc-check-cfg=cfg(kiln_postgres_restart)");
+    println!("cargo:rerun-if-env-changed=KILN_TEST_DATABASE_URL");
+    println!("cargo:rerun-if-env-changed=KILN_TEST_PG_CTL");
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    if set("KILN_TEST_DATABASE_URL") {
+        println!("cargo:rustc-cfg=kiln_postgres");
+        if set("KILN_TEST_PG_CTL") {
+            println!("cargo:rustc-cfg=kiln_postgres_restart");
+        }
+    }
+
     check_target_installed();
 
     let out_dir = PathBuf::from(env("OUT_DIR"));

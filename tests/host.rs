@@ -213,6 +213,11 @@ impl Host {
     }
 
 
+    /// The process id; a host's default name in leases ends with `-PID`.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// `kill -9`: no chance to clean up.
     pub fn kill9(&mut self) {
         let mut child = self.child.take().unwrap();

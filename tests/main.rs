@@ -1,9 +1,12 @@
 //! End-to-end tests: the real `kiln` binary and real wasmtime instances
-//! running the plugins built from `plugins/`, a real SQLite file, the HTTP API.
+//! running the plugins built from `plugins/`, a real SQLite file or a real
+//! Postgres shared by several hosts, the HTTP API.
 
 mod bad_input;
 mod host;
 mod hot_swap;
+mod multi_host;
+mod postgres_db;
 mod run_cli;
 mod sandbox_in_process;
 mod serve;

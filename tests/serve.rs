@@ -251,7 +251,7 @@ fn bad_config_and_a_file_that_is_not_a_database_are_refused() {
     for (config, expected) in [
         ("lease_ms = 1000\nthreads = 4\n", vec!["kiln.toml", "line 2", "unknown field `threads`"]),
         ("lease_ms = \"soon\"\n", vec!["kiln.toml", "line 1", "lease_ms"]),
-        ("[queues.default]\nconcurrency = 0\n", vec!["`queues.default.concurrency` must be greater than zero"]),
+        ("[queues.default]\nconcurrency = 0\n", vec!["`queues` must give at least one queue a concurrency above zero"]),
     ] {
         let dir = HostDir::new(config);
         let out = dir.command().output().unwrap();

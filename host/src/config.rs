@@ -20,6 +20,12 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Holds the SQLite database (`kiln.db`) and the artifact cache.
     pub data_dir: PathBuf,
+    /// `postgres://user@host:port/database`: keep jobs in Postgres, shared
+    /// with every host that names the same database and schema. Unset:
+    /// the embedded SQLite file in `data_dir`.
+    pub database_url: Option<String>,
+    /// The Postgres schema Kiln's tables live in.
+    pub database_schema: String,
     /// One directory per plugin; default: the examples built with this binary.
     pub plugins_dir: Option<PathBuf>,
     /// This host's name in leases; default `hostname-pid`.
@@ -37,6 +43,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueSettings {
+    /// Jobs of this queue run at once on this host. 0: the host takes jobs
+    /// into the queue (API, CLI) but runs none; other hosts on the same
+    /// Postgres run them.
     pub concurrency: usize,
 }
 
@@ -49,6 +58,8 @@ impl Default for Config {
         Self {
             listen: DEFAULT_LISTEN.parse().expect("valid address"),
             data_dir: PathBuf::from("data"),
+            database_url: None,
+            database_schema: crate::queue::DEFAULT_SCHEMA.to_string(),
             plugins_dir: None,
             host_name: None,
             lease_ms: d.lease.as_millis() as u64,
@@ -104,16 +115,33 @@ impl Config {
                 return invalid(key, "must be greater than zero");
             }
         }
+        self.validate_database(origin)?;
         if self.queues.is_empty() {
             return invalid("queues", "must name at least one queue");
         }
-        for (name, q) in &self.queues {
-            if q.concurrency == 0 {
-                return invalid(&format!("queues.{name}.concurrency"), "must be greater than zero");
-            }
+        if self.queues.values().all(|q| q.concurrency == 0) {
+            return invalid("queues", "must give at least one queue a concurrency above zero (0 only takes jobs in)");
         }
         if self.max_payload_bytes > crate::sandbox::DEFAULT_MAX_PAYLOAD_BYTES * 16 {
             return invalid("max_payload_bytes", "must be at most 16 MiB");
+        }
+        Ok(())
+    }
+
+    /// Checks `database_url` and `database_schema` (also after a flag or
+    /// `KILN_DATABASE_URL` replaced the URL; `origin` says where it came from).
+    pub fn validate_database(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, problem: &str| Err(ConfigError::Invalid { path: origin.into(), key: key.into(), problem: problem.into() });
+        if let Some(url) = &self.database_url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return invalid("database_url", "must be a postgres:// or postgresql:// URL (leave it unset for the embedded SQLite file)");
+            }
+            if let Err(e) = url.parse::<tokio_postgres::Config>() {
+                return invalid("database_url", &format!("is not a valid Postgres URL: {e}"));
+            }
+        }
+        if let Err(problem) = crate::queue::check_schema(&self.database_schema) {
+            return invalid("database_schema", &problem);
         }
         Ok(())
     }
@@ -133,6 +161,7 @@ impl Config {
         }
     }
 
+    /// Where the embedded SQLite database lives (when no `database_url` is set).
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("kiln.db")
     }
@@ -162,6 +191,21 @@ mod tests {
         let e = Config::parse("lease_ms = \"soon\"\n", "kiln.toml").unwrap_err().to_string();
         assert!(e.contains("line 1") && e.contains("lease_ms"), "{e}");
         let e = Config::parse("[queues.mail]\nconcurrency = 0\n", "kiln.toml").unwrap_err().to_string();
-        assert!(e.contains("`queues.mail.concurrency` must be greater than zero"), "{e}");
+        assert!(e.contains("`queues` must give at least one queue a concurrency above zero"), "{e}");
+        let c = Config::parse("[queues.mail]\nconcurrency = 0\n[queues.default]\nconcurrency = 2\n", "k").unwrap();
+        assert_eq!(c.queues["mail"].concurrency, 0, "an enqueue-only queue beside a served one");
+    }
+
+    #[test]
+    fn a_database_url_must_be_postgres_and_the_schema_a_plain_name() {
+        let c = Config::parse("database_url = \"postgres://kiln@db.internal:5433/jobs\"\n", "kiln.toml").unwrap();
+        assert_eq!(c.database_url.as_deref(), Some("postgres://kiln@db.internal:5433/jobs"));
+        assert_eq!(c.database_schema, "kiln");
+        let e = Config::parse("database_url = \"mysql://db/jobs\"\n", "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("`database_url` must be a postgres://"), "{e}");
+        let e = Config::parse("database_url = \"postgres://db:notaport/jobs\"\n", "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("`database_url` is not a valid Postgres URL"), "{e}");
+        let e = Config::parse("database_schema = \"Jobs; DROP\"\n", "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("`database_schema`") && e.contains("is not a schema name"), "{e}");
     }
 }

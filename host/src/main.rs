@@ -71,6 +71,10 @@ struct ServeArgs {
     /// Directory of the database and the artifact cache (overrides `data_dir`).
     #[arg(long, env = "KILN_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Keep jobs in this Postgres database, `postgres://...` (overrides
+    /// `database_url`; unset: the embedded SQLite file).
+    #[arg(long, env = "KILN_DATABASE_URL")]
+    database_url: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -254,6 +258,10 @@ async fn serve(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<ExitCode>
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
+    }
+    if let Some(url) = args.database_url {
+        config.database_url = Some(url);
+        config.validate_database("--database-url (or KILN_DATABASE_URL)")?;
     }
     let plugins_dir = common
         .plugins_dir

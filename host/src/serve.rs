@@ -6,7 +6,7 @@
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::plugin::{ArtifactCache, Registry, watch_plugins_dir};
-use crate::queue::{SharedClock, SqliteStore, SystemClock};
+use crate::queue::{JobStore, PostgresStore, SharedClock, SqliteStore, SystemClock};
 use crate::sandbox::Sandbox;
 use crate::worker::{Dispatcher, Metrics, SandboxRunner, run_startup_plugins};
 use anyhow::Context as _;
@@ -21,6 +21,24 @@ pub fn load_registry(sandbox: Arc<Sandbox>, data_dir: &Path, plugins_dir: &Path)
     let registry = Registry::new(sandbox, cache, plugins_dir.to_path_buf(), data_dir.join("plugin-versions"));
     registry.load_all().with_context(|| format!("cannot read the plugins directory {}", plugins_dir.display()))?;
     Ok(Arc::new(registry))
+}
+
+/// The job store the config names: Postgres for a `database_url`, else the
+/// SQLite file in the data directory.
+pub async fn open_store(config: &Config, clock: SharedClock) -> anyhow::Result<Arc<dyn JobStore>> {
+    match &config.database_url {
+        Some(url) => {
+            let store = PostgresStore::connect(url, &config.database_schema, clock).await?;
+            tracing::info!(database = %store.location(), schema = store.schema(), "job store open (Postgres)");
+            Ok(Arc::new(store))
+        }
+        None => {
+            let db = config.database_path();
+            let store = SqliteStore::open(&db, clock)?;
+            tracing::info!(database = %db.display(), "job store open (SQLite)");
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 /// The runtime job iterations run on: one worker per core, apart from the
@@ -46,9 +64,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
     let clock: SharedClock = Arc::new(SystemClock);
-    let db = config.database_path();
-    let store = SqliteStore::open(&db, clock.clone())?;
-    tracing::info!(database = %db.display(), "job store open");
+    let store = open_store(&config, clock.clone()).await?;
 
     let sandbox = Arc::new(Sandbox::new()?);
     let loading = std::time::Instant::now();
@@ -59,7 +75,7 @@ pub async fn serve(
         .with_context(|| format!("cannot watch the plugins directory {}", plugins_dir.display()))?;
     let runner = Arc::new(SandboxRunner::new(registry.clone()));
 
-    let dispatcher = Dispatcher::new(Arc::new(store), runner.clone(), config.dispatcher(), clock, Arc::new(Metrics::new()));
+    let dispatcher = Dispatcher::new(store, runner.clone(), config.dispatcher(), clock, Arc::new(Metrics::new()));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -53,6 +53,7 @@ impl From<StoreError> for AppError {
             StoreError::InvalidState { .. } | StoreError::UniqueConflict { .. } | StoreError::StaleLease { .. } => {
                 AppError::Conflict(e.to_string())
             }
+            StoreError::Unavailable(_) => AppError::Unavailable(e.to_string()),
             _ => AppError::Internal(e.to_string()),
         }
     }

@@ -183,6 +183,7 @@ pub async fn heartbeats_keep_a_lease_alive(store: &dyn JobStore, clock: &ManualC
     let rescued = store.get(job.id).await.unwrap().unwrap();
     assert_eq!(rescued.state, JobState::Retryable);
     assert_eq!(rescued.errors[0].outcome, "lease_expired");
+    assert_eq!(rescued.scheduled_at, job.scheduled_at, "a rescued job keeps its place in the queue");
     let beat = store.heartbeat(HeartbeatParams { leases: vec![job.lease()], lease_ms: 30_000 }).await.unwrap();
     assert_eq!(beat.lost, vec![job.lease()], "the old holder learns it lost the lease");
 }
@@ -369,10 +370,11 @@ impl ManualClock {
 
 /// Instantiates every conformance test for one backend. `$factory` is an
 /// async fn returning `(Arc<dyn JobStore>, ManualClock, guard)`; the guard
-/// (a temp dir, a schema) lives as long as the test.
+/// (a temp dir, a schema) lives as long as the test. Attributes after it
+/// go on every test (`#[cfg_attr(..., ignore = "...")]`).
 macro_rules! conformance_tests {
-    ($factory:ident) => {
-        $crate::queue::conformance::conformance_tests!(@each $factory,
+    ($factory:ident $(, #[$attr:meta])*) => {
+        $crate::queue::conformance::conformance_tests!(@each $factory, [$(#[$attr])*],
             insert_and_get,
             insert_many_keeps_order,
             unique_key_deduplicates_until_the_job_is_dead,
@@ -395,15 +397,17 @@ macro_rules! conformance_tests {
             a_finish_records_the_plugin_version,
         );
     };
-    (@each $factory:ident, $($test:ident),+ $(,)?) => {
+    (@each $factory:ident, $attrs:tt, $($test:ident),+ $(,)?) => {
         mod conformance {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    let (store, clock, _guard) = super::$factory().await;
-                    $crate::queue::conformance::$test(&*store, &clock).await;
-                }
-            )+
+            $( $crate::queue::conformance::conformance_tests!(@one $factory, $attrs, $test); )+
+        }
+    };
+    (@one $factory:ident, [$($attr:tt)*], $test:ident) => {
+        #[tokio::test]
+        $($attr)*
+        async fn $test() {
+            let (store, clock, _guard) = super::$factory().await;
+            $crate::queue::conformance::$test(&*store, &clock).await;
         }
     };
 }

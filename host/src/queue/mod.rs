@@ -1,15 +1,18 @@
 //! Durable jobs: the [`JobStore`] trait (the database boundary, as state
-//! transitions), the job states, and the backends. Knows nothing of wasm.
+//! transitions), the job states, and the backends (SQLite embedded, Postgres
+//! shared). Knows nothing of wasm.
 
 mod clock;
 #[cfg(test)]
 pub(crate) mod conformance;
 mod job;
+mod postgres;
 mod sqlite;
 mod store;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, from_rfc3339, to_rfc3339};
 pub use job::{AttemptError, Job, JobId, JobState, Lease, Millis};
+pub use postgres::{DEFAULT_SCHEMA, PostgresStore, WAKE_ALL, check_schema};
 pub use sqlite::SqliteStore;
 pub use store::{
     ClaimParams, DEFAULT_QUEUE, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobStore, ListFilter, LoopClaim,

@@ -484,7 +484,7 @@ impl JobStore for SqliteStore {
                 };
                 let (state, finalized) = if attempt >= max_attempts { ("dead", Some(now)) } else { ("retryable", None) };
                 tx.prepare_cached(
-                    "UPDATE jobs SET state = ?2, scheduled_at = ?3, finalized_at = ?4, leased_by = NULL, lease_expires_at = NULL, \
+                    "UPDATE jobs SET state = ?2, scheduled_at = min(scheduled_at, ?3), finalized_at = ?4, leased_by = NULL, lease_expires_at = NULL, \
                      errors = json_insert(errors, '$[#]', json(?5)) WHERE id = ?1",
                 )
                 .and_then(|mut s| s.execute(params![id, state, now, finalized, error_json(&error)]))

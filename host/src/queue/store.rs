@@ -230,6 +230,10 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("database error: {0}")]
     Database(String),
+    /// The database could not be reached (refused, closed, timed out):
+    /// worth trying again once it is back.
+    #[error("the database is unreachable: {0}")]
+    Unavailable(String),
 }
 
 /// The durable job store. Every method is one state transition or a read;
@@ -287,7 +291,9 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     async fn cancel(&self, id: JobId) -> Result<Job, StoreError>;
 
     /// Moves running jobs whose lease expired to retryable (or dead when no
-    /// attempts are left): their host died or lost touch. Returns their ids.
+    /// attempts are left): their host died or lost touch. They keep their
+    /// `scheduled_at`, so they run next, not behind the whole backlog.
+    /// Returns their ids.
     async fn rescue_expired(&self) -> Result<Vec<JobId>, StoreError>;
 
     /// A dead or cancelled job → available, with a fresh set of attempts.
@@ -336,4 +342,12 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Every loop the store knows.
     async fn loops(&self) -> Result<Vec<LoopState>, StoreError>;
+
+    /// Announcements of jobs inserted into this store by any host, as the
+    /// name of the queue they went to ([`WAKE_ALL`](crate::queue::WAKE_ALL):
+    /// look at every queue). `None` when the backend cannot announce across
+    /// processes; hosts then find other processes' jobs by polling.
+    fn wakeups(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        None
+    }
 }

@@ -25,19 +25,25 @@ pub const DEFAULT_FINISH_BATCH: usize = 256;
 /// A lease outlives a host by this much: a dead host's jobs come back
 /// within it (plus one rescue period).
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
-/// Safety net for work that no local enqueue announces (another process
-/// enqueued, a retry came due); local enqueues wake the queue at once.
+/// Safety net for work that nothing announces (a retry came due, another
+/// process enqueued into a store that cannot announce it, an announcement
+/// lost in an outage); local enqueues, and on Postgres every host's, wake
+/// the queue at once.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// When a busy queue has only a few free slots, wait this long for more
 /// before claiming, so claims come in batches instead of one job per
 /// transaction. An idle queue claims at once.
 pub const CLAIM_COOLDOWN: Duration = Duration::from_millis(1);
+/// The finisher's first wait before writing a batch again while the store
+/// is unreachable; it doubles each time.
+pub const FINISH_RETRY_DELAY: Duration = Duration::from_millis(50);
 /// How long running jobs get to finish on shutdown before they are interrupted.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long a cancelled job gets to return before it is interrupted.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
 
-/// One named queue and how many of its jobs run at once on this host.
+/// One named queue and how many of its jobs run at once on this host (0:
+/// it takes jobs in but runs none; see `QueueSettings`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueConfig {
     pub name: String,
@@ -127,6 +133,9 @@ struct Inner {
     metrics: Arc<Metrics>,
     wake: BTreeMap<String, Arc<Notify>>,
     running: Mutex<HashMap<JobId, RunningJob>>,
+    /// Leases of runs that have ended but whose transition the finisher has
+    /// not written yet: still beaten, so a slow write cannot let them expire.
+    unwritten: Mutex<HashMap<JobId, Lease>>,
     in_flight: AtomicUsize,
     idle: Notify,
     stopping: watch::Sender<bool>,
@@ -178,6 +187,7 @@ impl Dispatcher {
                 metrics,
                 wake,
                 running: Mutex::new(HashMap::new()),
+                unwritten: Mutex::new(HashMap::new()),
                 in_flight: AtomicUsize::new(0),
                 idle: Notify::new(),
                 stopping: watch::Sender::new(false),
@@ -231,10 +241,14 @@ impl Dispatcher {
         let (finish_tx, finish_rx) = mpsc::unbounded_channel();
         *self.inner.finishes.lock().expect("poisoned") = Some(finish_tx);
         tasks.spawn(finisher(self.inner.clone(), finish_rx));
-        for queue in &self.inner.config.queues {
+        // A queue with no concurrency here is enqueue-only: other hosts run it.
+        for queue in self.inner.config.queues.iter().filter(|q| q.concurrency > 0) {
             tasks.spawn(queue_loop(self.inner.clone(), queue.clone()));
         }
         tasks.spawn(heartbeat_loop(self.inner.clone()));
+        if let Some(wakeups) = self.inner.store.wakeups() {
+            tasks.spawn(wake_on_announcements(self.inner.clone(), wakeups));
+        }
         let rescuer = Rescuer::new(self.inner.store.clone(), self.inner.config.lease);
         let wake: Vec<Arc<Notify>> = self.inner.wake.values().cloned().collect();
         tasks.spawn(rescuer.run(self.inner.stopping.subscribe(), move || wake.iter().for_each(|w| w.notify_one())));
@@ -442,17 +456,18 @@ async fn queue_loop(inner: Arc<Inner>, queue: QueueConfig) {
         for job in jobs {
             let permit = permits.split(1).expect("one permit per claimed job");
             inner.in_flight.fetch_add(1, Ordering::SeqCst);
-            runtime.spawn(run_job(inner.clone(), job, permit));
+            // Beaten from the claim on, not only once the run has started.
+            let stop = inner.runner.stop_signal();
+            inner.running.lock().expect("poisoned").insert(job.id, RunningJob { lease: job.lease(), stop: stop.clone(), reason: None });
+            runtime.spawn(run_job(inner.clone(), job, stop, permit));
         }
         // Permits for jobs the claim did not find are dropped here.
     }
     tracing::info!(queue = %queue.name, "queue loop stopped");
 }
 
-async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
-    let stop = inner.runner.stop_signal();
+async fn run_job(inner: Arc<Inner>, job: Job, stop: StopSignal, _slot: OwnedSemaphorePermit) {
     let lease = job.lease();
-    inner.running.lock().expect("poisoned").insert(job.id, RunningJob { lease, stop: stop.clone(), reason: None });
     if job.cancel_requested {
         inner.stop_locally(job.id, StopReason::CancelRequested);
     }
@@ -489,6 +504,7 @@ async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
                 tracing::info!(job = job.id, kind = %job.kind, attempt = job.attempt, outcome = report.outcome.name(),
                     next = transition.name(), "{}", report.outcome.error_message().unwrap_or_default());
             }
+            inner.unwritten.lock().expect("poisoned").insert(job.id, lease);
             inner.send_finish(Finish { lease, transition, ran_version: version });
         }
         None => tracing::warn!(job = job.id, "lease lost while running; another host has the job, nothing written"),
@@ -498,14 +514,60 @@ async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
     }
 }
 
+/// Wakes the queue loops on the store's announcements of jobs inserted by
+/// any host.
+async fn wake_on_announcements(inner: Arc<Inner>, mut wakeups: tokio::sync::broadcast::Receiver<String>) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut stopping = inner.stopping.subscribe();
+    let wake_all = || inner.wake.values().for_each(|w| w.notify_one());
+    loop {
+        tokio::select! {
+            announced = wakeups.recv() => match announced {
+                Ok(queue) if queue == crate::queue::WAKE_ALL => wake_all(),
+                Ok(queue) => {
+                    if let Some(wake) = inner.wake.get(&queue) {
+                        wake.notify_one();
+                    }
+                }
+                Err(RecvError::Lagged(_)) => wake_all(),
+                Err(RecvError::Closed) => break,
+            },
+            _ = stopping.changed() => break,
+        }
+    }
+}
+
 /// Writes transitions in batches: everything waiting when the previous
-/// write ends goes in the next transaction.
+/// write ends goes in the next transaction. While the store is unreachable
+/// a batch is tried again, for as long as its leases could still be
+/// current; after that the rescuer brings the jobs back (and the fencing
+/// rule would refuse the write anyway).
 async fn finisher(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>) {
     let mut batch = Vec::with_capacity(inner.config.finish_batch);
     while rx.recv_many(&mut batch, inner.config.finish_batch).await > 0 {
         let finishes = std::mem::take(&mut batch);
         let leases: Vec<Lease> = finishes.iter().map(|f| f.lease).collect();
-        match inner.store.finish_many(finishes).await {
+        let forget = |leases: &[Lease]| {
+            let mut unwritten = inner.unwritten.lock().expect("poisoned");
+            for lease in leases {
+                if unwritten.get(&lease.id) == Some(lease) {
+                    unwritten.remove(&lease.id);
+                }
+            }
+        };
+        let give_up = tokio::time::Instant::now() + inner.config.lease;
+        let mut delay = FINISH_RETRY_DELAY;
+        let written = loop {
+            match inner.store.finish_many(finishes.clone()).await {
+                Err(StoreError::Unavailable(e)) if tokio::time::Instant::now() + delay < give_up => {
+                    tracing::warn!(jobs = leases.len(), "cannot write transitions yet: {e}; trying again in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(inner.config.lease / 4);
+                }
+                other => break other,
+            }
+        };
+        match written {
             Ok(results) => {
                 for (lease, result) in leases.iter().zip(results) {
                     if let Err(e) = result {
@@ -516,6 +578,7 @@ async fn finisher(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>) {
             // The leases expire and the rescuer brings the jobs back.
             Err(e) => tracing::error!(jobs = leases.len(), "writing transitions failed: {e}; the jobs will be rescued"),
         }
+        forget(&leases);
     }
     tracing::info!("finisher stopped: every transition written");
 }
@@ -526,6 +589,7 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
     // Three beats per lease: one lost beat does not lose the lease.
     let every = inner.config.lease / 3;
     let mut stopping = inner.stopping.subscribe();
+    let mut last = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {}
@@ -537,15 +601,25 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
         if *stopping.borrow() && inner.in_flight.load(Ordering::SeqCst) == 0 {
             break;
         }
-        let leases: Vec<Lease> = inner.running.lock().expect("poisoned").values().map(|r| r.lease).collect();
+        let mut leases: Vec<Lease> = inner.running.lock().expect("poisoned").values().map(|r| r.lease).collect();
+        leases.extend(inner.unwritten.lock().expect("poisoned").values().copied());
         if leases.is_empty() {
             continue;
         }
+        let since = last.elapsed();
+        if since > inner.config.lease / 2 {
+            tracing::warn!(since_ms = since.as_millis() as u64, lease_ms = inner.config.lease.as_millis() as u64,
+                "heartbeat late (the host is overloaded?); leases may expire and their jobs run again elsewhere");
+        }
         match inner.store.heartbeat(HeartbeatParams { leases, lease_ms: inner.config.lease.as_millis() as i64 }).await {
             Ok(beat) => {
+                last = tokio::time::Instant::now();
                 for lease in beat.lost {
-                    tracing::warn!(job = lease.id, "lease lost; interrupting the run");
-                    inner.stop_locally(lease.id, StopReason::LeaseLost);
+                    // A run that ended and was written meanwhile is not lost.
+                    if inner.running.lock().expect("poisoned").contains_key(&lease.id) {
+                        tracing::warn!(job = lease.id, "lease lost; interrupting the run");
+                        inner.stop_locally(lease.id, StopReason::LeaseLost);
+                    }
                 }
                 for lease in beat.cancel_requested {
                     inner.stop_locally(lease.id, StopReason::CancelRequested);

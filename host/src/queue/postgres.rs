@@ -1,0 +1,1143 @@
+//! The shared backend: PostgreSQL, for several hosts on one database (the
+//! way River, Oban and graphile-worker scale), with nothing else to run.
+//!
+//! - A pool of tokio-postgres connections (deadpool), each with its
+//!   `search_path` set to Kiln's schema, so Kiln's tables live apart from
+//!   an application's and tests can run side by side in their own schemas.
+//! - Migrations run at connect, in one transaction under an advisory lock:
+//!   two hosts starting at once apply each migration once.
+//! - Claims take a batch with `FOR UPDATE SKIP LOCKED`: hosts never wait on
+//!   each other's rows. Completions of a batch are one statement, and the
+//!   fencing rule (lease token and `running`) is in that statement's `WHERE`.
+//! - An insert fires a statement-level trigger that `NOTIFY`s the queues it
+//!   touched; every host `LISTEN`s on one dedicated connection and wakes
+//!   its queue loops (see [`JobStore::wakeups`]). Polling stays as the
+//!   safety net.
+//! - Time comes from the host's clock, as with SQLite (the hosts' clocks are
+//!   assumed to agree to well within a lease).
+
+use super::clock::SharedClock;
+use super::job::{AttemptError, Job, JobId, JobState, Lease, Millis};
+use super::store::{
+    ClaimParams, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobStore, ListFilter, LoopClaim, LoopLease, LoopSave,
+    LoopState, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, schedule_key_range, tick_of_key,
+};
+use async_trait::async_trait;
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{AsyncMessage, NoTls, Row};
+
+/// The schema Kiln's tables live in unless the config names another.
+pub const DEFAULT_SCHEMA: &str = "kiln";
+/// Connections per host. A host's claim loops, finisher, heartbeat,
+/// rescuer, schedules and API share them; each holds one only for a statement.
+pub const DEFAULT_POOL_SIZE: usize = 8;
+/// How long a statement waits for a free connection or a new one before
+/// the caller sees [`StoreError::Unavailable`].
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The listener's first wait before reconnecting; it doubles up to
+/// [`MAX_RECONNECT_DELAY`].
+pub const RECONNECT_DELAY: Duration = Duration::from_millis(100);
+pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
+/// The message a listener sends after it reconnects: notifications may
+/// have been missed, so every queue looks for work.
+pub const WAKE_ALL: &str = "*";
+/// Identifies the migration lock among other users of advisory locks ("kiln").
+const MIGRATION_LOCK: i64 = 0x6b69_6c6e;
+
+/// Migrations, applied in order, each once, recorded in `kiln_migrations`.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "jobs, queues, loops and the insert notification",
+    r#"
+    CREATE TABLE jobs (
+        id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        kind             text    NOT NULL,
+        queue            text    NOT NULL,
+        priority         integer NOT NULL DEFAULT 0,
+        payload          bytea   NOT NULL,
+        state            text    NOT NULL,
+        attempt          integer NOT NULL DEFAULT 0,
+        max_attempts     integer NOT NULL,
+        scheduled_at     bigint  NOT NULL,
+        -- Byte order, so a schedule's keys sort by tick whatever the
+        -- database's collation.
+        unique_key       text COLLATE "C",
+        errors           jsonb   NOT NULL DEFAULT '[]',
+        result           bytea,
+        lease_token      bigint  NOT NULL DEFAULT 0,
+        leased_by        text,
+        lease_expires_at bigint,
+        cancel_requested boolean NOT NULL DEFAULT false,
+        created_at       bigint  NOT NULL,
+        attempted_at     bigint,
+        finalized_at     bigint,
+        plugin_version   text
+    );
+    -- The claim's path: due jobs of one queue, best first.
+    CREATE INDEX jobs_due ON jobs (queue, priority DESC, scheduled_at, id)
+        WHERE state IN ('available', 'scheduled', 'retryable');
+    -- The rescuer's path.
+    CREATE INDEX jobs_leases ON jobs (lease_expires_at) WHERE state = 'running';
+    -- Pending jobs of a kind (plugin removal checks this).
+    CREATE INDEX jobs_pending_kind ON jobs (kind) WHERE state IN ('available', 'scheduled', 'retryable', 'running');
+    -- One job per unique key outside the states a job is finished with for
+    -- good (completed keeps its key, so a schedule's tick fires once).
+    CREATE UNIQUE INDEX jobs_unique_key ON jobs (unique_key)
+        WHERE unique_key IS NOT NULL AND state NOT IN ('cancelled', 'dead');
+    -- A schedule's ticks: its newest tick, its newest completed one.
+    CREATE INDEX jobs_kind_key ON jobs (kind, unique_key) WHERE unique_key IS NOT NULL;
+    CREATE TABLE queues (
+        name       text PRIMARY KEY,
+        paused     boolean NOT NULL DEFAULT false,
+        updated_at bigint  NOT NULL
+    );
+    CREATE TABLE loops (
+        name             text PRIMARY KEY,
+        checkpoint       bytea,
+        passes           bigint NOT NULL DEFAULT 0,
+        token            bigint NOT NULL DEFAULT 0,
+        owner            text,
+        lease_expires_at bigint,
+        updated_at       bigint NOT NULL
+    );
+    -- Wakes every listening host: one notification per queue per inserting
+    -- statement, on the channel of this schema, sent when it commits.
+    CREATE FUNCTION kiln_notify_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('kiln:' || TG_TABLE_SCHEMA, queue) FROM (SELECT DISTINCT queue FROM inserted) AS touched;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER jobs_inserted AFTER INSERT ON jobs
+        REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION kiln_notify_inserted();
+    "#,
+)];
+
+// SQL fragments as macros, so each statement is one literal built at
+// compile time (`concat!`).
+macro_rules! columns {
+    () => {
+        "jobs.id, jobs.kind, jobs.queue, jobs.priority, jobs.payload, jobs.state, jobs.attempt, jobs.max_attempts, \
+         jobs.scheduled_at, jobs.unique_key, jobs.errors::text, jobs.result, jobs.lease_token, jobs.leased_by, \
+         jobs.lease_expires_at, jobs.cancel_requested, jobs.created_at, jobs.attempted_at, jobs.finalized_at, jobs.plugin_version"
+    };
+}
+/// The states a claim takes jobs from (once due).
+macro_rules! waiting {
+    () => {
+        "('available', 'scheduled', 'retryable')"
+    };
+}
+/// The states of a job not yet done with.
+macro_rules! pending {
+    () => {
+        "('available', 'scheduled', 'retryable', 'running')"
+    };
+}
+/// The one-row transitions out of `running` share this tail: clear the
+/// lease, record the version, and the fencing rule. `$1` id, `$2` token,
+/// `$3` the plugin version.
+macro_rules! fenced {
+    () => {
+        ", leased_by = NULL, lease_expires_at = NULL, plugin_version = coalesce($3::text, plugin_version) \
+         WHERE id = $1 AND lease_token = $2 AND state = 'running'"
+    };
+}
+/// Locks the rows of the leases in `done` (id, token) that are still
+/// current, in id order. A host's heartbeat and its finisher touch the
+/// same rows at once; taking row locks in one order keeps them from
+/// deadlocking (an `UPDATE ... FROM unnest` locks in whatever order its
+/// join produces).
+macro_rules! locked_in_order {
+    () => {
+        "locked AS (SELECT jobs.id FROM jobs JOIN done ON jobs.id = done.id \
+         WHERE jobs.lease_token = done.token AND jobs.state = 'running' ORDER BY jobs.id FOR UPDATE OF jobs) "
+    };
+}
+/// The unique index's predicate, named in `ON CONFLICT` so Postgres infers it.
+macro_rules! unique_live {
+    () => {
+        "(unique_key) WHERE unique_key IS NOT NULL AND state NOT IN ('cancelled', 'dead')"
+    };
+}
+
+/// The Postgres job store; cheap to clone.
+#[derive(Clone)]
+pub struct PostgresStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    pool: Pool,
+    clock: SharedClock,
+    schema: String,
+    /// Where the listener connects (the pool's settings).
+    config: tokio_postgres::Config,
+    /// Started on the first [`JobStore::wakeups`] call.
+    listener: OnceLock<(broadcast::Sender<String>, tokio::task::AbortHandle)>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some((_, task)) = self.listener.get() {
+            task.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").field("at", &describe(&self.shared.config)).field("schema", &self.shared.schema).finish_non_exhaustive()
+    }
+}
+
+/// `host:port/database`, never the password: for logs and errors.
+pub fn describe(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}/{}", config.get_dbname().unwrap_or("postgres"))
+}
+
+/// A schema name Kiln will put in `search_path` and a channel name: plain
+/// lowercase identifiers only, so nothing needs quoting.
+pub fn check_schema(schema: &str) -> Result<(), String> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 58
+        && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok { Ok(()) } else { Err(format!("{schema:?} is not a schema name Kiln accepts (lowercase letters, digits and _, at most 58 characters, not starting with a digit)")) }
+}
+
+/// Errors from the database itself (a constraint, bad SQL) are `Database`;
+/// a connection that failed, closed or was ended by the server (shutdown:
+/// SQLSTATE class 57; connection exceptions: 08; too many connections: 53)
+/// is `Unavailable`, worth trying again once Postgres is back.
+fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) if !["08", "53", "57"].iter().any(|class| db.code().code().starts_with(class)) => {
+            StoreError::Database(format!("{} ({})", db.message(), db.code().code()))
+        }
+        Some(db) => StoreError::Unavailable(format!("{} ({})", db.message(), db.code().code())),
+        None => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg_error(e),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://...`), creates `schema` if needed and
+    /// migrates it. A schema holding tables that are not Kiln's is refused
+    /// without being changed.
+    pub async fn connect(url: &str, schema: &str, clock: SharedClock) -> Result<Self, StoreError> {
+        check_schema(schema).map_err(StoreError::Database)?;
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e| StoreError::Database(format!("bad database URL: {e}")))?;
+        let options = match config.get_options() {
+            Some(existing) => format!("{existing} -c search_path={schema}"),
+            None => format!("-c search_path={schema}"),
+        };
+        config.options(&options);
+        if config.get_application_name().is_none() {
+            config.application_name("kiln");
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let manager = Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(DEFAULT_POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Database(format!("cannot build the connection pool: {e}")))?;
+        let store = Self {
+            shared: Arc::new(Shared { pool, clock, schema: schema.to_string(), config, listener: OnceLock::new() }),
+        };
+        let at = describe(&store.shared.config);
+        let mut client = store.shared.pool.get().await.map_err(|e| match pool_error(e) {
+            StoreError::Unavailable(why) => StoreError::Unavailable(format!("cannot connect to Postgres at {at}: {why}")),
+            other => other,
+        })?;
+        migrate(&mut client, schema).await?;
+        Ok(store)
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.shared.schema
+    }
+
+    /// `host:port/database`, without the password.
+    pub fn location(&self) -> String {
+        describe(&self.shared.config)
+    }
+
+    /// The channel this schema's inserts are announced on.
+    fn channel(&self) -> String {
+        format!("kiln:{}", self.shared.schema)
+    }
+
+    fn now(&self) -> Millis {
+        self.shared.clock.now()
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.shared.pool.get().await.map_err(pool_error)
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO queues (name, paused, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
+                &[&queue, &paused, &self.now()],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(())
+    }
+}
+
+async fn migrate(client: &mut deadpool_postgres::Object, schema: &str) -> Result<(), StoreError> {
+    let tx = client.transaction().await.map_err(pg_error)?;
+    match apply_migrations(&tx, schema).await {
+        Ok(()) => tx.commit().await.map_err(pg_error),
+        Err(e) => {
+            // Release the lock now, not when the pool next uses the connection.
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// The migrations not yet applied, in `tx`, which holds the migration lock
+/// of `schema` until it ends.
+async fn apply_migrations(tx: &deadpool_postgres::Transaction<'_>, schema: &str) -> Result<(), StoreError> {
+    tx.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", &[&(MIGRATION_LOCK as i32), &schema]).await.map_err(pg_error)?;
+    let tables: Vec<String> = tx
+        .query("SELECT tablename::text FROM pg_tables WHERE schemaname = $1 ORDER BY tablename", &[&schema])
+        .await
+        .map_err(pg_error)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !tables.is_empty() && !tables.iter().any(|t| t == "kiln_migrations") {
+        return Err(StoreError::NotADatabase {
+            path: format!("schema {schema:?}"),
+            reason: format!("it holds tables of something else ({}); name another schema with `database_schema`", tables.join(", ")),
+        });
+    }
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         CREATE TABLE IF NOT EXISTS kiln_migrations (version bigint PRIMARY KEY, name text NOT NULL, applied_at bigint NOT NULL);"
+    ))
+    .await
+    .map_err(pg_error)?;
+    let current: i64 =
+        tx.query_one("SELECT coalesce(max(version), 0) FROM kiln_migrations", &[]).await.map_err(pg_error)?.get(0);
+    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    if current > known {
+        return Err(StoreError::SchemaTooNew { found: current, known });
+    }
+    for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        tx.batch_execute(sql).await.map_err(|e| StoreError::Database(format!("migration {version} ({name}): {}", pg_error(e))))?;
+        let now = super::clock::Clock::now(&super::clock::SystemClock);
+        tx.execute("INSERT INTO kiln_migrations (version, name, applied_at) VALUES ($1, $2, $3)", &[version, name, &now])
+            .await
+            .map_err(pg_error)?;
+        tracing::info!(version, name, schema, "applied database migration");
+    }
+    Ok(())
+}
+
+fn job_from_row(row: &Row) -> Result<Job, StoreError> {
+    let bad = |e: tokio_postgres::Error| StoreError::Database(format!("unexpected row: {e}"));
+    let state: String = row.try_get(5).map_err(bad)?;
+    let errors: String = row.try_get(10).map_err(bad)?;
+    Ok(Job {
+        id: row.try_get(0).map_err(bad)?,
+        kind: row.try_get(1).map_err(bad)?,
+        queue: row.try_get(2).map_err(bad)?,
+        priority: row.try_get(3).map_err(bad)?,
+        payload: row.try_get(4).map_err(bad)?,
+        state: state.parse().map_err(StoreError::Database)?,
+        attempt: row.try_get::<_, i32>(6).map_err(bad)? as u32,
+        max_attempts: row.try_get::<_, i32>(7).map_err(bad)? as u32,
+        scheduled_at: row.try_get(8).map_err(bad)?,
+        unique_key: row.try_get(9).map_err(bad)?,
+        errors: serde_json::from_str(&errors).unwrap_or_default(),
+        result: row.try_get(11).map_err(bad)?,
+        lease_token: row.try_get(12).map_err(bad)?,
+        leased_by: row.try_get(13).map_err(bad)?,
+        lease_expires_at: row.try_get(14).map_err(bad)?,
+        cancel_requested: row.try_get(15).map_err(bad)?,
+        created_at: row.try_get(16).map_err(bad)?,
+        attempted_at: row.try_get(17).map_err(bad)?,
+        finalized_at: row.try_get(18).map_err(bad)?,
+        plugin_version: row.try_get(19).map_err(bad)?,
+    })
+}
+
+fn jobs_from_rows(rows: &[Row]) -> Result<Vec<Job>, StoreError> {
+    rows.iter().map(job_from_row).collect()
+}
+
+async fn get_job(client: &impl GenericClient, id: JobId) -> Result<Option<Job>, StoreError> {
+    let stmt = client.prepare_cached(concat!("SELECT ", columns!(), " FROM jobs WHERE id = $1")).await.map_err(pg_error)?;
+    client.query_opt(&stmt, &[&id]).await.map_err(pg_error)?.as_ref().map(job_from_row).transpose()
+}
+
+fn error_json(error: &AttemptError) -> String {
+    serde_json::to_string(error).expect("attempt errors serialise")
+}
+
+/// Applies one transition other than a plain completion; `Ok(false)` when
+/// the lease is not current.
+async fn apply_one(client: &impl GenericClient, finish: &Finish, now: Millis) -> Result<bool, StoreError> {
+    let Lease { id, token } = finish.lease;
+    let version = &finish.ran_version;
+    let (sql, value, error): (&str, i64, Option<String>) = match &finish.transition {
+        Transition::Complete { result } => {
+            let stmt = client
+                .prepare_cached(concat!("UPDATE jobs SET state = 'completed', result = $4, finalized_at = $5", fenced!()))
+                .await
+                .map_err(pg_error)?;
+            let changed = client.execute(&stmt, &[&id, &token, version, result, &now]).await.map_err(pg_error)?;
+            return Ok(changed == 1);
+        }
+        Transition::RetryAt { at, error } => (
+            concat!(
+                "UPDATE jobs SET state = 'retryable', scheduled_at = $4, errors = errors || jsonb_build_array($5::text::jsonb)",
+                fenced!()
+            ),
+            *at,
+            Some(error_json(error)),
+        ),
+        Transition::Discard { error } => (
+            concat!("UPDATE jobs SET state = 'dead', finalized_at = $4, errors = errors || jsonb_build_array($5::text::jsonb)", fenced!()),
+            now,
+            Some(error_json(error)),
+        ),
+        Transition::Cancel { error } => (
+            concat!(
+                "UPDATE jobs SET state = 'cancelled', finalized_at = $4, cancel_requested = false, \
+                 errors = errors || jsonb_build_array($5::text::jsonb)",
+                fenced!()
+            ),
+            now,
+            Some(error_json(error)),
+        ),
+        Transition::Snooze { at } => (
+            concat!(
+                "UPDATE jobs SET state = CASE WHEN $4::bigint > $5::bigint THEN 'scheduled' ELSE 'available' END, \
+                 scheduled_at = $4, attempt = greatest(attempt - 1, 0)",
+                fenced!()
+            ),
+            *at,
+            None,
+        ),
+    };
+    let stmt = client.prepare_cached(sql).await.map_err(pg_error)?;
+    let changed = match error {
+        Some(error) => client.execute(&stmt, &[&id, &token, version, &value, &error]).await,
+        None => client.execute(&stmt, &[&id, &token, version, &value, &now]).await,
+    }
+    .map_err(pg_error)?;
+    Ok(changed == 1)
+}
+
+/// Completes a batch in one statement; returns the ids whose lease was current.
+async fn complete_batch(client: &impl GenericClient, finishes: &[&Finish], now: Millis) -> Result<HashSet<JobId>, StoreError> {
+    let mut ids = Vec::with_capacity(finishes.len());
+    let mut tokens = Vec::with_capacity(finishes.len());
+    let mut results: Vec<&[u8]> = Vec::with_capacity(finishes.len());
+    let mut versions: Vec<Option<&str>> = Vec::with_capacity(finishes.len());
+    for f in finishes {
+        let Transition::Complete { result } = &f.transition else { unreachable!("only completions are batched") };
+        ids.push(f.lease.id);
+        tokens.push(f.lease.token);
+        results.push(result);
+        versions.push(f.ran_version.as_deref());
+    }
+    let stmt = client
+        .prepare_cached(
+            concat!(
+                "WITH done AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::text[]) AS d(id, token, result, version)), ",
+                locked_in_order!(),
+                "UPDATE jobs SET state = 'completed', result = done.result, finalized_at = $5, leased_by = NULL, \
+                 lease_expires_at = NULL, plugin_version = coalesce(done.version, jobs.plugin_version) \
+                 FROM done, locked WHERE jobs.id = done.id AND jobs.id = locked.id \
+                   AND jobs.lease_token = done.token AND jobs.state = 'running' \
+                 RETURNING jobs.id"
+            ),
+        )
+        .await
+        .map_err(pg_error)?;
+    let rows = client.query(&stmt, &[&ids, &tokens, &results, &versions, &now]).await.map_err(pg_error)?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+#[async_trait]
+impl JobStore for PostgresStore {
+    async fn insert_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Inserted>, StoreError> {
+        let now = self.now();
+        let mut client = self.client().await?;
+        let prepared: Vec<(String, i64)> = jobs
+            .iter()
+            .map(|j| {
+                let at = j.scheduled_at.unwrap_or(now).max(0);
+                let state = if at > now { JobState::Scheduled } else { JobState::Available };
+                (state.as_str().to_string(), at)
+            })
+            .collect();
+        if jobs.iter().all(|j| j.unique_key.is_none()) {
+            // One statement: the queues, then every job, in order.
+            let kinds: Vec<&str> = jobs.iter().map(|j| j.kind.as_str()).collect();
+            let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+            let priorities: Vec<i32> = jobs.iter().map(|j| j.priority).collect();
+            let payloads: Vec<&[u8]> = jobs.iter().map(|j| j.payload.as_slice()).collect();
+            let states: Vec<&str> = prepared.iter().map(|p| p.0.as_str()).collect();
+            let attempts: Vec<i32> = jobs.iter().map(|j| j.max_attempts as i32).collect();
+            let times: Vec<i64> = prepared.iter().map(|p| p.1).collect();
+            let stmt = client
+                .prepare_cached(concat!(
+                    "WITH touched AS (INSERT INTO queues (name, updated_at) SELECT DISTINCT unnest($2::text[]), $8::bigint \
+                     ON CONFLICT (name) DO NOTHING) \
+                     INSERT INTO jobs (kind, queue, priority, payload, state, max_attempts, scheduled_at, created_at) \
+                     SELECT kind, queue, priority, payload, state, max_attempts, scheduled_at, $8 \
+                     FROM unnest($1::text[], $2::text[], $3::int[], $4::bytea[], $5::text[], $6::int[], $7::bigint[]) \
+                       WITH ORDINALITY AS incoming(kind, queue, priority, payload, state, max_attempts, scheduled_at, n) \
+                     ORDER BY n RETURNING ",
+                    columns!()
+                ))
+                .await
+                .map_err(pg_error)?;
+            let rows = client
+                .query(&stmt, &[&kinds, &queues, &priorities, &payloads, &states, &attempts, &times, &now])
+                .await
+                .map_err(pg_error)?;
+            let mut inserted = jobs_from_rows(&rows)?;
+            inserted.sort_by_key(|j| j.id);
+            return Ok(inserted.into_iter().map(|job| Inserted { job, created: true }).collect());
+        }
+        // Keyed jobs: one at a time in a transaction, so each key is checked
+        // against the jobs before it.
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let mut queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+        queues.sort_unstable();
+        queues.dedup();
+        tx.execute(
+            "INSERT INTO queues (name, updated_at) SELECT unnest($1::text[]), $2::bigint ON CONFLICT (name) DO NOTHING",
+            &[&queues, &now],
+        )
+        .await
+        .map_err(pg_error)?;
+        let insert = tx
+            .prepare_cached(concat!(
+                "INSERT INTO jobs (kind, queue, priority, payload, state, max_attempts, scheduled_at, unique_key, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT ",
+                unique_live!(),
+                " DO NOTHING RETURNING ",
+                columns!()
+            ))
+            .await
+            .map_err(pg_error)?;
+        let existing = tx
+            .prepare_cached(concat!("SELECT ", columns!(), " FROM jobs WHERE unique_key = $1 AND state NOT IN ('cancelled', 'dead')"))
+            .await
+            .map_err(pg_error)?;
+        let mut inserted = Vec::with_capacity(jobs.len());
+        for (job, (state, at)) in jobs.iter().zip(&prepared) {
+            let max_attempts = job.max_attempts as i32;
+            let params: [&(dyn ToSql + Sync); 9] =
+                [&job.kind, &job.queue, &job.priority, &job.payload, state, &max_attempts, at, &job.unique_key, &now];
+            if let Some(row) = tx.query_opt(&insert, &params).await.map_err(pg_error)? {
+                inserted.push(Inserted { job: job_from_row(&row)?, created: true });
+                continue;
+            }
+            // The key is held: by a job committed before this statement
+            // began, or inserted earlier in this transaction.
+            match tx.query_opt(&existing, &[&job.unique_key]).await.map_err(pg_error)? {
+                Some(row) => inserted.push(Inserted { job: job_from_row(&row)?, created: false }),
+                None => {
+                    return Err(StoreError::Database(format!(
+                        "unique key {:?} was held and then freed while inserting; try again",
+                        job.unique_key
+                    )));
+                }
+            }
+        }
+        tx.commit().await.map_err(pg_error)?;
+        Ok(inserted)
+    }
+
+    async fn claim(&self, p: ClaimParams) -> Result<Vec<Job>, StoreError> {
+        let now = self.now();
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(concat!(
+                "WITH picked AS (SELECT id FROM jobs WHERE queue = $1 AND state IN ",
+                waiting!(),
+                " AND scheduled_at <= $2 AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused) \
+                   ORDER BY priority DESC, scheduled_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                 UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = lease_token + 1, \
+                   leased_by = $4, lease_expires_at = $5, attempted_at = $2 \
+                 FROM picked WHERE jobs.id = picked.id RETURNING ",
+                columns!()
+            ))
+            .await
+            .map_err(pg_error)?;
+        let limit = p.limit as i64;
+        let rows = client.query(&stmt, &[&p.queue, &now, &limit, &p.host, &(now + p.lease_ms)]).await.map_err(pg_error)?;
+        let mut jobs = jobs_from_rows(&rows)?;
+        jobs.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.scheduled_at.cmp(&b.scheduled_at)).then(a.id.cmp(&b.id)));
+        Ok(jobs)
+    }
+
+    async fn heartbeat(&self, p: HeartbeatParams) -> Result<HeartbeatResult, StoreError> {
+        let now = self.now();
+        let client = self.client().await?;
+        let ids: Vec<JobId> = p.leases.iter().map(|l| l.id).collect();
+        let tokens: Vec<i64> = p.leases.iter().map(|l| l.token).collect();
+        let stmt = client
+            .prepare_cached(
+                concat!(
+                    "WITH done AS (SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS held(id, token)), ",
+                    locked_in_order!(),
+                    "UPDATE jobs SET lease_expires_at = $3 FROM done, locked \
+                     WHERE jobs.id = done.id AND jobs.id = locked.id AND jobs.lease_token = done.token AND jobs.state = 'running' \
+                     RETURNING jobs.id, jobs.cancel_requested"
+                ),
+            )
+            .await
+            .map_err(pg_error)?;
+        let rows = client.query(&stmt, &[&ids, &tokens, &(now + p.lease_ms)]).await.map_err(pg_error)?;
+        let kept: std::collections::HashMap<JobId, bool> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut result = HeartbeatResult::default();
+        for lease in p.leases {
+            match kept.get(&lease.id) {
+                None => result.lost.push(lease),
+                Some(true) => result.cancel_requested.push(lease),
+                Some(false) => {}
+            }
+        }
+        Ok(result)
+    }
+
+    async fn finish_many(&self, finishes: Vec<Finish>) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let now = self.now();
+        let mut client = self.client().await?;
+        let completes: Vec<&Finish> = finishes.iter().filter(|f| matches!(f.transition, Transition::Complete { .. })).collect();
+        let stale = |f: &Finish| Err(StoreError::StaleLease { id: f.lease.id, token: f.lease.token });
+        if completes.len() == finishes.len() {
+            // The common case: one statement, no explicit transaction.
+            let done = complete_batch(&client, &completes, now).await?;
+            return Ok(finishes.iter().map(|f| if done.contains(&f.lease.id) { Ok(()) } else { stale(f) }).collect());
+        }
+        let tx = client.transaction().await.map_err(pg_error)?;
+        // Lock every row of the batch first, in id order (see `locked_in_order!`).
+        let ids: Vec<JobId> = finishes.iter().map(|f| f.lease.id).collect();
+        tx.execute("SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE", &[&ids]).await.map_err(pg_error)?;
+        let done = if completes.is_empty() { HashSet::new() } else { complete_batch(&tx, &completes, now).await? };
+        let mut results = Vec::with_capacity(finishes.len());
+        for f in &finishes {
+            let applied = match f.transition {
+                Transition::Complete { .. } => done.contains(&f.lease.id),
+                _ => apply_one(&tx, f, now).await?,
+            };
+            results.push(if applied { Ok(()) } else { stale(f) });
+        }
+        tx.commit().await.map_err(pg_error)?;
+        Ok(results)
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<Job, StoreError> {
+        let now = self.now();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let state: Option<String> =
+            tx.query_opt("SELECT state FROM jobs WHERE id = $1 FOR UPDATE", &[&id]).await.map_err(pg_error)?.map(|r| r.get(0));
+        let state: JobState = state.ok_or(StoreError::NotFound(id))?.parse().map_err(StoreError::Database)?;
+        match state {
+            JobState::Running => {
+                tx.execute("UPDATE jobs SET cancel_requested = true WHERE id = $1", &[&id]).await.map_err(pg_error)?;
+            }
+            state if state.is_final() => return Err(StoreError::InvalidState { id, state, action: "cancel" }),
+            _ => {
+                tx.execute("UPDATE jobs SET state = 'cancelled', finalized_at = $2 WHERE id = $1", &[&id, &now])
+                    .await
+                    .map_err(pg_error)?;
+            }
+        }
+        let job = get_job(&tx, id).await?.ok_or(StoreError::NotFound(id))?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(job)
+    }
+
+    async fn rescue_expired(&self) -> Result<Vec<JobId>, StoreError> {
+        let now = self.now();
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE jobs SET \
+                   state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'retryable' END, \
+                   finalized_at = CASE WHEN attempt >= max_attempts THEN $1::bigint END, \
+                   scheduled_at = least(scheduled_at, $1), leased_by = NULL, lease_expires_at = NULL, \
+                   errors = errors || jsonb_build_array(jsonb_build_object('attempt', attempt, 'at', $1::bigint, \
+                     'outcome', 'lease_expired', 'message', 'the lease of host ' || coalesce(leased_by, '?') || \
+                     ' expired: the host stopped or lost touch with the store')) \
+                 WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < $1 FOR UPDATE SKIP LOCKED) \
+                 RETURNING id",
+            )
+            .await
+            .map_err(pg_error)?;
+        let mut ids: Vec<JobId> = client.query(&stmt, &[&now]).await.map_err(pg_error)?.iter().map(|r| r.get(0)).collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    async fn retry_by_hand(&self, id: JobId) -> Result<Job, StoreError> {
+        let now = self.now();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let row = tx.query_opt("SELECT state, unique_key FROM jobs WHERE id = $1 FOR UPDATE", &[&id]).await.map_err(pg_error)?;
+        let row = row.ok_or(StoreError::NotFound(id))?;
+        let state: JobState = row.get::<_, String>(0).parse().map_err(StoreError::Database)?;
+        let key: Option<String> = row.get(1);
+        if !matches!(state, JobState::Dead | JobState::Cancelled) {
+            return Err(StoreError::InvalidState { id, state, action: "retry" });
+        }
+        let updated = tx
+            .execute(
+                "UPDATE jobs SET state = 'available', attempt = 0, scheduled_at = $2, finalized_at = NULL, result = NULL, \
+                 cancel_requested = false WHERE id = $1",
+                &[&id, &now],
+            )
+            .await;
+        if let Err(e) = updated {
+            if is_unique_violation(&e) {
+                drop(tx);
+                let key = key.unwrap_or_default();
+                let existing = self
+                    .client()
+                    .await?
+                    .query_opt("SELECT id FROM jobs WHERE unique_key = $1 AND state NOT IN ('cancelled', 'dead')", &[&key])
+                    .await
+                    .map_err(pg_error)?
+                    .map_or(0, |r| r.get(0));
+                return Err(StoreError::UniqueConflict { key, existing });
+            }
+            return Err(pg_error(e));
+        }
+        let job = get_job(&tx, id).await?.ok_or(StoreError::NotFound(id))?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(job)
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        get_job(&self.client().await?, id).await
+    }
+
+    async fn list(&self, filter: ListFilter) -> Result<Vec<Job>, StoreError> {
+        let state = filter.state.map(|s| s.as_str().to_string());
+        let limit = filter.limit as i64;
+        let mut clauses = Vec::new();
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        for (column, value) in [("state", state.as_ref()), ("kind", filter.kind.as_ref()), ("queue", filter.queue.as_ref())] {
+            if let Some(value) = value {
+                params.push(value);
+                clauses.push(format!("{column} = ${}", params.len()));
+            }
+        }
+        if let Some(after) = &filter.after_id {
+            params.push(after);
+            clauses.push(format!("id > ${}", params.len()));
+        }
+        let filter_sql = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
+        params.push(&limit);
+        let sql = format!("SELECT {} FROM jobs {filter_sql} ORDER BY id LIMIT ${}", columns!(), params.len());
+        let rows = self.client().await?.query(&sql, &params).await.map_err(pg_error)?;
+        jobs_from_rows(&rows)
+    }
+
+    async fn counts(&self) -> Result<Vec<StateCount>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state ORDER BY queue, state", &[])
+            .await
+            .map_err(pg_error)?;
+        rows.iter()
+            .map(|r| {
+                Ok(StateCount {
+                    queue: r.get(0),
+                    state: r.get::<_, String>(1).parse().map_err(StoreError::Database)?,
+                    count: r.get::<_, i64>(2) as u64,
+                })
+            })
+            .collect()
+    }
+
+    async fn next_due(&self, queue: &str) -> Result<Option<Millis>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(concat!("SELECT min(scheduled_at) FROM jobs WHERE queue = $1 AND state IN ", waiting!()))
+            .await
+            .map_err(pg_error)?;
+        Ok(client.query_one(&stmt, &[&queue]).await.map_err(pg_error)?.get(0))
+    }
+
+    async fn pause_queue(&self, queue: &str) -> Result<(), StoreError> {
+        self.set_paused(queue, true).await
+    }
+
+    async fn resume_queue(&self, queue: &str) -> Result<(), StoreError> {
+        self.set_paused(queue, false).await
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
+        let rows = self.client().await?.query("SELECT name, paused FROM queues ORDER BY name", &[]).await.map_err(pg_error)?;
+        Ok(rows.iter().map(|r| QueueInfo { name: r.get(0), paused: r.get(1) }).collect())
+    }
+
+    async fn pending_count(&self, kind: &str) -> Result<u64, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(concat!("SELECT count(*) FROM jobs WHERE state IN ", pending!(), " AND kind = $1"), &[&kind])
+            .await
+            .map_err(pg_error)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn schedule_state(&self, kind: &str) -> Result<ScheduleState, StoreError> {
+        let (start, end) = schedule_key_range(kind);
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(concat!(
+                "SELECT (SELECT max(unique_key) FROM jobs WHERE kind = $1 AND unique_key >= $2 AND unique_key < $3), \
+                        EXISTS (SELECT 1 FROM jobs WHERE state IN ",
+                pending!(),
+                " AND kind = $1 AND unique_key >= $2 AND unique_key < $3)"
+            ))
+            .await
+            .map_err(pg_error)?;
+        let row = client.query_one(&stmt, &[&kind, &start, &end]).await.map_err(pg_error)?;
+        let last: Option<String> = row.get(0);
+        Ok(ScheduleState { last_tick: last.as_deref().and_then(tick_of_key), active: row.get(1) })
+    }
+
+    async fn schedule_checkpoint(&self, kind: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let (start, end) = schedule_key_range(kind);
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT result FROM jobs WHERE kind = $1 AND unique_key >= $2 AND unique_key < $3 AND state = 'completed' \
+                 ORDER BY unique_key DESC LIMIT 1",
+            )
+            .await
+            .map_err(pg_error)?;
+        let row = client.query_opt(&stmt, &[&kind, &start, &end]).await.map_err(pg_error)?;
+        Ok(row.and_then(|r| r.get(0)))
+    }
+
+    async fn acquire_loop(&self, claim: LoopClaim) -> Result<Option<LoopLease>, StoreError> {
+        let now = self.now();
+        let client = self.client().await?;
+        client
+            .execute("INSERT INTO loops (name, updated_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING", &[&claim.name, &now])
+            .await
+            .map_err(pg_error)?;
+        let row = client
+            .query_opt(
+                "UPDATE loops SET token = token + 1, owner = $2, lease_expires_at = $3::bigint + $4::bigint, updated_at = $3 \
+                 WHERE name = $1 AND (owner IS NULL OR owner = $2 OR lease_expires_at < $3) RETURNING token, checkpoint, passes",
+                &[&claim.name, &claim.host, &now, &claim.lease_ms],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(row.map(|r| LoopLease { name: claim.name, token: r.get(0), checkpoint: r.get(1), passes: r.get::<_, i64>(2) as u64 }))
+    }
+
+    async fn save_loop(&self, save: LoopSave) -> Result<(), StoreError> {
+        let now = self.now();
+        let stored = save.checkpoint.is_some();
+        let changed = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE loops SET checkpoint = CASE WHEN $3 THEN $4 ELSE checkpoint END, passes = passes + CASE WHEN $3 THEN 1 ELSE 0 END, \
+                 lease_expires_at = $5::bigint + $6::bigint, updated_at = $5 WHERE name = $1 AND token = $2 AND owner IS NOT NULL",
+                &[&save.name, &save.token, &stored, &save.checkpoint, &now, &save.lease_ms],
+            )
+            .await
+            .map_err(pg_error)?;
+        if changed == 1 { Ok(()) } else { Err(StoreError::LoopLost { name: save.name, token: save.token }) }
+    }
+
+    async fn release_loop(&self, name: &str, token: i64) -> Result<(), StoreError> {
+        let changed = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE loops SET owner = NULL, lease_expires_at = NULL, updated_at = $3 WHERE name = $1 AND token = $2",
+                &[&name, &token, &self.now()],
+            )
+            .await
+            .map_err(pg_error)?;
+        if changed == 1 { Ok(()) } else { Err(StoreError::LoopLost { name: name.to_string(), token }) }
+    }
+
+    async fn loops(&self) -> Result<Vec<LoopState>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query("SELECT name, checkpoint, passes, owner, lease_expires_at, updated_at FROM loops ORDER BY name", &[])
+            .await
+            .map_err(pg_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| LoopState {
+                name: r.get(0),
+                checkpoint: r.get(1),
+                passes: r.get::<_, i64>(2) as u64,
+                owner: r.get(3),
+                lease_expires_at: r.get(4),
+                updated_at: r.get(5),
+            })
+            .collect())
+    }
+
+    fn wakeups(&self) -> Option<broadcast::Receiver<String>> {
+        let (sender, _) = self.shared.listener.get_or_init(|| {
+            let (sender, _) = broadcast::channel(1024);
+            let task = tokio::spawn(listen(self.shared.config.clone(), self.channel(), sender.clone()));
+            (sender, task.abort_handle())
+        });
+        Some(sender.subscribe())
+    }
+}
+
+/// Holds one connection that `LISTEN`s on `channel` and forwards each
+/// notification's payload (a queue name) to `wakeups`. When the connection
+/// is lost it says so, reconnects with backoff, and then sends
+/// [`WAKE_ALL`], since notifications sent meanwhile were missed.
+async fn listen(config: tokio_postgres::Config, channel: String, wakeups: broadcast::Sender<String>) {
+    let at = describe(&config);
+    let mut delay = RECONNECT_DELAY;
+    let mut lost: Option<String> = None;
+    loop {
+        let (client, mut connection) = match config.connect(NoTls).await {
+            Ok(connected) => connected,
+            Err(e) => {
+                if lost.is_none() {
+                    tracing::warn!(database = %at, "cannot connect to listen for new jobs: {e}; retrying (polling meanwhile)");
+                    lost = Some(e.to_string());
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+                continue;
+            }
+        };
+        // The connection must be polled for the LISTEN to go through;
+        // notifications arrive on it as asynchronous messages.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let driver = tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(n))) => {
+                        let _ = tx.send(n.payload().to_string());
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return e.to_string(),
+                    None => return "the connection closed".to_string(),
+                }
+            }
+        });
+        if let Err(e) = client.batch_execute(&format!("LISTEN \"{channel}\"")).await {
+            tracing::warn!(database = %at, "cannot listen for new jobs: {e}; retrying");
+            driver.abort();
+            tokio::time::sleep(delay).await;
+            continue;
+        }
+        delay = RECONNECT_DELAY;
+        match lost.take() {
+            Some(_) => {
+                tracing::info!(database = %at, %channel, "reconnected; listening for new jobs again");
+                let _ = wakeups.send(WAKE_ALL.to_string());
+            }
+            None => tracing::info!(database = %at, %channel, "listening for new jobs"),
+        }
+        while let Some(queue) = rx.recv().await {
+            let _ = wakeups.send(queue);
+        }
+        let why = driver.await.unwrap_or_else(|e| e.to_string());
+        drop(client);
+        tracing::warn!(database = %at, "lost the connection that listens for new jobs ({why}); reconnecting (polling meanwhile)");
+        lost = Some(why);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::queue::clock::{ManualClock, SystemClock};
+
+    /// The URL of the Postgres to test against. Tests that call this are
+    /// compiled as ignored ("needs Postgres") unless `KILN_TEST_DATABASE_URL`
+    /// was set at build time (see build.rs), so they are never counted as
+    /// passed without a database.
+    pub fn test_database_url() -> String {
+        std::env::var("KILN_TEST_DATABASE_URL")
+            .ok()
+            .filter(|url| !url.is_empty())
+            .expect("built with KILN_TEST_DATABASE_URL set, so it must be set when the tests run")
+    }
+
+    /// A fresh schema for one test, dropped when the guard drops.
+    pub struct TestSchema {
+        base: String,
+        pub name: String,
+    }
+
+    impl TestSchema {
+        pub fn new(url: &str) -> Self {
+            Self { base: url.to_string(), name: format!("kiln_test_{}_{}", std::process::id(), fastrand::u64(..)) }
+        }
+
+        /// The test URL with the schema as the connections' application
+        /// name, so the guard can end them before dropping the schema.
+        pub fn url(&self) -> String {
+            let separator = if self.base.contains('?') { '&' } else { '?' };
+            format!("{}{separator}application_name={}", self.base, self.name)
+        }
+    }
+
+    impl Drop for TestSchema {
+        fn drop(&mut self) {
+            let (url, name) = (self.base.clone(), self.name.clone());
+            // On a thread of its own: this runs inside the test's runtime,
+            // which cannot drive the store's connections meanwhile. Those
+            // may still hold locks (a transaction being rolled back), so
+            // they are ended first.
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(async {
+                    if let Ok((client, connection)) = tokio_postgres::connect(&url, NoTls).await {
+                        tokio::spawn(connection);
+                        let _ = client
+                            .execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", &[&name])
+                            .await;
+                        let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+
+    async fn postgres_store() -> (Arc<dyn JobStore>, ManualClock, TestSchema) {
+        let url = test_database_url();
+        let schema = TestSchema::new(&url);
+        let clock = ManualClock::new(1_700_000_000_000);
+        let store = PostgresStore::connect(&schema.url(), &schema.name, Arc::new(clock.clone())).await.unwrap();
+        (Arc::new(store), clock, schema)
+    }
+
+    crate::queue::conformance::conformance_tests!(postgres_store, #[cfg_attr(not(kiln_postgres), ignore = "needs Postgres: set KILN_TEST_DATABASE_URL")]);
+
+    #[tokio::test]
+    #[cfg_attr(not(kiln_postgres), ignore = "needs Postgres: set KILN_TEST_DATABASE_URL")]
+    async fn two_hosts_migrating_at_once_apply_each_migration_once() {
+        let url = test_database_url();
+        let schema = TestSchema::new(&url);
+        let url = schema.url();
+        let connects = (0..4).map(|_| PostgresStore::connect(&url, &schema.name, Arc::new(SystemClock)));
+        for store in futures::future::join_all(connects).await {
+            store.unwrap();
+        }
+        let store = PostgresStore::connect(&schema.url(), &schema.name, Arc::new(SystemClock)).await.unwrap();
+        let applied: i64 = store.client().await.unwrap().query_one("SELECT count(*) FROM kiln_migrations", &[]).await.unwrap().get(0);
+        assert_eq!(applied, MIGRATIONS.len() as i64);
+        store.client().await.unwrap().execute("INSERT INTO kiln_migrations VALUES (999, 'future', 0)", &[]).await.unwrap();
+        let err = PostgresStore::connect(&schema.url(), &schema.name, Arc::new(SystemClock)).await.unwrap_err();
+        assert!(matches!(err, StoreError::SchemaTooNew { found: 999, .. }), "{err}");
+    }
+
+    #[tokio::test]
+    #[cfg_attr(not(kiln_postgres), ignore = "needs Postgres: set KILN_TEST_DATABASE_URL")]
+    async fn a_schema_of_another_application_is_refused_and_left_untouched() {
+        let url = test_database_url();
+        let schema = TestSchema::new(&url);
+        let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE SCHEMA {0}; CREATE TABLE {0}.invoices (id int); INSERT INTO {0}.invoices VALUES (7);", schema.name))
+            .await
+            .unwrap();
+        let err = PostgresStore::connect(&schema.url(), &schema.name, Arc::new(SystemClock)).await.unwrap_err().to_string();
+        assert!(err.contains("invoices") && err.contains(&schema.name), "{err}");
+        let kept: i64 = client.query_one(&format!("SELECT count(*) FROM {}.invoices", schema.name), &[]).await.unwrap().get(0);
+        assert_eq!(kept, 1);
+        let tables: i64 = client
+            .query_one("SELECT count(*) FROM pg_tables WHERE schemaname = $1", &[&schema.name])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(tables, 1, "nothing was created beside it");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_is_a_clear_error() {
+        let err = PostgresStore::connect("postgres://kiln@127.0.0.1:1/none", "kiln", Arc::new(SystemClock)).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+        assert!(err.to_string().contains("127.0.0.1:1/none"), "{err}");
+        let err = PostgresStore::connect("postgres://kiln@127.0.0.1/db", "Bad-Name", Arc::new(SystemClock)).await.unwrap_err();
+        assert!(err.to_string().contains("\"Bad-Name\" is not a schema name"), "{err}");
+        let err = PostgresStore::connect("postgres://[", "kiln", Arc::new(SystemClock)).await.unwrap_err();
+        assert!(err.to_string().contains("bad database URL"), "{err}");
+    }
+
+    #[tokio::test]
+    #[cfg_attr(not(kiln_postgres), ignore = "needs Postgres: set KILN_TEST_DATABASE_URL")]
+    async fn an_insert_on_one_host_wakes_the_others() {
+        let url = test_database_url();
+        let schema = TestSchema::new(&url);
+        let a = PostgresStore::connect(&schema.url(), &schema.name, Arc::new(SystemClock)).await.unwrap();
+        let b = PostgresStore::connect(&schema.url(), &schema.name, Arc::new(SystemClock)).await.unwrap();
+        let other = TestSchema::new(&url);
+        let elsewhere = PostgresStore::connect(&other.url(), &other.name, Arc::new(SystemClock)).await.unwrap();
+        let mut woken = b.wakeups().unwrap();
+        // The listener is up once it hears anything; keep inserting until then.
+        let heard = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                elsewhere.insert(NewJob { queue: "other-schema".into(), ..NewJob::new("echo", b"{}".to_vec()) }).await.unwrap();
+                a.insert(NewJob { queue: "mail".into(), ..NewJob::new("echo", b"{}".to_vec()) }).await.unwrap();
+                if let Ok(Ok(queue)) = tokio::time::timeout(Duration::from_millis(200), woken.recv()).await {
+                    return queue;
+                }
+            }
+        })
+        .await
+        .expect("a notification within 10 s");
+        assert_eq!(heard, "mail", "only this schema's inserts, named by queue");
+    }
+}
