@@ -6,108 +6,27 @@
 //! Run: `cargo bench --bench queue` (add `-- --quick` for a short run).
 //! Variants alternate round by round; figures are medians over rounds.
 
-use async_trait::async_trait;
-use kiln::plugin::{self, Registry, Trigger};
-use kiln::queue::{JobState, JobStore, ListFilter, NewJob, SharedClock, SqliteStore, SystemClock};
-use kiln::sandbox::{Budget, JobInput, Outcome, Report, Sandbox, StopSignal};
-use kiln::worker::{Dispatcher, DispatcherConfig, EnqueueRequest, KindInfo, Metrics, QueueConfig, Ran, Runner, SandboxRunner};
+mod bench_support;
+
+use bench_support::{NativeRunner, Timed, config, percentile, sandbox_runner};
+use kiln::plugin::{self, Registry};
+use kiln::queue::{JobState, JobStore, SharedClock, SqliteStore, SystemClock};
+use kiln::sandbox::Sandbox;
+use kiln::worker::{Dispatcher, DispatcherConfig, EnqueueRequest, Metrics, Runner, SandboxRunner};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// The baseline: the same queue, but the job is a native closure.
-#[derive(Debug)]
-struct NativeRunner;
-
-#[async_trait]
-impl Runner for NativeRunner {
-    fn kind(&self, _kind: &str) -> Option<KindInfo> {
-        Some(KindInfo { version: "native".into(), retry: Default::default(), budget: Budget::default(), trigger: Trigger::Queued })
-    }
-    fn kinds(&self) -> Vec<String> {
-        vec!["echo".into()]
-    }
-    fn stop_signal(&self) -> StopSignal {
-        StopSignal::standalone()
-    }
-    async fn run(&self, input: &JobInput, _stop: &StopSignal) -> Ran {
-        Ran { report: Report::without_cost(Outcome::Ok(input.payload.clone())), version: None }
-    }
-}
-
-/// Wraps a runner and reports the instant each run starts.
-#[derive(Debug)]
-struct Timed {
-    inner: Arc<dyn Runner>,
-    started: mpsc::UnboundedSender<Instant>,
-}
-
-#[async_trait]
-impl Runner for Timed {
-    fn kind(&self, kind: &str) -> Option<KindInfo> {
-        self.inner.kind(kind)
-    }
-    fn kinds(&self) -> Vec<String> {
-        self.inner.kinds()
-    }
-    fn stop_signal(&self) -> StopSignal {
-        self.inner.stop_signal()
-    }
-    async fn run(&self, input: &JobInput, stop: &StopSignal) -> Ran {
-        let _ = self.started.send(Instant::now());
-        self.inner.run(input, stop).await
-    }
-}
-
-fn config(concurrency: usize) -> DispatcherConfig {
-    DispatcherConfig {
-        queues: vec![QueueConfig { name: "default".into(), concurrency }],
-        lease: Duration::from_secs(60),
-        ..DispatcherConfig::default()
-    }
-}
-
-fn sandbox_runner() -> Arc<dyn Runner> {
-    let sandbox = Arc::new(Sandbox::new().unwrap());
-    let echo = plugin::load(&sandbox, None, &plugin::resolve(plugin::built::ECHO, &[]).unwrap()).unwrap();
-    Arc::new(SandboxRunner::new(Arc::new(Registry::fixed(sandbox, BTreeMap::from([("echo".to_string(), Arc::new(echo))])))))
-}
 
 /// Pre-inserts `jobs` no-op jobs into a fresh database, then times the
 /// dispatcher burning them down. Returns jobs per second.
 async fn burn_down(runner: Arc<dyn Runner>, jobs: usize, concurrency: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let clock: SharedClock = Arc::new(SystemClock);
-    let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&dir.path().join("kiln.db"), clock.clone()).unwrap());
-    for chunk in (0..jobs).collect::<Vec<_>>().chunks(5000) {
-        store
-            .insert_many(chunk.iter().map(|_| NewJob { max_attempts: 1, ..NewJob::new("echo", b"{}".to_vec()) }).collect())
-            .await
-            .unwrap();
-    }
-    let dispatcher = Dispatcher::new(store.clone(), runner, config(concurrency), clock, Arc::new(Metrics::new()));
-    let jobs_runtime = kiln::serve::job_runtime().unwrap();
-    dispatcher.run_jobs_on(jobs_runtime.handle().clone());
-    let started = Instant::now();
-    let running = dispatcher.start();
-    // Done when nothing is waiting or running: two index lookups, cheap
-    // enough to poll without loading the store being measured.
-    loop {
-        let mut pending = 0;
-        for state in [JobState::Available, JobState::Running] {
-            pending += store.list(ListFilter { state: Some(state), limit: 1, ..ListFilter::default() }).await.unwrap().len();
-        }
-        if pending == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let elapsed = started.elapsed();
-    dispatcher.shutdown().await;
-    running.stopped().await;
-    jobs_runtime.shutdown_background();
-    jobs as f64 / elapsed.as_secs_f64()
+    let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&dir.path().join("kiln.db"), Arc::new(SystemClock)).unwrap());
+    bench_support::insert_noops(&*store, jobs).await;
+    let drained = || bench_support::nothing_pending(&*store);
+    bench_support::burn_down_hosts(vec![store.clone()], runner, jobs, &config(concurrency), drained).await
 }
 
 /// The peer: apalis 1.0 with its SQLite backend (sqlx), a no-op handler,
@@ -197,7 +116,8 @@ async fn healthz_latency(spinners: usize, samples: usize) -> Vec<f64> {
     // Spin until the bench stops it, not until its manifest's small budgets.
     spin.manifest.limits.fuel = u64::MAX / 2;
     spin.manifest.limits.timeout_ms = 600_000;
-    let runner = Arc::new(SandboxRunner::new(Arc::new(Registry::fixed(sandbox, BTreeMap::from([("spin".to_string(), Arc::new(spin))])))));
+    let registry = Arc::new(Registry::fixed(sandbox, BTreeMap::from([("spin".to_string(), Arc::new(spin))])));
+    let runner = Arc::new(SandboxRunner::new(registry.clone()));
     let dir = tempfile::tempdir().unwrap();
     let clock: SharedClock = Arc::new(SystemClock);
     let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&dir.path().join("kiln.db"), clock.clone()).unwrap());
@@ -210,7 +130,7 @@ async fn healthz_latency(spinners: usize, samples: usize) -> Vec<f64> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/healthz", listener.local_addr().unwrap());
     let (close, closed) = tokio::sync::oneshot::channel::<()>();
-    let api = tokio::spawn(kiln::api::serve(listener, kiln::api::AppState { dispatcher: dispatcher.clone() }, async {
+    let api = tokio::spawn(kiln::api::serve(listener, kiln::api::AppState { dispatcher: dispatcher.clone(), registry, not_ready: tokio::sync::watch::channel(None).1 }, async {
         let _ = closed.await;
     }));
     if spinners > 0 {
@@ -241,11 +161,6 @@ async fn healthz_latency(spinners: usize, samples: usize) -> Vec<f64> {
     api.await.unwrap().unwrap();
     jobs.shutdown_background();
     out
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((p / 100.0) * (v.len() - 1) as f64).round() as usize]
 }
 
 fn main() {
