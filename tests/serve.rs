@@ -252,6 +252,7 @@ fn bad_config_and_a_file_that_is_not_a_database_are_refused() {
         ("lease_ms = 1000\nthreads = 4\n", vec!["kiln.toml", "line 2", "unknown field `threads`"]),
         ("lease_ms = \"soon\"\n", vec!["kiln.toml", "line 1", "lease_ms"]),
         ("[queues.default]\nconcurrency = 0\n", vec!["`queues` must give at least one queue a concurrency above zero"]),
+        ("[queues.default]\nconcurrency = 5000\n", vec!["kiln.toml", "`queues` concurrency adds up to 5000, more than the 1000"]),
     ] {
         let dir = HostDir::new(config);
         let out = dir.command().output().unwrap();

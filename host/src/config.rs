@@ -122,6 +122,15 @@ impl Config {
         if self.queues.values().all(|q| q.concurrency == 0) {
             return invalid("queues", "must give at least one queue a concurrency above zero (0 only takes jobs in)");
         }
+        // Every job in flight holds a sandbox instance from the engine's pool.
+        let total: usize = self.queues.values().map(|q| q.concurrency).sum();
+        let instances = crate::sandbox::MAX_CONCURRENT_INSTANCES as usize;
+        if total > instances {
+            return invalid(
+                "queues",
+                &format!("concurrency adds up to {total}, more than the {instances} sandbox instances one host holds at once"),
+            );
+        }
         if self.max_payload_bytes > crate::sandbox::DEFAULT_MAX_PAYLOAD_BYTES * 16 {
             return invalid("max_payload_bytes", "must be at most 16 MiB");
         }
@@ -194,6 +203,22 @@ mod tests {
         assert!(e.contains("`queues` must give at least one queue a concurrency above zero"), "{e}");
         let c = Config::parse("[queues.mail]\nconcurrency = 0\n[queues.default]\nconcurrency = 2\n", "k").unwrap();
         assert_eq!(c.queues["mail"].concurrency, 0, "an enqueue-only queue beside a served one");
+    }
+
+    #[test]
+    fn concurrency_beyond_the_instance_pool_is_refused() {
+        let c = Config::parse("[queues.a]
+concurrency = 512
+[queues.b]
+concurrency = 488
+", "k").unwrap();
+        assert_eq!(c.queues.values().map(|q| q.concurrency).sum::<usize>(), 1000, "up to the pool is fine");
+        let e = Config::parse("[queues.a]
+concurrency = 512
+[queues.b]
+concurrency = 489
+", "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("kiln.toml") && e.contains("`queues`") && e.contains("adds up to 1001, more than the 1000"), "{e}");
     }
 
     #[test]

@@ -14,8 +14,8 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Instances that may exist at once across the host. The pooling allocator
-/// reserves address space (not memory) for this many; the worker keeps its
-/// concurrency far below it.
+/// reserves address space (not memory) for this many; `kiln.toml` may not
+/// give a host's queues more concurrency than this in all.
 pub const MAX_CONCURRENT_INSTANCES: u32 = 1000;
 
 /// Memory kept resident (not returned to the kernel) in each pooled linear
