@@ -69,6 +69,7 @@ async fn kiln_postgres(url: &str, hosts: usize, runner: Arc<dyn Runner>, jobs: u
         .unwrap();
     let drained = || async { !client.query_one(&pending, &[]).await.unwrap().get::<_, bool>(0) };
     let rate = burn_down_hosts(stores, runner, jobs, settings, drained).await;
+    bench_support::assert_all_completed(&seed, jobs).await;
     schema.drop_it().await;
     rate
 }
@@ -79,7 +80,9 @@ async fn kiln_sqlite(runner: Arc<dyn Runner>, jobs: usize, settings: &Dispatcher
     let store = Arc::new(SqliteStore::open(&dir.path().join("kiln.db"), Arc::new(SystemClock)).unwrap());
     insert_noops(&*store, jobs).await;
     let drained = || bench_support::nothing_pending(&*store);
-    burn_down_hosts(vec![store.clone()], runner, jobs, settings, drained).await
+    let rate = burn_down_hosts(vec![store.clone()], runner, jobs, settings, drained).await;
+    bench_support::assert_all_completed(&*store, jobs).await;
+    rate
 }
 
 /// graphile-worker, installed under the target directory on first use.

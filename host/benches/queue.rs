@@ -26,7 +26,9 @@ async fn burn_down(runner: Arc<dyn Runner>, jobs: usize, concurrency: usize) -> 
     let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&dir.path().join("kiln.db"), Arc::new(SystemClock)).unwrap());
     bench_support::insert_noops(&*store, jobs).await;
     let drained = || bench_support::nothing_pending(&*store);
-    bench_support::burn_down_hosts(vec![store.clone()], runner, jobs, &config(concurrency), drained).await
+    let rate = bench_support::burn_down_hosts(vec![store.clone()], runner, jobs, &config(concurrency), drained).await;
+    bench_support::assert_all_completed(&*store, jobs).await;
+    rate
 }
 
 /// The peer: apalis 1.0 with its SQLite backend (sqlx), a no-op handler,

@@ -110,6 +110,14 @@ pub async fn nothing_pending(store: &dyn JobStore) -> bool {
     true
 }
 
+/// Panics unless all `jobs` completed: a run in which some failed (say, for
+/// want of a sandbox instance) would otherwise drain early and look fast.
+pub async fn assert_all_completed(store: &dyn JobStore, jobs: usize) {
+    let counts = store.counts().await.unwrap();
+    let completed: u64 = counts.iter().filter(|c| c.state == JobState::Completed).map(|c| c.count).sum();
+    assert_eq!(completed, jobs as u64, "every bench job completed: {counts:?}");
+}
+
 /// Starts one dispatcher per store with `settings` (each one host, with its own job
 /// runtime as `kiln serve` has), times them until `drained` says no job is
 /// left, and returns jobs per second.
