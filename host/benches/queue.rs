@@ -40,7 +40,7 @@ mod apalis_peer {
     use apalis_sqlite::{Config, SqliteConnectOptions, SqlitePoolOptions, SqliteStorage};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     async fn noop(_n: u64, done: Data<Arc<AtomicUsize>>) -> Result<(), BoxDynError> {
         done.fetch_add(1, Ordering::Relaxed);
@@ -70,13 +70,7 @@ mod apalis_peer {
         let backend = SqliteStorage::<u64>::new(&pool).with_config(config).poll_with_interval(Duration::from_millis(1));
         let done = Arc::new(AtomicUsize::new(0));
         let worker = WorkerBuilder::new("peer").backend(backend).concurrency(concurrency).data(done.clone()).build(noop);
-        let started = Instant::now();
-        let handle = tokio::spawn(worker.run());
-        while done.load(Ordering::Relaxed) < jobs {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let elapsed = started.elapsed();
-        handle.abort();
+        let elapsed = crate::bench_support::run_until_counted(worker.run(), &done, jobs).await;
         jobs as f64 / elapsed.as_secs_f64()
     }
 }

@@ -110,6 +110,23 @@ pub async fn nothing_pending(store: &dyn JobStore) -> bool {
     true
 }
 
+/// Runs a peer's worker (the future of its run loop) until its handler
+/// has counted `jobs` runs in `done`, then stops it; how long that took.
+pub async fn run_until_counted<W>(worker: W, done: &std::sync::atomic::AtomicUsize, jobs: usize) -> Duration
+where
+    W: Future + Send + 'static,
+    W::Output: Send + 'static,
+{
+    let started = Instant::now();
+    let handle = tokio::spawn(worker);
+    while done.load(std::sync::atomic::Ordering::Relaxed) < jobs {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = started.elapsed();
+    handle.abort();
+    elapsed
+}
+
 /// Panics unless all `jobs` completed: a run in which some failed (say, for
 /// want of a sandbox instance) would otherwise drain early and look fast.
 pub async fn assert_all_completed(store: &dyn JobStore, jobs: usize) {
