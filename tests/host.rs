@@ -106,7 +106,12 @@ impl HostDir {
             }
         });
         let url = rx.recv_timeout(PATIENCE).unwrap_or_else(|_| panic!("kiln serve did not start; stderr:\n{}", self.stderr()));
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        // A fresh connection per request: a kept-alive one can be closed by
+        // the server just as the next request goes out on it (CI once saw
+        // "Peer disconnected" on the request after a body-less POST), and
+        // ureq does not retry. Loopback connections cost next to nothing.
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().http_status_as_error(false).max_idle_connections(0).build().into();
         Host { child: Some(child), url, agent, log: self.path().join("stderr.log") }
     }
 

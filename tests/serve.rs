@@ -142,6 +142,9 @@ fn health_readiness_plugins_and_metrics() {
     let dir = HostDir::new(FAST);
     let host = dir.start();
     assert_eq!(host.get("/healthz"), (200, json!({"status": "ok"})));
+    // The examples include a start-up plugin (`warmup`): ready once it ran,
+    // which on a loaded machine can be after the API answers.
+    eventually("ready after the start-up plugins", || host.get("/readyz").0 == 200);
     assert_eq!(host.get("/readyz"), (200, json!({"status": "ready"})));
     let (_, plugins) = host.get("/plugins");
     let names: Vec<&str> = plugins["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
