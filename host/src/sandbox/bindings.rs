@@ -9,4 +9,4 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use self::kiln::worker::types::{Job as WitJob, JobError as WitJobError};
+pub use self::kiln::worker::types::Job as WitJob;

@@ -13,10 +13,59 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 /// a thousand wake-ups a second of one idle thread (a few µs of CPU each).
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
-/// Instances that may exist at once across the host. The pooling allocator
-/// reserves address space (not memory) for this many; `kiln.toml` may not
-/// give a host's queues more concurrency than this in all.
+/// Sandbox instances (one per running iteration) that may exist at once
+/// across the host, by default: `max_instances` in `kiln.toml` changes it,
+/// and the queues' concurrency must fit in it.
 pub const MAX_CONCURRENT_INSTANCES: u32 = 1000;
+
+/// What ONE plugin's instance may hold. A component over any of these is
+/// refused when it is compiled or loaded, naming the limit, so no single
+/// job can take the pooled resources every other job shares.
+///
+/// Core module instances: a Rust or C plugin has 1–3, a componentize-py
+/// (Python) one 14, a componentize-js one 4; 32 leaves room for those
+/// toolchains to grow, and stops nested components multiplying instances.
+pub const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+/// Linear memories: one per toolchain runtime plus an adapter's is usual (1–2).
+pub const MAX_MEMORIES_PER_COMPONENT: u32 = 8;
+/// Tables: a main function table plus the component's shim tables (2–3
+/// for the toolchains above; wasmtime allows one per core module).
+pub const MAX_TABLES_PER_COMPONENT: u32 = 16;
+/// Elements in any one table: wasmtime's default, which CPython's function
+/// table fits; each pooled table slot reserves this × 8 bytes of address space.
+pub const MAX_TABLE_ELEMENTS: usize = 20_000;
+/// Pooled linear-memory slots per sandbox instance. Memory slots are the
+/// costly part of the pool (each reserves 4 GiB of address space), so they
+/// are not sized for the worst case: a job takes what its component really
+/// has, and waits while the pool is short (see `Admission`).
+pub const MEMORY_SLOTS_PER_INSTANCE: u32 = 2;
+
+/// The pool's sizes for `instances` concurrent sandbox instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSize {
+    /// Component instances (and async stacks): one per running iteration.
+    pub instances: u32,
+    /// Linear-memory slots shared by all of them.
+    pub memories: u32,
+}
+
+impl PoolSize {
+    pub fn for_instances(instances: u32) -> Self {
+        Self { instances, memories: instances.saturating_mul(MEMORY_SLOTS_PER_INSTANCE) }
+    }
+
+    /// The smallest pool that runs one iteration of any component within
+    /// the per-component limits (`kiln run`, the compiler process).
+    pub fn for_one_run() -> Self {
+        Self { instances: 1, memories: MAX_MEMORIES_PER_COMPONENT }
+    }
+}
+
+impl Default for PoolSize {
+    fn default() -> Self {
+        Self::for_instances(MAX_CONCURRENT_INSTANCES)
+    }
+}
 
 /// Memory kept resident (not returned to the kernel) in each pooled linear
 /// memory slot between instances: the first MiB of a plugin's heap is
@@ -24,22 +73,35 @@ pub const MAX_CONCURRENT_INSTANCES: u32 = 1000;
 /// (`../shared/FLOOR.md`: 27 µs → 8–11 µs per fresh instance).
 const KEEP_RESIDENT_BYTES: usize = 1 << 20;
 
-/// Builds the engine from [`engine_config`].
+/// Builds the engine from [`engine_config`] with the default pool.
 pub fn build_engine() -> wasmtime::Result<Engine> {
     Engine::new(&engine_config())
+}
+
+/// Kiln's engine configuration with the default pool; see [`engine_config_for`].
+pub fn engine_config() -> Config {
+    engine_config_for(PoolSize::default())
 }
 
 /// Kiln's engine configuration: pooling allocator tuned for
 /// fresh-instance-per-run, fuel for CPU budgets, epochs for wall-clock
 /// deadlines. Public so benchmarks can build bare-wasmtime baselines with
-/// exactly these settings.
-pub fn engine_config() -> Config {
+/// exactly these settings. The pool size does not change compiled code:
+/// artifacts compiled under one size load under any other.
+pub fn engine_config_for(size: PoolSize) -> Config {
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(MAX_CONCURRENT_INSTANCES)
-        .total_core_instances(MAX_CONCURRENT_INSTANCES)
-        .total_memories(MAX_CONCURRENT_INSTANCES)
-        .total_tables(MAX_CONCURRENT_INSTANCES)
-        .total_stacks(MAX_CONCURRENT_INSTANCES)
+    // Core instances and tables cost (almost) nothing until used, so their
+    // totals cover every instance at its per-component maximum: they can
+    // never run out. Memory slots are admitted per job instead.
+    pool.total_component_instances(size.instances)
+        .total_stacks(size.instances)
+        .total_core_instances(size.instances.saturating_mul(MAX_CORE_INSTANCES_PER_COMPONENT))
+        .total_tables(size.instances.saturating_mul(MAX_TABLES_PER_COMPONENT))
+        .total_memories(size.memories)
+        .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+        .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+        .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
+        .table_elements(MAX_TABLE_ELEMENTS)
         .max_memory_size(usize::try_from(super::budget::MAX_MEMORY_BYTES).expect("64-bit host"))
         .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
         .table_keep_resident(KEEP_RESIDENT_BYTES)

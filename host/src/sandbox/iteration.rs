@@ -1,8 +1,6 @@
 //! The per-iteration scope: everything one fresh `Store` holds (WASI with
-//! nothing granted, the log, the memory accounting, the stop flags) and the
-//! `context` interface the plugin calls.
+//! nothing granted, the log, the memory accounting, the stop flags).
 
-use super::bindings::kiln::worker::context;
 use super::logs::{IterationLog, LogSource};
 use super::stop::StopSignal;
 use std::time::Instant;
@@ -64,36 +62,6 @@ impl WasiView for IterationState {
     }
 }
 
-impl context::Host for IterationState {
-    fn cancelled(&mut self) -> bool {
-        self.stop.is_cancelled()
-    }
-
-    fn time_left_ms(&mut self) -> u64 {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn log(&mut self, level: context::LogLevel, message: String) {
-        let level = match level {
-            context::LogLevel::Trace => tracing::Level::TRACE,
-            context::LogLevel::Debug => tracing::Level::DEBUG,
-            context::LogLevel::Info => tracing::Level::INFO,
-            context::LogLevel::Warn => tracing::Level::WARN,
-            context::LogLevel::Error => tracing::Level::ERROR,
-        };
-        self.log.line(LogSource::Context, level, &message);
-    }
-
-    fn progress(&mut self, percent: u8, note: Option<String>) {
-        let percent = percent.min(100);
-        self.progress = Some(percent);
-        if let Some(note) = note {
-            self.log.line(LogSource::Context, tracing::Level::DEBUG, &format!("progress {percent}%: {note}"));
-        }
-    }
-}
-
 impl super::bindings::kiln::worker::types::Host for IterationState {}
 
 /// Memory and table bytes of one instance, summed, against one limit.
@@ -104,34 +72,72 @@ pub(crate) struct MemoryAccount {
     pub(crate) peak: u64,
     /// Set when a growth was refused: a trap after it is out-of-memory.
     pub(crate) refused: bool,
+    /// `current` and `peak` before the last allowed growth, to undo it
+    /// when the growth fails after all.
+    last_growth: Option<(u64, u64)>,
 }
 
 impl MemoryAccount {
     fn new(limit: u64) -> Self {
-        Self { limit, current: 0, peak: 0, refused: false }
+        Self { limit, current: 0, peak: 0, refused: false, last_growth: None }
     }
 
     /// Charges a growth from `current` to `desired` bytes of one memory or
-    /// table; false (and `refused` set) when it would pass the limit.
-    fn grow(&mut self, current: u64, desired: u64) -> bool {
-        let total = self.current - current.min(self.current) + desired;
-        if total > self.limit {
+    /// table; false (and `refused` set) when it would pass the limit or the
+    /// memory's or table's own `maximum` (its declared one, or the pool's).
+    fn grow(&mut self, current: u64, desired: u64, maximum: Option<u64>) -> bool {
+        let total = (self.current - current.min(self.current)).saturating_add(desired);
+        if total > self.limit || maximum.is_some_and(|max| desired > max) {
             self.refused = true;
             return false;
         }
+        self.last_growth = Some((self.current, self.peak));
         self.current = total;
         self.peak = self.peak.max(total);
         true
     }
+
+    /// A growth the limiter allowed failed after all: it never happened.
+    fn grow_failed(&mut self) {
+        if let Some((current, peak)) = self.last_growth.take() {
+            self.current = current;
+            self.peak = peak;
+        }
+        self.refused = true;
+    }
 }
 
 impl ResourceLimiter for IterationState {
-    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(self.memory.grow(current as u64, desired as u64))
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(self.memory.grow(current as u64, desired as u64, maximum.map(|m| m as u64)))
     }
 
-    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(self.memory.grow(current as u64 * TABLE_ELEMENT_BYTES, desired as u64 * TABLE_ELEMENT_BYTES))
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.memory.grow_failed();
+        Ok(())
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let bytes = |elements: usize| (elements as u64).saturating_mul(TABLE_ELEMENT_BYTES);
+        Ok(self.memory.grow(bytes(current), bytes(desired), maximum.map(bytes)))
+    }
+
+    fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.memory.grow_failed();
+        Ok(())
+    }
+
+    // One instance may hold no more than the pool lets one component have.
+    fn instances(&self) -> usize {
+        super::engine::MAX_CORE_INSTANCES_PER_COMPONENT as usize
+    }
+
+    fn memories(&self) -> usize {
+        super::engine::MAX_MEMORIES_PER_COMPONENT as usize
+    }
+
+    fn tables(&self) -> usize {
+        super::engine::MAX_TABLES_PER_COMPONENT as usize
     }
 }
 
@@ -142,12 +148,26 @@ mod tests {
     #[test]
     fn sums_growths_across_memories_and_refuses_past_the_limit() {
         let mut m = MemoryAccount::new(100);
-        assert!(m.grow(0, 40)); // memory A
-        assert!(m.grow(0, 30)); // memory B
-        assert!(m.grow(40, 60)); // A grows by 20
+        assert!(m.grow(0, 40, None)); // memory A
+        assert!(m.grow(0, 30, None)); // memory B
+        assert!(m.grow(40, 60, None)); // A grows by 20
         assert_eq!(m.peak, 90);
-        assert!(!m.grow(30, 41), "B growing by 11 passes 100");
+        assert!(!m.grow(30, 41, None), "B growing by 11 passes 100");
         assert!(m.refused);
         assert_eq!(m.peak, 90);
+    }
+
+    #[test]
+    fn a_growth_past_the_maximum_or_that_fails_later_is_not_counted() {
+        let mut m = MemoryAccount::new(1000);
+        assert!(m.grow(0, 10, Some(50)));
+        assert!(!m.grow(10, 60, Some(50)), "past the table's own maximum");
+        assert!(m.refused);
+        assert_eq!((m.current, m.peak), (10, 10));
+        let mut m = MemoryAccount::new(1000);
+        assert!(m.grow(0, 10, None));
+        assert!(m.grow(10, 500, None));
+        m.grow_failed();
+        assert_eq!((m.current, m.peak, m.refused), (10, 10, true), "the failed growth never happened");
     }
 }

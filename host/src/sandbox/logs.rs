@@ -1,5 +1,6 @@
 //! Plugin log capture: stdout, stderr and `context.log` become log lines
-//! tagged with the job, capped per iteration so a flood cannot grow the host.
+//! tagged with the job, capped per iteration so a flood cannot grow the host,
+//! and escaped so a plugin cannot write a line of the host's log itself.
 
 use std::io;
 use std::pin::Pin;
@@ -62,8 +63,10 @@ impl IterationLog {
         }
     }
 
-    pub(crate) fn line(&self, source: LogSource, level: tracing::Level, message: &str) {
-        self.inner.lock().expect("log buffer poisoned").push(source, level, message.as_bytes());
+    /// Adds one line; `full_len` is the size the plugin handed over when
+    /// `message` is only the prefix the host read of it.
+    pub(crate) fn line(&self, source: LogSource, level: tracing::Level, message: &str, full_len: usize) {
+        self.inner.lock().expect("log buffer poisoned").push(source, level, message.as_bytes(), full_len);
     }
 
     fn write(&self, source: LogSource, bytes: &[u8]) {
@@ -76,7 +79,8 @@ impl IterationLog {
                 Some(end) => {
                     let mut line = std::mem::take(partial);
                     line.extend_from_slice(&rest[..end]);
-                    buf.push(source, level, &line);
+                    let full_len = line.len();
+                    buf.push(source, level, &line, full_len);
                     rest = &rest[end + 1..];
                 }
                 None => {
@@ -84,7 +88,7 @@ impl IterationLog {
                     rest = &[];
                     while buf.partial(source).len() >= MAX_LOG_LINE_BYTES {
                         let line: Vec<u8> = buf.partial(source).drain(..MAX_LOG_LINE_BYTES).collect();
-                        buf.push(source, level, &line);
+                        buf.push(source, level, &line, MAX_LOG_LINE_BYTES);
                     }
                 }
             }
@@ -98,7 +102,8 @@ impl IterationLog {
             let line = std::mem::take(buf.partial(source));
             if !line.is_empty() {
                 let level = if source == LogSource::Stderr { tracing::Level::WARN } else { tracing::Level::INFO };
-                buf.push(source, level, &line);
+                let full_len = line.len();
+                buf.push(source, level, &line, full_len);
             }
         }
         (std::mem::take(&mut buf.lines), buf.dropped_bytes)
@@ -117,18 +122,22 @@ impl LogBuffer {
         }
     }
 
-    fn push(&mut self, source: LogSource, level: tracing::Level, bytes: &[u8]) {
+    /// Keeps at most [`MAX_LOG_LINE_BYTES`] of a line while the iteration
+    /// is under its cap; every byte of `full_len` not kept counts as dropped.
+    fn push(&mut self, source: LogSource, level: tracing::Level, bytes: &[u8], full_len: usize) {
+        let full_len = full_len.max(bytes.len()) as u64;
         let bytes = &bytes[..bytes.len().min(MAX_LOG_LINE_BYTES)];
         if self.kept_bytes + bytes.len() > MAX_LOG_BYTES_PER_ITERATION {
             if self.dropped_bytes == 0 {
                 tracing::warn!(job = %self.job_id, plugin = %self.kind,
                     "log cap of {MAX_LOG_BYTES_PER_ITERATION} bytes reached; further plugin output is dropped");
             }
-            self.dropped_bytes += bytes.len() as u64;
+            self.dropped_bytes += full_len;
             return;
         }
         self.kept_bytes += bytes.len();
-        let message = String::from_utf8_lossy(bytes).into_owned();
+        self.dropped_bytes += full_len - bytes.len() as u64;
+        let message = super::plugin_text::escape_controls(&String::from_utf8_lossy(bytes));
         let stream = match source {
             LogSource::Stdout => "stdout",
             LogSource::Stderr => "stderr",
@@ -217,7 +226,7 @@ mod tests {
         let log = IterationLog::new("job-1", "test");
         log.write(LogSource::Stdout, b"hel");
         log.write(LogSource::Stdout, b"lo\nworld\npart");
-        log.line(LogSource::Context, tracing::Level::INFO, "from context");
+        log.line(LogSource::Context, tracing::Level::INFO, "from context", 12);
         let big = vec![b'y'; 1000];
         for _ in 0..200 {
             log.write(LogSource::Stderr, &big);
@@ -240,5 +249,32 @@ mod tests {
         let (lines, _) = log.finish();
         assert_eq!(lines.len(), 3);
         assert!(lines.iter().all(|l| l.message.len() <= MAX_LOG_LINE_BYTES));
+    }
+
+    #[test]
+    fn dropped_bytes_count_what_the_plugin_handed_over() {
+        let log = IterationLog::new("job-1", "test");
+        // A 1 MiB line of which the host read only the first 4 KiB.
+        log.line(LogSource::Context, tracing::Level::INFO, &"a".repeat(MAX_LOG_LINE_BYTES), 1 << 20);
+        let (lines, dropped) = log.finish();
+        assert_eq!(lines[0].message.len(), MAX_LOG_LINE_BYTES);
+        assert_eq!(dropped, (1 << 20) - MAX_LOG_LINE_BYTES as u64);
+
+        let log = IterationLog::new("job-1", "test");
+        for _ in 0..(MAX_LOG_BYTES_PER_ITERATION / MAX_LOG_LINE_BYTES) {
+            log.line(LogSource::Context, tracing::Level::INFO, &"b".repeat(MAX_LOG_LINE_BYTES), MAX_LOG_LINE_BYTES);
+        }
+        log.line(LogSource::Context, tracing::Level::INFO, &"c".repeat(MAX_LOG_LINE_BYTES), 1 << 20);
+        assert_eq!(log.finish().1, 1 << 20, "a whole dropped line counts in full");
+    }
+
+    #[test]
+    fn a_plugin_line_cannot_start_a_host_log_line() {
+        let log = IterationLog::new("job-1", "test");
+        log.line(LogSource::Context, tracing::Level::INFO, "ok\nERROR kiln::serve: forged", 28);
+        log.write(LogSource::Stdout, b"a\rb\x1b[31mred\n");
+        let (lines, _) = log.finish();
+        assert_eq!(lines[0].message, "ok\\nERROR kiln::serve: forged");
+        assert_eq!(lines[1].message, "a\\rb\\u{1b}[31mred");
     }
 }

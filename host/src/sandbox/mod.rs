@@ -12,32 +12,44 @@
 //! would need one OS thread per running job and could not be preempted at
 //! all; epoch yields give preemption at the cost of a fiber switch a tick.
 
+mod admission;
 mod bindings;
 mod budget;
+mod context;
 mod engine;
 mod iteration;
 mod logs;
 mod outcome;
+mod plugin_text;
+mod returned;
 mod stop;
 
+pub use admission::PoolNeeds;
 pub use budget::{
     Budget, DEFAULT_CANCEL_GRACE, DEFAULT_FUEL, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_PAYLOAD_BYTES,
     DEFAULT_MEMORY_BYTES, DEFAULT_TIMEOUT, MAX_MEMORY_BYTES, PayloadTooLarge,
 };
-pub use engine::{EPOCH_TICK, MAX_CONCURRENT_INSTANCES, build_engine, engine_config};
-pub use logs::{LogLine, LogSource, MAX_LOG_BYTES_PER_ITERATION};
+pub use engine::{
+    EPOCH_TICK, MAX_CONCURRENT_INSTANCES, MAX_CORE_INSTANCES_PER_COMPONENT, MAX_MEMORIES_PER_COMPONENT,
+    MAX_TABLE_ELEMENTS, MAX_TABLES_PER_COMPONENT, MEMORY_SLOTS_PER_INSTANCE, PoolSize, build_engine, engine_config,
+    engine_config_for,
+};
+pub use logs::{LogLine, LogSource, MAX_LOG_BYTES_PER_ITERATION, MAX_LOG_LINE_BYTES};
 pub use outcome::{Outcome, Report};
+pub use plugin_text::{MAX_ERROR_MESSAGE_BYTES, MAX_PROGRESS_NOTE_BYTES, escape_controls};
 pub use stop::StopSignal;
 
 /// The WIT world plugins must target, as shown in errors.
 pub const WORLD: &str = "kiln:worker/job@0.1.0";
 
-use bindings::{JobPre, WitJob, WitJobError};
+use admission::Admission;
+use bindings::{JobPre, WitJob};
 use iteration::{InterruptReason, IterationState};
 use logs::IterationLog;
-use std::time::{Duration, Instant};
-use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use returned::RunResult;
+use std::time::Instant;
+use wasmtime::component::{Component, ComponentExportIndex, HasSelf, InstancePre, Linker};
+use wasmtime::{AsContext, Engine, Store, Trap, UpdateDeadline};
 
 /// One job as handed to a plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +66,24 @@ pub struct JobInput {
 /// the host's imports: the cheap-to-instantiate form of a plugin version.
 #[derive(Clone)]
 pub struct JobComponent {
-    pre: JobPre<IterationState>,
+    pre: InstancePre<IterationState>,
+    run: ComponentExportIndex,
+    needs: PoolNeeds,
+    /// The largest initial size of any of its memories, in bytes.
+    min_memory_bytes: u64,
+}
+
+impl JobComponent {
+    /// What one instance takes from the pool.
+    pub fn needs(&self) -> PoolNeeds {
+        self.needs
+    }
+
+    /// The largest initial size any of its memories declares: a budget
+    /// below this can never instantiate it.
+    pub fn min_memory_bytes(&self) -> u64 {
+        self.min_memory_bytes
+    }
 }
 
 impl std::fmt::Debug for JobComponent {
@@ -70,12 +99,17 @@ pub enum PrepareError {
     UnknownImport { import: String },
     #[error("does not implement {WORLD}: {reason}")]
     WrongWorld { reason: String },
+    #[error("needs {needs} linear memories at once, more than this host's pool of {pool} memory slots")]
+    PoolTooSmall { needs: u32, pool: u32 },
 }
 
-/// The engine, the linker and the epoch ticker, shared by every iteration.
+/// The engine, the linker, the pool's admission and the epoch ticker,
+/// shared by every iteration.
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<IterationState>,
+    pool: PoolSize,
+    admission: Admission,
     _ticker: engine::EpochTicker,
 }
 
@@ -87,7 +121,7 @@ impl std::fmt::Debug for Sandbox {
 
 /// How the guest call ended, before classification.
 enum CallEnd {
-    Returned(wasmtime::Result<Result<Vec<u8>, WitJobError>>),
+    Returned(wasmtime::Result<RunResult>),
     /// The deadline passed while the guest waited in a host call (where
     /// epochs cannot reach it).
     DeadlineInHostCall,
@@ -96,15 +130,27 @@ enum CallEnd {
 }
 
 impl Sandbox {
-    /// Builds the engine and the linker (WASI p2 with nothing granted, plus
-    /// the `context` interface) and starts the epoch ticker.
+    /// A sandbox with the default pool; see [`Sandbox::with_pool`].
     pub fn new() -> anyhow::Result<Self> {
-        let engine = build_engine()?;
+        Self::with_pool(PoolSize::default())
+    }
+
+    /// Builds the engine with a pool of `pool` instances and the linker
+    /// (WASI p2 with nothing granted, plus the `context` interface) and
+    /// starts the epoch ticker.
+    pub fn with_pool(pool: PoolSize) -> anyhow::Result<Self> {
+        let engine = Engine::new(&engine_config_for(pool))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        bindings::Job::add_to_linker::<_, HasSelf<IterationState>>(&mut linker, |state| state)?;
+        bindings::kiln::worker::types::add_to_linker::<_, HasSelf<IterationState>>(&mut linker, |state| state)?;
+        context::add_to_linker(&mut linker)?;
         let ticker = engine::EpochTicker::start(engine.clone())?;
-        Ok(Self { engine, linker, _ticker: ticker })
+        Ok(Self { engine, linker, pool, admission: Admission::new(pool), _ticker: ticker })
+    }
+
+    /// The instance pool this sandbox admits jobs to.
+    pub fn pool(&self) -> PoolSize {
+        self.pool
     }
 
     pub fn engine(&self) -> &Engine {
@@ -125,12 +171,23 @@ impl Sandbox {
                 return Err(PrepareError::UnknownImport { import: import.to_string() });
             }
         }
-        let instance_pre = self
-            .linker
-            .instantiate_pre(component)
-            .map_err(|e| PrepareError::WrongWorld { reason: format!("{e:#}") })?;
-        let pre = JobPre::new(instance_pre).map_err(|e| PrepareError::WrongWorld { reason: format!("{e:#}") })?;
-        Ok(JobComponent { pre })
+        let wrong_world = |e: wasmtime::Error| PrepareError::WrongWorld { reason: format!("{e:#}") };
+        let instance_pre = self.linker.instantiate_pre(component).map_err(wrong_world)?;
+        // The generated bindings check that `run` is there with the world's type.
+        JobPre::new(instance_pre.clone()).map_err(wrong_world)?;
+        let run = component
+            .get_export_index(None, "run")
+            .ok_or_else(|| PrepareError::WrongWorld { reason: "no `run` export".into() })?;
+        // `None` only for components that import core modules, which no
+        // host provides: count them at the most one component may have.
+        let resources = component.resources_required();
+        let memories = resources.as_ref().map_or(MAX_MEMORIES_PER_COMPONENT, |r| r.num_memories);
+        if memories > self.pool.memories {
+            return Err(PrepareError::PoolTooSmall { needs: memories, pool: self.pool.memories });
+        }
+        let min_memory_bytes =
+            resources.and_then(|r| r.max_initial_memory_size).unwrap_or(0).saturating_mul(WASM_PAGE_BYTES);
+        Ok(JobComponent { pre: instance_pre, run, needs: PoolNeeds { memories }, min_memory_bytes })
     }
 
     fn provides(&self, import: &str) -> bool {
@@ -140,18 +197,36 @@ impl Sandbox {
 
     /// Runs one iteration of `plugin` on `job` in a fresh store and instance,
     /// enforcing `budget`; `stop` cancels or interrupts it from outside.
+    ///
+    /// The iteration first waits for its slots in the instance pool; the
+    /// budget's clock starts once it has them. A stop while it waits ends
+    /// it as cancelled, before anything ran.
     pub async fn run_iteration(&self, plugin: &JobComponent, job: &JobInput, budget: &Budget, stop: &StopSignal) -> Report {
-        let started = Instant::now();
         let log = IterationLog::new(&job.id, &job.kind);
         if let Err(too_large) = budget.check_payload(&job.payload) {
-            return finish(Outcome::InvalidInput(too_large.to_string()), 0, 0, None, started, &log);
+            return finish(Outcome::InvalidInput(too_large.to_string()), 0, 0, None, Instant::now(), &log);
         }
-        let deadline = started + budget.timeout;
+        let _admitted = tokio::select! {
+            biased;
+            admitted = self.admission.admit(plugin.needs) => admitted,
+            () = stop.cancelled() => {
+                let interrupted = stop.is_interrupted();
+                return finish(Outcome::Cancelled { interrupted }, 0, 0, None, Instant::now(), &log);
+            }
+        };
+        let started = Instant::now();
+        let deadline = started.checked_add(budget.timeout).unwrap_or_else(far_future);
         let mut store = Store::new(
             &self.engine,
             IterationState::new(log.clone(), stop.clone(), deadline, budget.memory_bytes),
         );
         store.limiter(|state| state);
+        // wasmtime's own cap on what one call may copy from guest to host
+        // would turn an oversized `ok` value into an opaque error. Kiln
+        // lifts `run`'s return and the context strings lazily and bounds
+        // them itself; what is left (WASI calls) is bounded by the guest's
+        // own memory, which is this budget.
+        store.set_hostcall_fuel(usize::try_from(budget.memory_bytes).unwrap_or(usize::MAX).saturating_add(1));
         store.set_fuel(budget.fuel).expect("the engine meters fuel");
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut ctx| {
@@ -178,7 +253,9 @@ impl Sandbox {
         let end = {
             let call = async {
                 let instance = plugin.pre.instantiate_async(&mut store).await?;
-                instance.call_run(&mut store, &wit_job).await
+                let run = instance.get_typed_func::<(&WitJob,), (RunResult,)>(&mut store, &plugin.run)?;
+                let (returned,) = run.call_async(&mut store, (&wit_job,)).await?;
+                Ok(returned)
             };
             tokio::select! {
                 biased;
@@ -189,8 +266,8 @@ impl Sandbox {
         };
 
         let fuel_used = budget.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let outcome = classify(end, store.as_context(), stop, budget);
         let state = store.data();
-        let outcome = classify(end, state, stop, budget);
         let (peak, progress) = (state.memory.peak, state.progress);
         drop(store);
         finish(outcome, fuel_used, peak, progress, started, &log)
@@ -202,26 +279,25 @@ fn finish(outcome: Outcome, fuel_used: u64, peak: u64, progress: Option<u8>, sta
     Report { outcome, fuel_used, peak_memory_bytes: peak, duration: started.elapsed(), progress, logs, log_bytes_dropped }
 }
 
-fn classify(end: CallEnd, state: &IterationState, stop: &StopSignal, budget: &Budget) -> Outcome {
+/// Bytes in a WebAssembly page.
+const WASM_PAGE_BYTES: u64 = 64 << 10;
+
+/// A deadline so far away it never comes (for a timeout too large to add).
+fn far_future() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
+fn classify(end: CallEnd, store: wasmtime::StoreContext<'_, IterationState>, stop: &StopSignal, budget: &Budget) -> Outcome {
     let returned = match end {
         CallEnd::DeadlineInHostCall => return Outcome::TimedOut,
         CallEnd::InterruptedInHostCall => return Outcome::Cancelled { interrupted: true },
         CallEnd::Returned(returned) => returned,
     };
     match returned {
-        Ok(Ok(output)) if output.len() > budget.max_output_bytes => {
-            Outcome::OutputTooLarge { size: output.len(), limit: budget.max_output_bytes }
-        }
-        Ok(Ok(output)) => Outcome::Ok(output),
         // A plugin that gives up after being cancelled was cancelled, whatever it says.
         Ok(Err(_)) if stop.is_cancelled() => Outcome::Cancelled { interrupted: false },
-        Ok(Err(WitJobError::Retry(r))) => Outcome::Retry {
-            message: r.message,
-            delay: r.delay_ms.map(Duration::from_millis),
-        },
-        Ok(Err(WitJobError::InvalidInput(m))) => Outcome::InvalidInput(m),
-        Ok(Err(WitJobError::Fatal(m))) => Outcome::Fatal(m),
-        Err(error) => classify_error(&error, state),
+        Ok(returned) => returned::outcome_of(store, returned, budget.max_output_bytes),
+        Err(error) => classify_error(&error, store.data()),
     }
 }
 
