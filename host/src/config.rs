@@ -2,6 +2,7 @@
 //! type is an error naming the key and its line); every field has a
 //! default; `kiln serve` flags and `KILN_*` environment variables override.
 
+use crate::plugin::{Ceilings, CompileBudget};
 use crate::worker::dispatcher::{self, DispatcherConfig, QueueConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -36,9 +37,23 @@ pub struct Config {
     pub cancel_grace_ms: u64,
     pub claim_batch: usize,
     pub max_payload_bytes: usize,
+    /// Sandbox instances alive at once on this host (one per running
+    /// iteration); the queues' concurrency must fit in it. The pool holds
+    /// twice as many linear-memory slots, taken per job by what its
+    /// component has.
+    pub max_instances: u32,
+    /// The most a manifest may ask for per iteration.
+    pub ceilings: Ceilings,
+    /// What compiling one plugin may cost.
+    pub compile: CompileBudget,
     /// Named queues and their concurrency on this host.
     pub queues: BTreeMap<String, QueueSettings>,
 }
+
+/// The largest pool `max_instances` may ask for: each instance reserves
+/// two 4 GiB memory slots of address space, and 4,000 of them take a
+/// quarter of what a 64-bit process has.
+pub const MAX_INSTANCES_CEILING: u32 = 4_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,6 +83,9 @@ impl Default for Config {
             cancel_grace_ms: d.cancel_grace.as_millis() as u64,
             claim_batch: d.claim_batch,
             max_payload_bytes: d.max_payload_bytes,
+            max_instances: crate::sandbox::MAX_CONCURRENT_INSTANCES,
+            ceilings: Ceilings::default(),
+            compile: CompileBudget::default(),
             queues: d.queues.into_iter().map(|q| (q.name, QueueSettings { concurrency: q.concurrency })).collect(),
         }
     }
@@ -122,14 +140,29 @@ impl Config {
         if self.queues.values().all(|q| q.concurrency == 0) {
             return invalid("queues", "must give at least one queue a concurrency above zero (0 only takes jobs in)");
         }
+        if self.max_instances == 0 || self.max_instances > MAX_INSTANCES_CEILING {
+            return invalid("max_instances", &format!("is {}, must be between 1 and {MAX_INSTANCES_CEILING}", self.max_instances));
+        }
         // Every job in flight holds a sandbox instance from the engine's pool.
         let total: usize = self.queues.values().map(|q| q.concurrency).sum();
-        let instances = crate::sandbox::MAX_CONCURRENT_INSTANCES as usize;
+        let instances = self.max_instances as usize;
         if total > instances {
             return invalid(
                 "queues",
-                &format!("concurrency adds up to {total}, more than the {instances} sandbox instances one host holds at once"),
+                &format!("concurrency adds up to {total}, more than the {instances} sandbox instances this host holds at once (max_instances)"),
             );
+        }
+        if let Some((key, problem)) = self.ceilings.problem() {
+            return invalid(key, &problem);
+        }
+        for (key, value) in [
+            ("compile.max_component_bytes", self.compile.max_component_bytes),
+            ("compile.timeout_ms", self.compile.timeout_ms),
+            ("compile.concurrent", self.compile.concurrent as u64),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be greater than zero");
+            }
         }
         if self.max_payload_bytes > crate::sandbox::DEFAULT_MAX_PAYLOAD_BYTES * 16 {
             return invalid("max_payload_bytes", "must be at most 16 MiB");
@@ -219,6 +252,23 @@ concurrency = 512
 concurrency = 489
 ", "kiln.toml").unwrap_err().to_string();
         assert!(e.contains("kiln.toml") && e.contains("`queues`") && e.contains("adds up to 1001, more than the 1000"), "{e}");
+        let e = Config::parse("max_instances = 8\n[queues.a]\nconcurrency = 9\n", "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("adds up to 9, more than the 8 sandbox instances"), "{e}");
+        let e = Config::parse("max_instances = 0\n", "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("`max_instances` is 0"), "{e}");
+    }
+
+    #[test]
+    fn ceilings_and_the_compile_budget_parse_and_are_checked() {
+        let c = Config::parse("[ceilings]\nfuel = 20000000000\ntimeout_ms = 60000\n[compile]\ntimeout_ms = 500\n", "k").unwrap();
+        assert_eq!((c.ceilings.fuel, c.ceilings.timeout_ms, c.ceilings.memory_mib), (20_000_000_000, 60_000, 512));
+        assert_eq!(c.compile.timeout_ms, 500);
+        let e = Config::parse("[ceilings]\ntimeout_ms = 10\n", "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("`ceilings.timeout_ms` is 10, below the default of 30000"), "{e}");
+        let e = Config::parse("[ceilings]\ncpus = 1\n", "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("cpus") && e.contains("line 2"), "{e}");
+        let e = Config::parse("[compile]\nconcurrent = 0\n", "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("`compile.concurrent` must be greater than zero"), "{e}");
     }
 
     #[test]

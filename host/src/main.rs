@@ -4,8 +4,8 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use kiln::client::{ApiClient, DEFAULT_API};
 use kiln::config::Config;
-use kiln::plugin::{self, ArtifactCache, Plugin};
-use kiln::sandbox::{Budget, JobInput, Outcome, Report, Sandbox};
+use kiln::plugin::{self, ArtifactCache, CompileBudget, Compiler, LoadPolicy, Plugin};
+use kiln::sandbox::{Budget, JobInput, Outcome, PoolSize, Report, Sandbox};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -58,6 +58,14 @@ enum Command {
     /// Work with plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Compile one component to an artifact (the host runs this in a child
+    /// process, to bound what compiling costs).
+    #[command(name = "compile-component", hide = true)]
+    CompileComponent {
+        #[arg(long)]
+        out: PathBuf,
+        wasm: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -194,6 +202,16 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::CompileComponent { out, wasm } = &cli.command {
+        // No runtime, no logging: a compiler and nothing else.
+        return match plugin::compiler::compile_component_file(wasm, out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err((code, message)) => {
+                eprintln!("error: {message}");
+                ExitCode::from(u8::try_from(code).unwrap_or(1))
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -248,6 +266,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let client = ApiClient::new(&common.api);
             tokio::task::spawn_blocking(move || queues(&client, command)).await?
         }
+        Command::CompileComponent { .. } => unreachable!("handled before the runtime starts"),
     }
 }
 
@@ -396,20 +415,26 @@ fn artifact_cache(common: &CommonArgs) -> Option<ArtifactCache> {
     Some(ArtifactCache::new(dir))
 }
 
+/// Loads a plugin as a host with the default `kiln.toml` would: the same
+/// ceilings and compile budget, compiled in a child process.
 fn load(common: &CommonArgs, sandbox: &Sandbox, spec: &str) -> anyhow::Result<Plugin> {
     let files = plugin::resolve(spec, &plugin_dirs(common))?;
-    Ok(plugin::load(sandbox, artifact_cache(common).as_ref(), &files)?)
+    let compiler = Compiler::child_process(CompileBudget::default()).context("cannot find the kiln executable to compile with")?;
+    let policy = LoadPolicy { compiler: std::sync::Arc::new(compiler), ..LoadPolicy::default() };
+    let plugin = plugin::load_with(sandbox, artifact_cache(common).as_ref(), &files, &policy)?;
+    plugin.keep_artifact();
+    Ok(plugin)
 }
 
 fn check(common: &CommonArgs, spec: &str) -> anyhow::Result<ExitCode> {
-    let sandbox = Sandbox::new()?;
+    let sandbox = Sandbox::with_pool(PoolSize::for_one_run())?;
     let plugin = load(common, &sandbox, spec)?;
     let m = &plugin.manifest;
     println!("ok: {} {} implements {}", m.name, m.version, kiln::sandbox::WORLD);
     println!("  component: {} (sha256 {})", plugin.wasm_path.display(), plugin.wasm_sha256);
     println!(
-        "  limits: fuel {}, memory {} MiB, timeout {} ms; retry: {} attempts",
-        m.limits.fuel, m.limits.memory_mib, m.limits.timeout_ms, m.retry.max_attempts
+        "  limits: fuel {}, memory {} MiB, timeout {} ms, output {} bytes; retry: {} attempts",
+        m.limits.fuel, m.limits.memory_mib, m.limits.timeout_ms, m.limits.output_bytes, m.retry.max_attempts
     );
     println!("  trigger: {}", m.trigger.describe());
     Ok(ExitCode::SUCCESS)
@@ -418,7 +443,7 @@ fn check(common: &CommonArgs, spec: &str) -> anyhow::Result<ExitCode> {
 async fn run(common: &CommonArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let payload = text_or_file(args.payload, "--payload")?;
     let checkpoint = args.checkpoint.map(|c| text_or_file(c, "--checkpoint")).transpose()?;
-    let sandbox = Sandbox::new()?;
+    let sandbox = Sandbox::with_pool(PoolSize::for_one_run())?;
     let plugin = load(common, &sandbox, &args.plugin)?;
     let mut budget: Budget = plugin.manifest.budget();
     if let Some(fuel) = args.fuel {

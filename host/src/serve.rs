@@ -5,20 +5,22 @@
 
 use crate::api::{self, AppState};
 use crate::config::Config;
-use crate::plugin::{ArtifactCache, Registry, watch_plugins_dir};
+use crate::plugin::{ArtifactCache, Compiler, LoadPolicy, Registry, watch_plugins_dir};
 use crate::queue::{JobStore, PostgresStore, SharedClock, SqliteStore, SystemClock};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{PoolSize, Sandbox};
 use crate::worker::{Dispatcher, Metrics, SandboxRunner, run_startup_plugins};
 use anyhow::Context as _;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-/// The registry for `plugins_dir`, loaded: every plugin directory in it
-/// that validates serves; one that does not is reported and left out.
-pub fn load_registry(sandbox: Arc<Sandbox>, data_dir: &Path, plugins_dir: &Path) -> anyhow::Result<Arc<Registry>> {
+/// The registry for `plugins_dir`, loaded under `policy`: every plugin
+/// directory in it that validates serves; one that does not is reported
+/// and left out.
+pub fn load_registry(sandbox: Arc<Sandbox>, data_dir: &Path, plugins_dir: &Path, policy: LoadPolicy) -> anyhow::Result<Arc<Registry>> {
     let cache = ArtifactCache::new(data_dir.join("artifacts"));
-    let registry = Registry::new(sandbox, cache, plugins_dir.to_path_buf(), data_dir.join("plugin-versions"));
+    let registry =
+        Registry::new(sandbox, cache, plugins_dir.to_path_buf(), data_dir.join("plugin-versions")).with_policy(policy);
     registry.load_all().with_context(|| format!("cannot read the plugins directory {}", plugins_dir.display()))?;
     Ok(Arc::new(registry))
 }
@@ -66,9 +68,12 @@ pub async fn serve(
     let clock: SharedClock = Arc::new(SystemClock);
     let store = open_store(&config, clock.clone()).await?;
 
-    let sandbox = Arc::new(Sandbox::new()?);
+    let sandbox = Arc::new(Sandbox::with_pool(PoolSize::for_instances(config.max_instances))?);
+    // Compiles run in child processes of this binary, killed past their budget.
+    let compiler = Compiler::child_process(config.compile.clone()).context("cannot find the kiln executable to compile with")?;
+    let policy = LoadPolicy { ceilings: config.ceilings.clone(), compiler: Arc::new(compiler) };
     let loading = std::time::Instant::now();
-    let registry = load_registry(sandbox, &config.data_dir, plugins_dir)?;
+    let registry = load_registry(sandbox, &config.data_dir, plugins_dir, policy)?;
     tracing::info!(dir = %plugins_dir.display(), count = registry.snapshot().len(),
         load_ms = loading.elapsed().as_secs_f64() * 1000.0, "plugins loaded");
     let _watcher = watch_plugins_dir(registry.clone())

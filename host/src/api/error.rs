@@ -74,7 +74,10 @@ impl From<crate::plugin::DeployError> for AppError {
     fn from(e: crate::plugin::DeployError) -> Self {
         use crate::plugin::DeployError;
         match e {
-            DeployError::Invalid(_) | DeployError::NameMismatch { .. } | DeployError::BadName(_) => AppError::BadRequest(e.to_string()),
+            DeployError::Upload { busy: true, .. } => AppError::Unavailable(e.to_string()),
+            DeployError::Invalid(_) | DeployError::Upload { .. } | DeployError::NameMismatch { .. } | DeployError::BadName(_) => {
+                AppError::BadRequest(e.to_string())
+            }
             DeployError::NotLoaded(_) => AppError::NotFound(e.to_string()),
             DeployError::NoEarlierVersion { .. } => AppError::Conflict(e.to_string()),
             DeployError::Io { .. } => AppError::Internal(e.to_string()),

@@ -74,6 +74,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Valu
                         "fuel": budget.fuel,
                         "memory_bytes": budget.memory_bytes,
                         "timeout_ms": budget.timeout.as_millis() as u64,
+                        "output_bytes": budget.max_output_bytes,
                     },
                     "versions": registry.versions(&m.name).iter().map(version_json).collect::<Vec<_>>(),
                     "loop": loops.iter().find(|l| l.name == m.name).map(loop_json),

@@ -45,6 +45,9 @@ pub struct Limits {
     pub fuel: u64,
     pub memory_mib: u64,
     pub timeout_ms: u64,
+    /// The largest `ok` value accepted back; a larger one is refused
+    /// (`output_too_large`) and dead-lettered.
+    pub output_bytes: u64,
 }
 
 impl Default for Limits {
@@ -53,6 +56,7 @@ impl Default for Limits {
             fuel: sandbox::DEFAULT_FUEL,
             memory_mib: sandbox::DEFAULT_MEMORY_BYTES >> 20,
             timeout_ms: u64::try_from(sandbox::DEFAULT_TIMEOUT.as_millis()).expect("fits"),
+            output_bytes: sandbox::DEFAULT_MAX_OUTPUT_BYTES as u64,
         }
     }
 }
@@ -71,6 +75,12 @@ pub struct RetryPolicy {
 
 /// Default attempts: enough to ride out a short outage of a dependency.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// The most attempts a manifest may ask for: past this a job is not
+/// failing transiently.
+pub const MAX_ATTEMPTS: u32 = 1_000;
+/// The longest backoff a manifest may ask for (30 days); it also caps the
+/// delay a plugin may request in a `retry`.
+pub const MAX_BACKOFF_MS: u64 = 30 * 24 * 3_600_000;
 
 impl Default for RetryPolicy {
     fn default() -> Self {
@@ -144,8 +154,14 @@ impl Manifest {
         if self.limits.timeout_ms == 0 {
             return invalid("limits.timeout_ms", "must be greater than zero".into());
         }
-        if self.retry.max_attempts == 0 {
-            return invalid("retry.max_attempts", "must be at least 1".into());
+        if self.limits.output_bytes == 0 {
+            return invalid("limits.output_bytes", "must be greater than zero".into());
+        }
+        if self.retry.max_attempts == 0 || self.retry.max_attempts > MAX_ATTEMPTS {
+            return invalid("retry.max_attempts", format!("is {}, must be between 1 and {MAX_ATTEMPTS}", self.retry.max_attempts));
+        }
+        if self.retry.max_backoff_ms > MAX_BACKOFF_MS {
+            return invalid("retry.max_backoff_ms", format!("is {}, over the most of {MAX_BACKOFF_MS} (30 days)", self.retry.max_backoff_ms));
         }
         if self.retry.initial_backoff_ms > self.retry.max_backoff_ms {
             return invalid("retry.initial_backoff_ms", "must not exceed retry.max_backoff_ms".into());
@@ -161,8 +177,9 @@ impl Manifest {
     pub fn budget(&self) -> Budget {
         Budget {
             fuel: self.limits.fuel,
-            memory_bytes: self.limits.memory_mib << 20,
+            memory_bytes: self.limits.memory_mib.saturating_mul(1 << 20),
             timeout: Duration::from_millis(self.limits.timeout_ms),
+            max_output_bytes: usize::try_from(self.limits.output_bytes).unwrap_or(usize::MAX),
             ..Budget::default()
         }
     }
@@ -235,6 +252,16 @@ mod tests {
         assert!(parse("name = \"Bad Name\"\nversion = \"1\"\n").unwrap_err().to_string().contains("`name`"));
         let err = parse("name = \"a\"\nversion = \"1\"\ncapabilities = [\"kv\"]\n").unwrap_err().to_string();
         assert!(err.contains("unknown capability \"kv\""), "{err}");
+    }
+
+    #[test]
+    fn retry_settings_are_bounded() {
+        let err = parse("name = \"a\"\nversion = \"1\"\n[retry]\nmax_backoff_ms = 18446744073709551615\n").unwrap_err().to_string();
+        assert!(err.contains("`retry.max_backoff_ms` is 18446744073709551615, over the most"), "{err}");
+        let err = parse("name = \"a\"\nversion = \"1\"\n[retry]\nmax_attempts = 4000000000\n").unwrap_err().to_string();
+        assert!(err.contains("`retry.max_attempts` is 4000000000"), "{err}");
+        let m = parse("name = \"a\"\nversion = \"1\"\n[limits]\noutput_bytes = 2048\n").unwrap();
+        assert_eq!(m.budget().max_output_bytes, 2048);
     }
 }
 

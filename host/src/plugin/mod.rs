@@ -4,6 +4,8 @@
 
 mod artifact_cache;
 pub mod built;
+mod ceilings;
+pub mod compiler;
 mod manifest;
 mod registry;
 mod resolve;
@@ -11,8 +13,13 @@ pub mod scaffold;
 pub mod trigger;
 mod watch;
 
-pub use artifact_cache::{ArtifactCache, CacheUse, sha256_hex};
-pub use manifest::{DEFAULT_MAX_ATTEMPTS, KNOWN_CAPABILITIES, Limits, MANIFEST_FILE, Manifest, ManifestError, RetryPolicy};
+pub use artifact_cache::{ArtifactCache, CacheUse, PendingArtifact, sha256_hex};
+pub use ceilings::Ceilings;
+pub use compiler::{CompileBudget, CompileError, Compiler, CompilerProcess};
+pub use manifest::{
+    DEFAULT_MAX_ATTEMPTS, KNOWN_CAPABILITIES, Limits, MANIFEST_FILE, MAX_ATTEMPTS, MAX_BACKOFF_MS, Manifest, ManifestError,
+    RetryPolicy,
+};
 pub use registry::{DeployError, Deployed, Registry, Source, VersionInfo};
 pub use resolve::{PluginFiles, resolve};
 pub use trigger::Trigger;
@@ -20,6 +27,7 @@ pub use watch::watch_plugins_dir;
 
 use crate::sandbox::{JobComponent, PrepareError, Sandbox};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A loaded, validated plugin version.
@@ -38,6 +46,26 @@ pub struct Plugin {
     pub cache: CacheUse,
     /// Time spent compiling or loading the component.
     pub load_time: Duration,
+    /// A fresh compile not yet in the artifact cache: kept once the
+    /// version is accepted ([`Plugin::keep_artifact`]), deleted otherwise.
+    pending_artifact: Arc<Mutex<Option<PendingArtifact>>>,
+}
+
+impl Plugin {
+    /// Moves a fresh compile of this version into the artifact cache.
+    pub fn keep_artifact(&self) {
+        if let Some(pending) = self.pending_artifact.lock().expect("artifact poisoned").take() {
+            pending.keep();
+        }
+    }
+}
+
+/// What a host lets a plugin be when it loads one: the ceilings its
+/// manifest must stay under, and the compiler (with its budget).
+#[derive(Debug, Clone, Default)]
+pub struct LoadPolicy {
+    pub ceilings: Ceilings,
+    pub compiler: Arc<Compiler>,
 }
 
 /// Why a plugin cannot be loaded. Each names the file at fault.
@@ -57,6 +85,13 @@ pub enum PluginError {
     #[error("{path} is not a valid WebAssembly component: {reason}")]
     InvalidComponent { path: String, reason: String },
     #[error("{path} {source}")]
+    Compile { path: String, source: CompileError },
+    #[error(
+        "{path} declares a memory of {min_bytes} bytes to start with, more than the plugin's memory budget of \
+         {budget_bytes} bytes (`limits.memory_mib`): it could never run"
+    )]
+    MemoryOverBudget { path: String, min_bytes: u64, budget_bytes: u64 },
+    #[error("{path} {source}")]
     Prepare { path: String, source: PrepareError },
     #[error("no plugin {what}: {hint}")]
     NotFound { what: String, hint: String },
@@ -66,10 +101,20 @@ pub enum PluginError {
 const WASM_MAGIC: &[u8; 4] = b"\0asm";
 const CORE_MODULE_VERSION: [u8; 4] = [1, 0, 0, 0];
 
-/// Loads `files`: reads and validates the manifest, checks the bytes are a
-/// component, compiles it (or loads it from `cache`) and prepares it against
-/// the world. Nothing is registered anywhere: a failure changes nothing.
+/// Loads `files` under the default [`LoadPolicy`] and keeps a fresh
+/// compile in `cache` at once; see [`load_with`].
 pub fn load(sandbox: &Sandbox, cache: Option<&ArtifactCache>, files: &PluginFiles) -> Result<Plugin, PluginError> {
+    let plugin = load_with(sandbox, cache, files, &LoadPolicy::default())?;
+    plugin.keep_artifact();
+    Ok(plugin)
+}
+
+/// Loads `files`: reads and validates the manifest (against the policy's
+/// ceilings), checks the bytes are a component, compiles it within the
+/// policy's budget (or loads it from `cache`) and prepares it against the
+/// world. Nothing is registered anywhere: a failure changes nothing, and a
+/// fresh compile reaches the cache only through [`Plugin::keep_artifact`].
+pub fn load_with(sandbox: &Sandbox, cache: Option<&ArtifactCache>, files: &PluginFiles, policy: &LoadPolicy) -> Result<Plugin, PluginError> {
     let started = Instant::now();
     let path = files.wasm.display().to_string();
     let (manifest, manifest_text) = match &files.manifest {
@@ -80,6 +125,14 @@ pub fn load(sandbox: &Sandbox, cache: Option<&ArtifactCache>, files: &PluginFile
         }
         None => (Manifest::for_bare_component(&files.default_name()), None),
     };
+    let manifest_origin = files.manifest.as_ref().map_or_else(|| path.clone(), |p| p.display().to_string());
+    policy.ceilings.check(&manifest.limits, &manifest_origin)?;
+    let limit = policy.compiler.budget().max_component_bytes;
+    let size = std::fs::metadata(&files.wasm).map_err(|source| PluginError::ReadWasm { path: path.clone(), source })?.len();
+    if size > limit {
+        let source = CompileError::TooLarge { size: usize::try_from(size).unwrap_or(usize::MAX), limit };
+        return Err(PluginError::Compile { path, source });
+    }
     let wasm = std::fs::read(&files.wasm).map_err(|source| PluginError::ReadWasm { path: path.clone(), source })?;
     if wasm.len() < 8 || &wasm[..4] != WASM_MAGIC {
         return Err(PluginError::NotWasm { path });
@@ -90,12 +143,19 @@ pub fn load(sandbox: &Sandbox, cache: Option<&ArtifactCache>, files: &PluginFile
     let wasm_sha256 = sha256_hex(&wasm);
     let version_id = sha256_hex(format!("{wasm_sha256}\n{}", manifest_text.as_deref().unwrap_or("")).as_bytes());
     let compiled = match cache {
-        Some(cache) => cache.load_or_compile(sandbox.engine(), &wasm, &wasm_sha256),
-        None => wasmtime::component::Component::new(sandbox.engine(), &wasm).map(|c| (c, CacheUse::Disabled)),
+        Some(cache) => cache.load_or_compile(sandbox.engine(), &wasm, &files.wasm, &wasm_sha256, &policy.compiler),
+        None => artifact_cache::compile_to_temp(&policy.compiler, sandbox.engine(), &wasm, &files.wasm)
+            .map(|(component, _deleted)| (component, CacheUse::Disabled, None)),
     };
-    let (component, cache_use) =
-        compiled.map_err(|e| PluginError::InvalidComponent { path: path.clone(), reason: format!("{e:#}") })?;
+    let (component, cache_use, pending) = compiled.map_err(|source| match source {
+        CompileError::Invalid(reason) => PluginError::InvalidComponent { path: path.clone(), reason },
+        source => PluginError::Compile { path: path.clone(), source },
+    })?;
     let component = sandbox.prepare(&component).map_err(|source| PluginError::Prepare { path: path.clone(), source })?;
+    let budget_bytes = manifest.budget().memory_bytes;
+    if component.min_memory_bytes() > budget_bytes {
+        return Err(PluginError::MemoryOverBudget { path, min_bytes: component.min_memory_bytes(), budget_bytes });
+    }
     Ok(Plugin {
         manifest,
         component,
@@ -105,5 +165,6 @@ pub fn load(sandbox: &Sandbox, cache: Option<&ArtifactCache>, files: &PluginFile
         version_id,
         cache: cache_use,
         load_time: started.elapsed(),
+        pending_artifact: Arc::new(Mutex::new(pending)),
     })
 }

@@ -15,7 +15,7 @@
 //! and rollbacks write there, so a restart serves the same versions.
 
 use super::manifest::is_valid_name;
-use super::{ArtifactCache, MANIFEST_FILE, Plugin, PluginError};
+use super::{ArtifactCache, LoadPolicy, MANIFEST_FILE, Plugin, PluginError};
 use crate::sandbox::Sandbox;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
@@ -73,6 +73,10 @@ pub struct Deployed {
 pub enum DeployError {
     #[error("refused: {0}")]
     Invalid(#[from] PluginError),
+    /// A refused upload, its paths named from the plugin's own name;
+    /// `busy` when only the compiler's load refused it (try again).
+    #[error("{message}")]
+    Upload { message: String, busy: bool },
     #[error("refused: the manifest names plugin {found:?} but it was deployed as {expected:?} ({path})")]
     NameMismatch { expected: String, found: String, path: String },
     #[error("refused: {0:?} is not a valid plugin name (1-64 characters of a-z, 0-9, `-` or `_`, starting with a letter)")]
@@ -97,6 +101,7 @@ fn now_millis() -> i64 {
 pub struct Registry {
     sandbox: Arc<Sandbox>,
     cache: ArtifactCache,
+    policy: LoadPolicy,
     plugins_dir: PathBuf,
     archive_dir: PathBuf,
     live: ArcSwap<LiveSet>,
@@ -118,12 +123,23 @@ impl Registry {
         Self {
             sandbox,
             cache,
+            policy: LoadPolicy::default(),
             plugins_dir,
             archive_dir,
             live: ArcSwap::from_pointee(LiveSet::new()),
             writer: Mutex::new(()),
             generation: watch::Sender::new(0),
         }
+    }
+
+    /// The same registry, loading every version under `policy`.
+    pub fn with_policy(mut self, policy: LoadPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    pub fn policy(&self) -> &LoadPolicy {
+        &self.policy
     }
 
     /// A registry holding `plugins`, with no directory behind it (tests and
@@ -173,6 +189,10 @@ impl Registry {
                 failures.push((dir, e));
             }
         }
+        let removed = self.cache.remove_unfinished();
+        if removed > 0 {
+            tracing::info!(dir = %self.cache.dir().display(), removed, "removed compiles left unfinished by a process that died");
+        }
         Ok(failures)
     }
 
@@ -213,11 +233,16 @@ impl Registry {
             std::fs::write(&wasm_path, wasm).map_err(io_error(&wasm_path))?;
             let manifest_path = staging.join(MANIFEST_FILE);
             std::fs::write(&manifest_path, manifest_text).map_err(io_error(&manifest_path))?;
+            // Errors name the upload as `NAME/plugin.toml`, never the
+            // server's staging directory.
             let plugin = self.load_checked(&staging, name).map_err(|e| match e {
                 DeployError::NameMismatch { expected, found, .. } => {
                     DeployError::NameMismatch { expected, found, path: "the uploaded manifest".into() }
                 }
-                other => other,
+                other => DeployError::Upload {
+                    busy: matches!(&other, DeployError::Invalid(PluginError::Compile { source: super::CompileError::Busy { .. }, .. })),
+                    message: other.to_string().replace(&staging.display().to_string(), name),
+                },
             })?;
             let _writer = self.writer.lock().expect("registry writer poisoned");
             let deployed = self.activate(plugin, Source::Api)?;
@@ -291,7 +316,7 @@ impl Registry {
     /// Loads `dir` and checks its manifest names `expected`.
     fn load_checked(&self, dir: &Path, expected: &str) -> Result<Plugin, DeployError> {
         let files = super::resolve(&dir.display().to_string(), &[])?;
-        let plugin = super::load(&self.sandbox, Some(&self.cache), &files)?;
+        let plugin = super::load_with(&self.sandbox, Some(&self.cache), &files, &self.policy)?;
         if plugin.manifest.name != expected {
             return Err(DeployError::NameMismatch {
                 expected: expected.to_string(),
@@ -318,6 +343,7 @@ impl Registry {
             deployed.changed = false;
             return Ok(deployed);
         }
+        plugin.keep_artifact();
         self.archive(&plugin, source);
         let mut next = LiveSet::clone(&current);
         let trigger = plugin.manifest.trigger.describe();

@@ -251,8 +251,17 @@ pub fn parse_cron(line: &str) -> Result<Cron, String> {
     }
 }
 
+/// The longest interval, delay or backoff a trigger may name: a year.
+/// Times computed from it stay far inside what clocks can add.
+pub const MAX_TRIGGER_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
 fn duration(field: &'static str, text: &str) -> Result<Duration, (&'static str, String)> {
-    humantime::parse_duration(text).map_err(|e| (field, format!("{text:?} is not a duration like \"30s\" or \"5m\": {e}")))
+    let parsed = humantime::parse_duration(text)
+        .map_err(|e| (field, format!("{text:?} is not a duration like \"30s\" or \"5m\": {e}")))?;
+    if parsed > MAX_TRIGGER_DURATION {
+        return Err((field, format!("{text:?} is longer than the most a trigger may wait (366 days)")));
+    }
+    Ok(parsed)
 }
 
 impl TriggerTable {
@@ -422,6 +431,9 @@ mod tests {
         let (field, problem) = table("[trigger.schedule]\ninterval = \"0s\"").unwrap_err();
         assert_eq!(field, "trigger.schedule.interval");
         assert!(problem.contains("zero"), "{problem}");
+        let (field, problem) = table("[trigger.schedule]\ninterval = \"999999y\"").unwrap_err();
+        assert_eq!(field, "trigger.schedule.interval");
+        assert!(problem.contains("longer than the most"), "{problem}");
         let (field, problem) = table("[trigger.schedule]\ncron = \"0 * * * *\"\ntimezone = \"Mars/Olympus_Mons\"").unwrap_err();
         assert_eq!(field, "trigger.schedule.timezone");
         assert!(problem.contains("Mars/Olympus_Mons"), "{problem}");
