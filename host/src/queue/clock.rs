@@ -45,9 +45,21 @@ impl Clock for ManualClock {
     }
 }
 
-/// Formats a time as RFC 3339 (UTC, milliseconds).
+/// The last instant RFC 3339 can write (9999-12-31T23:59:59.999Z): no
+/// time the host computes goes past it.
+pub const MAX_MILLIS: Millis = 253_402_300_799_999;
+
+/// `now` plus `delay`, saturating at [`MAX_MILLIS`]: times computed from
+/// what a plugin or a client asked for can neither overflow nor wrap.
+pub fn millis_after(now: Millis, delay: std::time::Duration) -> Millis {
+    let delay = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+    now.saturating_add(delay).clamp(0, MAX_MILLIS)
+}
+
+/// Formats a time as RFC 3339 (UTC, milliseconds). Any stored value
+/// renders: one before 1970 or after year 9999 shows as that bound.
 pub fn to_rfc3339(ms: Millis) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.clamp(0, MAX_MILLIS) as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }
 
@@ -60,3 +72,18 @@ pub fn from_rfc3339(text: &str) -> Result<Millis, String> {
 
 /// Shared handle to a clock.
 pub type SharedClock = Arc<dyn Clock>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn any_stored_time_renders_and_no_computed_time_overflows() {
+        assert_eq!(to_rfc3339(i64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(to_rfc3339(i64::MIN), "1970-01-01T00:00:00.000Z");
+        assert_eq!(millis_after(1_000, Duration::from_millis(10u64.pow(15))), MAX_MILLIS);
+        assert_eq!(millis_after(1_000, Duration::from_millis(u64::MAX)), MAX_MILLIS, "2^64 ms does not wrap to the past");
+        assert_eq!(millis_after(1_000, Duration::from_millis(500)), 1_500);
+    }
+}

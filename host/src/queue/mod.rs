@@ -10,7 +10,7 @@ mod postgres;
 mod sqlite;
 mod store;
 
-pub use clock::{Clock, ManualClock, SharedClock, SystemClock, from_rfc3339, to_rfc3339};
+pub use clock::{Clock, MAX_MILLIS, ManualClock, SharedClock, SystemClock, from_rfc3339, millis_after, to_rfc3339};
 pub use job::{AttemptError, Job, JobId, JobState, Lease, Millis};
 pub use postgres::{DEFAULT_SCHEMA, PostgresStore, WAKE_ALL, check_schema};
 pub use sqlite::SqliteStore;

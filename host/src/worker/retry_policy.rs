@@ -2,7 +2,7 @@
 //! policy and its constants live.
 
 use crate::plugin::RetryPolicy;
-use crate::queue::{AttemptError, Job, Millis, Transition};
+use crate::queue::{AttemptError, Job, Millis, Transition, millis_after};
 use crate::sandbox::Outcome;
 use std::time::Duration;
 
@@ -48,8 +48,11 @@ pub fn decide(job: &Job, outcome: &Outcome, stopped: Option<StopReason>, policy:
             error.message = format!("{} (attempt {} of {}: no attempts left)", error.message, job.attempt, job.max_attempts);
             return Transition::Discard { error };
         }
-        let delay = requested.unwrap_or_else(|| backoff(policy, job.attempt));
-        Transition::RetryAt { at: now + delay.as_millis() as i64, error: error() }
+        // A plugin may ask for its own delay, but not for more than its
+        // policy's longest backoff.
+        let ceiling = Duration::from_millis(policy.max_backoff_ms);
+        let delay = requested.map_or_else(|| backoff(policy, job.attempt), |asked| asked.min(ceiling));
+        Transition::RetryAt { at: millis_after(now, delay), error: error() }
     };
     Some(match (outcome, stopped) {
         (_, Some(StopReason::LeaseLost)) => return None,
@@ -129,6 +132,13 @@ mod tests {
         }
         let asked = Outcome::Retry { message: "later".into(), delay: Some(Duration::from_secs(42)) };
         assert!(matches!(t(asked, 1, None), Some(Transition::RetryAt { at: 52_000, .. })), "the plugin's delay wins");
+        for absurd in [10u64.pow(15), 1 << 63, u64::MAX] {
+            let asked = Outcome::Retry { message: "never".into(), delay: Some(Duration::from_millis(absurd)) };
+            assert!(
+                matches!(t(asked, 1, None), Some(Transition::RetryAt { at: 70_000, .. })),
+                "{absurd} ms is capped at the policy's max_backoff_ms"
+            );
+        }
         for dead_at_once in [Outcome::InvalidInput("x".into()), Outcome::Fatal("x".into()), Outcome::OutputTooLarge { size: 2, limit: 1 }] {
             assert!(matches!(t(dead_at_once, 1, None), Some(Transition::Discard { .. })));
         }
