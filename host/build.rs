@@ -1,6 +1,9 @@
 //! Builds the repository's plugins (`plugins/examples`, `plugins/testing`)
 //! for `wasm32-wasip2` and lays each out as a plugin directory
-//! (`plugin.toml` + `NAME.wasm`) next to the host binary:
+//! (`plugin.toml` + `NAME.wasm`) next to the host binary. A test plugin
+//! that Rust cannot express (a crafted component) is a `NAME.wat` beside
+//! its `plugin.toml`, assembled here; `(;repeat N;) ... (;end;)` in it
+//! repeats the text between N times. The layout is
 //! `target/<profile>/plugins/` for examples, `target/<profile>/test-plugins/`
 //! for the misbehaving test plugins. Their paths become constants in
 //! `kiln::plugin::built` (the pattern of wasmtime's `test-programs`).
@@ -14,6 +17,12 @@ const TARGET: &str = "wasm32-wasip2";
 struct PluginCrate {
     group: &'static str,
     crate_name: String,
+    plugin_name: String,
+    source_dir: PathBuf,
+}
+
+/// A test plugin written as component text.
+struct WatPlugin {
     plugin_name: String,
     source_dir: PathBuf,
 }
@@ -72,6 +81,18 @@ fn main() {
 
     let wasm_dir = build_dir.join(TARGET).join("release");
     let mut constants = String::new();
+    let wat_plugins = wat_plugins(&root.join("plugins").join("testing"));
+    for w in &wat_plugins {
+        let dir = profile_dir.join("test-plugins").join(&w.plugin_name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let wat_path = w.source_dir.join(format!("{}.wat", w.plugin_name));
+        let text = std::fs::read_to_string(&wat_path).unwrap_or_else(|e| panic!("cannot read {}: {e}", wat_path.display()));
+        let wasm = wat::parse_str(expand_repeats(&text)).unwrap_or_else(|e| panic!("{}: {e}", wat_path.display()));
+        write_if_changed(&dir.join(format!("{}.wasm", w.plugin_name)), &wasm);
+        copy_if_changed(&w.source_dir.join("plugin.toml"), &dir.join("plugin.toml"));
+        writeln!(constants, "/// The assembled `{}` plugin directory (`plugins/testing/{}`).", w.plugin_name, w.plugin_name).unwrap();
+        writeln!(constants, "pub const {}: &str = {:?};", w.plugin_name.replace('-', "_").to_uppercase(), dir.display().to_string()).unwrap();
+    }
     for (group, dest) in [("examples", "plugins"), ("testing", "test-plugins")] {
         let dest_dir = profile_dir.join(dest);
         writeln!(constants, "/// Directory of the built `plugins/{group}` plugins, one folder each.").unwrap();
@@ -150,11 +171,52 @@ fn plugin_crates(group_dir: &Path, group: &'static str) -> Vec<PluginCrate> {
     crates
 }
 
+/// Test plugin directories holding `NAME.wat` (and no crate).
+fn wat_plugins(group_dir: &Path) -> Vec<WatPlugin> {
+    let mut plugins: Vec<WatPlugin> = std::fs::read_dir(group_dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", group_dir.display()))
+        .filter_map(|entry| {
+            let source_dir = entry.ok()?.path();
+            if source_dir.join("Cargo.toml").exists() {
+                return None;
+            }
+            let manifest: toml::Table = toml::from_str(&std::fs::read_to_string(source_dir.join("plugin.toml")).ok()?).ok()?;
+            let plugin_name = manifest.get("name")?.as_str()?.to_string();
+            source_dir.join(format!("{plugin_name}.wat")).is_file().then_some(WatPlugin { plugin_name, source_dir })
+        })
+        .collect();
+    plugins.sort_by(|a, b| a.plugin_name.cmp(&b.plugin_name));
+    plugins
+}
+
+/// Expands `(;repeat N;) TEXT (;end;)` into TEXT N times (not nested).
+fn expand_repeats(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("(;repeat ") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + "(;repeat ".len()..];
+        let (count, body) = after.split_once(";)").expect("(;repeat N;) is closed");
+        let count: usize = count.trim().parse().expect("(;repeat N;) takes a number");
+        let (body, tail) = body.split_once("(;end;)").expect("(;repeat N;) is ended by (;end;)");
+        for _ in 0..count {
+            out.push_str(body);
+        }
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Copies only when the content differs, so unchanged plugins keep their
 /// modification time (and the host's artifact cache key stays the same anyway).
 fn copy_if_changed(from: &Path, to: &Path) {
     let new = std::fs::read(from).unwrap_or_else(|e| panic!("cannot read {}: {e}", from.display()));
-    if std::fs::read(to).ok().as_deref() != Some(new.as_slice()) {
+    write_if_changed(to, &new);
+}
+
+fn write_if_changed(to: &Path, new: &[u8]) {
+    if std::fs::read(to).ok().as_deref() != Some(new) {
         std::fs::write(to, new).unwrap_or_else(|e| panic!("cannot write {}: {e}", to.display()));
     }
 }

@@ -51,6 +51,12 @@ impl HostDir {
         self.path().join("plugins")
     }
 
+    /// Serves the built plugin directory `built` (by a link) as well.
+    pub fn link_plugin(&self, built: &str) {
+        let name = Path::new(built).file_name().unwrap();
+        std::os::unix::fs::symlink(built, self.plugins().join(name)).unwrap();
+    }
+
     /// Installs the component of the built plugin `built` as plugin `name`
     /// with `manifest` (whose `name` should be `name`).
     pub fn add_plugin(&self, name: &str, built: &str, manifest: &str) {
@@ -217,6 +223,11 @@ impl Host {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+
+    /// The agent this host's requests go through (for other threads).
+    pub fn agent(&self) -> ureq::Agent {
+        self.agent.clone()
+    }
 
     /// The process id; a host's default name in leases ends with `-PID`.
     pub fn pid(&self) -> u32 {

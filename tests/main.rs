@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod host;
+mod hostile;
 mod hot_swap;
 mod multi_host;
 mod postgres_db;
