@@ -3,7 +3,8 @@
 //! (`plugin.toml` + `NAME.wasm`) next to the host binary. A test plugin
 //! that Rust cannot express (a crafted component) is a `NAME.wat` beside
 //! its `plugin.toml`, assembled here; `(;repeat N;) ... (;end;)` in it
-//! repeats the text between N times. The layout is
+//! repeats the text between N times, with `(;i;)` in it counting 1 to N.
+//! The layout is
 //! `target/<profile>/plugins/` for examples, `target/<profile>/test-plugins/`
 //! for the misbehaving test plugins. Their paths become constants in
 //! `kiln::plugin::built` (the pattern of wasmtime's `test-programs`).
@@ -189,7 +190,8 @@ fn wat_plugins(group_dir: &Path) -> Vec<WatPlugin> {
     plugins
 }
 
-/// Expands `(;repeat N;) TEXT (;end;)` into TEXT N times (not nested).
+/// Expands `(;repeat N;) TEXT (;end;)` into TEXT N times (not nested),
+/// `(;i;)` in TEXT becoming 1, 2, … N.
 fn expand_repeats(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -199,8 +201,8 @@ fn expand_repeats(text: &str) -> String {
         let (count, body) = after.split_once(";)").expect("(;repeat N;) is closed");
         let count: usize = count.trim().parse().expect("(;repeat N;) takes a number");
         let (body, tail) = body.split_once("(;end;)").expect("(;repeat N;) is ended by (;end;)");
-        for _ in 0..count {
-            out.push_str(body);
+        for i in 1..=count {
+            out.push_str(&body.replace("(;i;)", &i.to_string()));
         }
         rest = tail;
     }

@@ -168,7 +168,8 @@ fn plugin_check_accepts_a_good_plugin_without_running_it() {
 }
 
 /// Test plugins a host must refuse at load (the hostile suite's).
-const REFUSED_AT_LOAD: &[&str] = &["wrong-world", "greedy-manifest", "nested-instances", "many-memories", "many-tables", "min-memory"];
+const REFUSED_AT_LOAD: &[&str] =
+    &["wrong-world", "greedy-manifest", "nested-instances", "many-memories", "many-tables", "min-memory", "slow-compile"];
 
 #[test]
 fn every_repository_plugin_passes_check_except_those_made_to_be_refused() {
