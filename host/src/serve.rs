@@ -55,6 +55,8 @@ pub fn job_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// Runs the host until `shutdown` resolves, then stops it gracefully.
+/// Plugins are compiled in child processes of the current executable,
+/// which must therefore be `kiln` (it runs `kiln compile-component`).
 /// `on_listening` is told the bound address. Start-up plugins run after the
 /// API listens (so `/readyz` can say what it waits for) and before any
 /// other work starts.

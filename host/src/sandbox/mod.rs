@@ -318,7 +318,10 @@ fn classify_error(error: &wasmtime::Error, state: &IterationState) -> Outcome {
             if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
                 return Outcome::Trapped { trap: None, message: format!("plugin exited with status {}", exit.0) };
             }
-            Outcome::Trapped { trap: None, message: format!("{error:#}") }
+            // wasmtime's text can carry what the plugin chose (function
+            // names in a backtrace): bound and escape it like the rest.
+            let text = format!("{error:#}");
+            Outcome::Trapped { trap: None, message: plugin_text::bounded(&text, text.len(), MAX_ERROR_MESSAGE_BYTES) }
         }
     }
 }
