@@ -9,7 +9,7 @@ use crate::support::built;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const LEASE_MS: i64 = 2000;
+const LEASE_MS: i64 = 3000;
 
 /// The two tests that load the machine (three hosts each) take turns, so
 /// neither starves the other's schedule of CPU on a small machine.
