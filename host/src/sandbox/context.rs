@@ -55,11 +55,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<IterationState>) -> wasmtime::Re
 /// the kept prefix is copied.
 fn prefix(store: &StoreContextMut<'_, IterationState>, text: &WasmStr, limit: usize) -> wasmtime::Result<(String, usize)> {
     let text = text.to_str(store.as_context())?;
-    let mut end = text.len().min(limit);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    Ok((text[..end].to_string(), text.len()))
+    Ok((plugin_text::prefix(&text, limit).to_string(), text.len()))
 }
 
 fn tracing_level(level: LogLevel) -> tracing::Level {

@@ -15,15 +15,17 @@ pub const MAX_PROGRESS_NOTE_BYTES: usize = 256;
 /// note of the full size when cut, and control characters escaped.
 /// `full_len` is the size the plugin handed over (`text` may be a prefix).
 pub fn bounded(text: &str, full_len: usize, limit: usize) -> String {
-    let mut end = text.len().min(limit);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut out = escape_controls(&text[..end]);
-    if end < full_len {
+    let kept = prefix(text, limit);
+    let mut out = escape_controls(kept);
+    if kept.len() < full_len {
         let _ = write!(out, " … [cut: {full_len} bytes in all]");
     }
     out
+}
+
+/// The first `limit` bytes of `text`, cut on a character boundary.
+pub(crate) fn prefix(text: &str, limit: usize) -> &str {
+    &text[..text.floor_char_boundary(limit)]
 }
 
 /// Escapes what could start a new log line or rewrite a terminal: C0 and
