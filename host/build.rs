@@ -38,6 +38,13 @@ fn main() {
     // otherwise libtest lists them as ignored, with the reason.
     // The outage test also needs a command that stops and starts that
     // Postgres (`KILN_TEST_PG_CTL`).
+    // The full-disk tests mount a small tmpfs (root on Linux): only where
+    // `KILN_TEST_MOUNT` says they may; elsewhere they are listed as ignored.
+    println!("cargo::rustc-check-cfg=cfg(kiln_mount)");
+    println!("cargo:rerun-if-env-changed=KILN_TEST_MOUNT");
+    if std::env::var_os("KILN_TEST_MOUNT").is_some_and(|v| !v.is_empty()) {
+        println!("cargo:rustc-cfg=kiln_mount");
+    }
     println!("cargo::rustc-check-cfg=cfg(kiln_postgres)");
     println!("cargo::rustc-check-cfg=cfg(kiln_postgres_restart)");
     println!("cargo:rerun-if-env-changed=KILN_TEST_DATABASE_URL");

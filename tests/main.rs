@@ -2,7 +2,10 @@
 //! running the plugins built from `plugins/`, a real SQLite file or a real
 //! Postgres shared by several hosts, the HTTP API.
 
+mod bad_clients;
 mod bad_input;
+mod chaos;
+mod full_disk;
 mod host;
 mod hostile;
 mod hot_swap;
@@ -11,5 +14,6 @@ mod postgres_db;
 mod run_cli;
 mod sandbox_in_process;
 mod serve;
+mod shutdown;
 mod support;
 mod triggers;

@@ -64,7 +64,10 @@ fn invalid_input_dead_letters_at_once_and_a_hand_retry_runs_it_again() {
     assert_eq!(status, 200, "{retried}");
     assert_eq!(retried["state"], "available");
     eventually("the retried job runs again", || host.job(id)["errors"].as_array().unwrap().len() == 2);
-    assert_eq!(host.wait_for(id, "dead")["attempt"], 1);
+    let again = host.wait_for(id, "dead");
+    assert_eq!(again["attempt"], 2, "the attempt count goes on: {again}");
+    let numbers: Vec<&Value> = again["errors"].as_array().unwrap().iter().map(|e| &e["attempt"]).collect();
+    assert_eq!(numbers, [&json!(1), &json!(2)], "no attempt number repeats: {again}");
 
     let (status, body) = host.post(&format!("/jobs/{id}/retry"), &json!(null));
     assert_eq!(status, 200, "a dead job can be retried again: {body}");
@@ -178,7 +181,8 @@ fn bad_requests_are_refused_with_a_clear_error_and_store_nothing() {
         (b"{\"kind\": \"echo\", ".to_vec(), 400, "request body is not JSON: EOF while parsing a value at line 1 column 17"),
         (br#"{"kind": "nope"}"#.to_vec(), 400, "unknown job kind \"nope\""),
         (br#"{"kind": "echo", "colour": 1}"#.to_vec(), 400, "unknown field `colour`"),
-        (br#"{"kind": "echo", "max_attempts": 0}"#.to_vec(), 400, "max_attempts must be at least 1"),
+        (br#"{"kind": "echo", "max_attempts": 0}"#.to_vec(), 400, "max_attempts is 0; it must be between 1 and 1000"),
+        (br#"{"kind": "echo", "max_attempts": 4294967295}"#.to_vec(), 400, "max_attempts is 4294967295; it must be between 1 and 1000"),
         (br#"{"kind": "echo", "scheduled_at": "tomorrow"}"#.to_vec(), 400, "scheduled_at: \"tomorrow\" is not an RFC 3339 time"),
         (br#"{"kind": "echo", "queue": "elsewhere"}"#.to_vec(), 400, "queue \"elsewhere\" is not served"),
         (br#"[{"kind": "echo"}, {"kind": "nope"}]"#.to_vec(), 400, "unknown job kind \"nope\""),

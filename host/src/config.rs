@@ -2,6 +2,7 @@
 //! type is an error naming the key and its line); every field has a
 //! default; `kiln serve` flags and `KILN_*` environment variables override.
 
+use crate::api::HttpLimits;
 use crate::plugin::{Ceilings, CompileBudget};
 use crate::worker::dispatcher::{self, DispatcherConfig, QueueConfig};
 use serde::Deserialize;
@@ -46,6 +47,8 @@ pub struct Config {
     pub ceilings: Ceilings,
     /// What compiling one plugin may cost.
     pub compile: CompileBudget,
+    /// What one client may hold of the HTTP API, and the names it answers to.
+    pub http: HttpLimits,
     /// Named queues and their concurrency on this host.
     pub queues: BTreeMap<String, QueueSettings>,
 }
@@ -86,6 +89,7 @@ impl Default for Config {
             max_instances: crate::sandbox::MAX_CONCURRENT_INSTANCES,
             ceilings: Ceilings::default(),
             compile: CompileBudget::default(),
+            http: HttpLimits::default(),
             queues: d.queues.into_iter().map(|q| (q.name, QueueSettings { concurrency: q.concurrency })).collect(),
         }
     }
@@ -134,6 +138,9 @@ impl Config {
             }
         }
         self.validate_database(origin)?;
+        if let Some((key, problem)) = self.http.problem() {
+            return invalid(key, &problem);
+        }
         if self.queues.is_empty() {
             return invalid("queues", "must name at least one queue");
         }

@@ -66,7 +66,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     on_listening: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    // Jobs' payloads and results live here: readable by the owner only
+    // when Kiln creates it (an existing directory keeps its mode).
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&config.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
     let clock: SharedClock = Arc::new(SystemClock);
     let store = open_store(&config, clock.clone()).await?;
 
@@ -92,7 +96,7 @@ pub async fn serve(
 
     let (readiness, ready) = tokio::sync::watch::channel(Some("running start-up plugins".to_string()));
     let (close_api, api_closed) = tokio::sync::oneshot::channel::<()>();
-    let state = AppState { dispatcher: dispatcher.clone(), registry: registry.clone(), not_ready: ready };
+    let state = AppState { dispatcher: dispatcher.clone(), registry: registry.clone(), not_ready: ready, http: config.http.clone() };
     let api = tokio::spawn(api::serve(listener, state, async {
         let _ = api_closed.await;
     }));

@@ -21,6 +21,16 @@ pub enum AppError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    RequestTimeout(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    MisdirectedRequest(String),
 }
 
 impl AppError {
@@ -32,6 +42,11 @@ impl AppError {
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::MisdirectedRequest(_) => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 }
@@ -80,7 +95,11 @@ impl From<crate::plugin::DeployError> for AppError {
             }
             DeployError::NotLoaded(_) => AppError::NotFound(e.to_string()),
             DeployError::NoEarlierVersion { .. } => AppError::Conflict(e.to_string()),
-            DeployError::Io { .. } => AppError::Internal(e.to_string()),
+            // The server's own paths stay in its log.
+            DeployError::Io { path, source } => {
+                tracing::error!(%path, "deploy failed: cannot write {path}: {source}");
+                AppError::Internal(format!("the host could not write the plugin's files ({source}); its log names the path"))
+            }
         }
     }
 }

@@ -1,13 +1,16 @@
 //! The HTTP API: jobs, queues, plugins, health and metrics. Calls into the
 //! worker and the store; holds no logic of its own.
 
+pub mod browser_guard;
 mod error;
 mod plugins;
+pub mod server;
 mod views;
 
 pub use error::AppError;
+pub use server::HttpLimits;
 pub use plugins::DeployRequest;
-pub use views::{JobPage, JobRequest, JobView, ListQuery, bytes_value};
+pub use views::{EnqueuedView, JobPage, JobRequest, JobView, ListQuery, bytes_value};
 
 use crate::queue::{JobState, ListFilter, from_rfc3339};
 use crate::worker::{Dispatcher, EnqueueRequest};
@@ -28,6 +31,9 @@ use tokio::sync::watch;
 pub const MAX_BODY_BYTES: usize = 32 << 20;
 /// Largest page of `GET /jobs`.
 pub const MAX_PAGE: usize = 1000;
+/// Stored bytes (payloads, results, errors) a page of `GET /jobs` holds
+/// before it ends early, whatever its `limit`.
+pub const MAX_PAGE_BYTES: u64 = crate::queue::DEFAULT_PAGE_BYTES;
 
 /// What every handler can reach.
 #[derive(Clone, Debug)]
@@ -37,6 +43,8 @@ pub struct AppState {
     /// `Some(reason)` while the host is not ready (start-up plugins still
     /// running, shutting down).
     pub not_ready: watch::Receiver<Option<String>>,
+    /// Connections, timeouts and the host names the API answers to.
+    pub http: HttpLimits,
 }
 
 /// The API's routes, without a socket (tests can call it directly).
@@ -55,13 +63,37 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            browser_guard::AllowedHosts::new(&state.http.allowed_hosts),
+            browser_guard::guard,
+        ))
         .with_state(state)
 }
 
-/// Serves `app(state)` on `listener` until `shutdown` resolves.
+/// Serves `app(state)` on `listener` until `shutdown` resolves, under the
+/// state's connection limits.
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+    let limits = state.http.clone();
+    server::serve(listener, app(state), &limits, shutdown).await
+}
+
+async fn no_route(uri: axum::http::Uri) -> AppError {
+    AppError::NotFound(format!("no route {}", uri.path()))
+}
+
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> AppError {
+    AppError::MethodNotAllowed(format!("{} does not take {method}", uri.path()))
+}
+
+/// A request body, or the error that says why it could not be read.
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, AppError> {
+    body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge(format!("request body is over the limit of {MAX_BODY_BYTES} bytes")),
+        _ => AppError::BadRequest(e.body_text()),
+    })
 }
 
 fn parse_request(value: serde_json::Value, index: usize) -> Result<EnqueueRequest, AppError> {
@@ -90,10 +122,7 @@ fn parse_request(value: serde_json::Value, index: usize) -> Result<EnqueueReques
 
 /// `POST /jobs`: one job object, or an array of them.
 async fn enqueue(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<axum::response::Response, AppError> {
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge(format!("request body is over the limit of {MAX_BODY_BYTES} bytes")),
-        _ => AppError::BadRequest(e.body_text()),
-    })?;
+    let body = body_bytes(body)?;
     let value: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| AppError::BadRequest(format!("request body is not JSON: {e}")))?;
     let (requests, many) = match value {
@@ -109,7 +138,7 @@ async fn enqueue(State(state): State<AppState>, body: Result<Bytes, BytesRejecti
     let inserted = state.dispatcher.enqueue(requests).await?;
     let created = inserted.iter().any(|i| i.created);
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    let mut views: Vec<JobView> = inserted.iter().map(|i| JobView::from(&i.job)).collect();
+    let mut views: Vec<EnqueuedView> = inserted.iter().map(|i| EnqueuedView { job: JobView::from(&i.job), created: i.created }).collect();
     Ok(if many {
         (status, Json(views)).into_response()
     } else {
@@ -125,17 +154,21 @@ async fn list_jobs(State(state): State<AppState>, query: Result<Query<ListQuery>
     if limit == 0 || limit > MAX_PAGE {
         return Err(AppError::BadRequest(format!("limit must be between 1 and {MAX_PAGE}")));
     }
-    let jobs = state
-        .dispatcher
-        .store()
-        .list(ListFilter { state: job_state, kind: q.kind, queue: q.queue, after_id: q.after, limit })
-        .await?;
-    let next_after = if jobs.len() == limit { jobs.last().map(|j| j.id) } else { None };
-    Ok(Json(JobPage { jobs: jobs.iter().map(JobView::from).collect(), next_after }))
+    // However large the jobs, a page holds about MAX_PAGE_BYTES of them
+    // (plus one): the rest is on the next page.
+    let filter = ListFilter { state: job_state, kind: q.kind, queue: q.queue, after_id: q.after, limit, max_bytes: MAX_PAGE_BYTES };
+    let page = state.dispatcher.store().list(filter).await?;
+    let next_after = if page.more { page.jobs.last().map(|j| j.id) } else { None };
+    Ok(Json(JobPage { jobs: page.jobs.iter().map(JobView::from).collect(), next_after }))
 }
 
+/// A job id as a path names it: digits only (`+1`, ` 1`, `01x` are not ids).
 fn job_id(id: &str) -> Result<i64, AppError> {
-    id.parse().map_err(|_| AppError::BadRequest(format!("job id {id:?} is not a number")))
+    let bad = || AppError::BadRequest(format!("job id {id:?} is not a job id (a positive whole number)"));
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    id.parse().map_err(|_| bad())
 }
 
 async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, AppError> {

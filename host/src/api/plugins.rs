@@ -107,7 +107,12 @@ fn deployed_json(d: &crate::plugin::Deployed) -> Json<serde_json::Value> {
 
 /// `PUT /plugins/{name}`: validates and compiles the version, swaps it in,
 /// writes it into the plugins directory. A refused version changes nothing.
-pub async fn deploy(State(state): State<AppState>, Path(name): Path<String>, body: Bytes) -> Result<Json<serde_json::Value>, AppError> {
+pub async fn deploy(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let body = super::body_bytes(body)?;
     let request: DeployRequest = serde_json::from_slice(&body)
         .map_err(|e| AppError::BadRequest(format!("request body is not a deploy request ({{\"manifest\", \"wasm_base64\"}}): {e}")))?;
     let wasm = base64::engine::general_purpose::STANDARD

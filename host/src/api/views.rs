@@ -43,6 +43,16 @@ pub struct JobView {
     pub cancel_requested: bool,
 }
 
+/// A job as `POST /jobs` answers it: the job, and whether this request
+/// created it (`false`: a job with the same `unique_key` already existed,
+/// and this is that job).
+#[derive(Debug, Serialize)]
+pub struct EnqueuedView {
+    #[serde(flatten)]
+    pub job: JobView,
+    pub created: bool,
+}
+
 #[derive(Debug, Serialize)]
 pub struct ErrorView {
     pub attempt: u32,

@@ -263,7 +263,10 @@ impl Registry {
             return Err(DeployError::NoEarlierVersion { name: name.to_string(), archived: versions.len() });
         };
         let archived = self.archive_dir.join(name).join(&target.version_id);
-        let plugin = self.load_checked(&archived, name)?;
+        let plugin = self.load_checked(&archived, name).map_err(|e| DeployError::Upload {
+            busy: false,
+            message: e.to_string().replace(&archived.display().to_string(), &format!("{name} (archived version {})", target.version_id)),
+        })?;
         let deployed = self.activate(plugin, Source::Rollback)?;
         let staging = self.plugins_dir.join(format!(".{name}.rollback-{:016x}", fastrand::u64(..)));
         let copied = copy_plugin(&archived, &staging, name).and_then(|()| self.install(&staging, name));

@@ -39,6 +39,7 @@ pub fn watch_plugins_dir(registry: Arc<Registry>) -> notify::Result<PluginWatche
     // Events may name paths absolutely whatever the watch was given.
     let watched = root.canonicalize().unwrap_or_else(|_| root.clone());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+        Ok(event) if !changes_content(&event.kind) => {}
         Ok(event) => {
             for path in &event.paths {
                 if let Some(name) = plugin_of(&watched, &absolute(path)) {
@@ -52,6 +53,18 @@ pub fn watch_plugins_dir(registry: Arc<Registry>) -> notify::Result<PluginWatche
     tokio::spawn(deploy_changes(registry, rx));
     tracing::info!(dir = %root.display(), "watching the plugins directory for new versions");
     Ok(PluginWatcher { _watcher: watcher })
+}
+
+/// Whether an event can mean a new version: opening and reading a file
+/// cannot (the registry's own reads of a plugin it loads would otherwise
+/// trigger another load, for ever); closing a file written to can.
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        notify::EventKind::Access(_) => false,
+        _ => true,
+    }
 }
 
 /// `path` with symlinks resolved, as far as it still exists (a removed
@@ -101,6 +114,21 @@ async fn deploy_changes(registry: Arc<Registry>, mut rx: mpsc::UnboundedReceiver
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_are_not_changes() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind, RenameMode};
+        assert!(!changes_content(&notify::EventKind::Access(AccessKind::Open(AccessMode::Any))));
+        assert!(!changes_content(&notify::EventKind::Access(AccessKind::Close(AccessMode::Read))));
+        for change in [
+            notify::EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            notify::EventKind::Create(CreateKind::Folder),
+            notify::EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            notify::EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+        ] {
+            assert!(changes_content(&change), "{change:?}");
+        }
+    }
 
     #[test]
     fn events_map_to_their_plugin_directory() {

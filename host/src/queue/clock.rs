@@ -65,9 +65,16 @@ pub fn to_rfc3339(ms: Millis) -> String {
 
 /// Parses an RFC 3339 time.
 pub fn from_rfc3339(text: &str) -> Result<Millis, String> {
-    let t = humantime::parse_rfc3339_weak(text).map_err(|e| format!("{text:?} is not an RFC 3339 time: {e}"))?;
-    let since = t.duration_since(std::time::UNIX_EPOCH).map_err(|_| format!("{text:?} is before 1970"))?;
-    i64::try_from(since.as_millis()).map_err(|_| format!("{text:?} is too far in the future"))
+    // A time without an offset is refused, not guessed to be UTC: the
+    // client's local time would silently be off by hours.
+    let t: jiff::Timestamp = text.trim().parse().map_err(|e| {
+        format!("{text:?} is not an RFC 3339 time with an offset (2030-01-01T00:00:00Z, 2030-01-01T02:00:00+02:00): {e}")
+    })?;
+    let ms = t.as_millisecond();
+    if ms < 0 {
+        return Err(format!("{text:?} is before 1970"));
+    }
+    Ok(ms.min(MAX_MILLIS))
 }
 
 /// Shared handle to a clock.
@@ -85,5 +92,18 @@ mod tests {
         assert_eq!(millis_after(1_000, Duration::from_millis(10u64.pow(15))), MAX_MILLIS);
         assert_eq!(millis_after(1_000, Duration::from_millis(u64::MAX)), MAX_MILLIS, "2^64 ms does not wrap to the past");
         assert_eq!(millis_after(1_000, Duration::from_millis(500)), 1_500);
+    }
+
+    #[test]
+    fn times_need_an_offset_and_any_offset_is_taken() {
+        let utc = from_rfc3339("2030-01-01T00:00:00Z").unwrap();
+        assert_eq!(from_rfc3339("2030-01-01T02:00:00+02:00").unwrap(), utc);
+        assert_eq!(from_rfc3339("2029-12-31T19:00:00-05:00").unwrap(), utc);
+        assert_eq!(from_rfc3339("2030-01-01T00:00:00.250Z").unwrap(), utc + 250);
+        for zoneless in ["2030-01-01T00:00:00", "2030-01-01 00:00:00", "2030-01-01"] {
+            let e = from_rfc3339(zoneless).unwrap_err();
+            assert!(e.contains("offset"), "{zoneless}: {e}");
+        }
+        assert!(from_rfc3339("1969-12-31T23:59:59Z").unwrap_err().contains("before 1970"));
     }
 }

@@ -53,7 +53,7 @@ pub async fn unique_key_deduplicates_until_the_job_is_dead(store: &dyn JobStore,
     let second = store.insert(keyed()).await.unwrap();
     assert!(first.created && !second.created);
     assert_eq!(second.job.id, first.job.id);
-    assert_eq!(store.list(ListFilter::default()).await.unwrap().len(), 1);
+    assert_eq!(store.list(ListFilter::default()).await.unwrap().jobs.len(), 1);
 
     // Completed keeps the key (a tick fires once); dead frees it.
     let running = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
@@ -108,7 +108,7 @@ pub async fn a_stale_completion_is_refused(store: &dyn JobStore, clock: &ManualC
     // Host A claims, then loses touch; its lease expires and is rescued.
     let by_a = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
     clock.advance(31_000);
-    assert_eq!(store.rescue_expired().await.unwrap(), vec![by_a.id]);
+    assert_eq!(store.rescue_expired(&[]).await.unwrap(), vec![by_a.id]);
     // Host B claims the same job with a newer token.
     let by_b = store.claim(ClaimParams { host: "host-b".into(), ..claim(DEFAULT_QUEUE, 1) }).await.unwrap().pop().unwrap();
     assert_eq!(by_b.id, by_a.id);
@@ -176,10 +176,10 @@ pub async fn heartbeats_keep_a_lease_alive(store: &dyn JobStore, clock: &ManualC
         clock.advance(20_000);
         let beat = store.heartbeat(HeartbeatParams { leases: vec![job.lease()], lease_ms: 30_000 }).await.unwrap();
         assert_eq!(beat, HeartbeatResult::default());
-        assert!(store.rescue_expired().await.unwrap().is_empty(), "a beating lease is not rescued");
+        assert!(store.rescue_expired(&[]).await.unwrap().is_empty(), "a beating lease is not rescued");
     }
     clock.advance(31_000);
-    assert_eq!(store.rescue_expired().await.unwrap(), vec![job.id]);
+    assert_eq!(store.rescue_expired(&[]).await.unwrap(), vec![job.id]);
     let rescued = store.get(job.id).await.unwrap().unwrap();
     assert_eq!(rescued.state, JobState::Retryable);
     assert_eq!(rescued.errors[0].outcome, "lease_expired");
@@ -192,7 +192,7 @@ pub async fn rescue_with_no_attempts_left_dead_letters(store: &dyn JobStore, clo
     store.insert(NewJob { max_attempts: 1, ..new_job("once") }).await.unwrap();
     let job = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
     clock.advance(31_000);
-    store.rescue_expired().await.unwrap();
+    store.rescue_expired(&[]).await.unwrap();
     assert_eq!(store.get(job.id).await.unwrap().unwrap().state, JobState::Dead);
 }
 
@@ -217,16 +217,49 @@ pub async fn cancel_pending_running_and_final_jobs(store: &dyn JobStore, _clock:
     assert!(matches!(store.cancel(999_999).await.unwrap_err(), StoreError::NotFound(999_999)));
 }
 
+/// A cancel requested while a job runs wins over however its host ends
+/// the run: a retry, a shutdown's snooze, or the lease running out.
+pub async fn a_requested_cancel_wins_over_retry_snooze_and_rescue(store: &dyn JobStore, clock: &ManualClock) {
+    for _ in 0..3 {
+        store.insert(new_job("slow")).await.unwrap();
+    }
+    let jobs = store.claim(claim(DEFAULT_QUEUE, 3)).await.unwrap();
+    for job in &jobs {
+        assert!(store.cancel(job.id).await.unwrap().cancel_requested);
+    }
+    let now = clock.now_for_tests();
+    store.retry_at(jobs[0].lease(), now + HOUR, err(1, "timed out")).await.unwrap();
+    store.snooze(jobs[1].lease(), now).await.unwrap();
+    clock.advance(31_000);
+    assert!(store.rescue_expired(&[jobs[2].id]).await.unwrap().is_empty(), "a job its host still holds is spared");
+    assert_eq!(store.rescue_expired(&[]).await.unwrap(), vec![jobs[2].id]);
+    for job in &jobs {
+        let now = store.get(job.id).await.unwrap().unwrap();
+        assert_eq!((now.state, now.cancel_requested), (JobState::Cancelled, false), "job {}", job.id);
+        assert!(now.finalized_at.is_some(), "job {} is final", job.id);
+    }
+    assert!(store.claim(claim(DEFAULT_QUEUE, 3)).await.unwrap().is_empty(), "none runs again");
+}
+
 pub async fn a_dead_job_retried_by_hand_runs_again(store: &dyn JobStore, _clock: &ManualClock) {
     store.insert(new_job("email")).await.unwrap();
     let job = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
     store.discard(job.lease(), err(1, "bad")).await.unwrap();
     let revived = store.retry_by_hand(job.id).await.unwrap();
-    assert_eq!((revived.state, revived.attempt, revived.finalized_at), (JobState::Available, 0, None));
+    assert_eq!((revived.state, revived.attempt, revived.max_attempts, revived.finalized_at), (JobState::Available, 1, 3, None));
     assert_eq!(revived.errors.len(), 1, "its history stays");
     let again = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
-    assert_eq!(again.id, job.id);
+    assert_eq!((again.id, again.attempt), (job.id, 2), "the attempt count goes on");
     store.complete(again.lease(), b"ok".to_vec()).await.unwrap();
+
+    // A job that used every attempt gets one more.
+    store.insert(NewJob { max_attempts: 1, ..new_job("email") }).await.unwrap();
+    let once = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    store.discard(once.lease(), err(1, "bad")).await.unwrap();
+    let revived = store.retry_by_hand(once.id).await.unwrap();
+    assert_eq!((revived.attempt, revived.max_attempts), (1, 2));
+    let last = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    assert_eq!((last.attempt, last.max_attempts), (2, 2));
     let e = store.retry_by_hand(job.id).await.unwrap_err();
     assert!(matches!(e, StoreError::InvalidState { state: JobState::Completed, .. }), "{e}");
 }
@@ -238,17 +271,31 @@ pub async fn list_filters_and_pages(store: &dyn JobStore, _clock: &ManualClock) 
     }
     let first = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
     let evens = store.list(ListFilter { kind: Some("even".into()), ..ListFilter::default() }).await.unwrap();
-    assert_eq!(evens.len(), 3);
+    assert_eq!((evens.jobs.len(), evens.more), (3, false));
     let running = store.list(ListFilter { state: Some(JobState::Running), ..ListFilter::default() }).await.unwrap();
-    assert_eq!(running.iter().map(|j| j.id).collect::<Vec<_>>(), vec![first.id]);
+    assert_eq!(running.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![first.id]);
     let page1 = store.list(ListFilter { limit: 4, ..ListFilter::default() }).await.unwrap();
-    let page2 = store.list(ListFilter { limit: 4, after_id: Some(page1[3].id), ..ListFilter::default() }).await.unwrap();
-    assert_eq!((page1.len(), page2.len()), (4, 2));
-    assert!(page2[0].id > page1[3].id);
+    let page2 = store.list(ListFilter { limit: 4, after_id: Some(page1.jobs[3].id), ..ListFilter::default() }).await.unwrap();
+    assert_eq!((page1.jobs.len(), page1.more, page2.jobs.len(), page2.more), (4, true, 2, false));
+    assert!(page2.jobs[0].id > page1.jobs[3].id);
+    let exact = store.list(ListFilter { limit: 2, after_id: Some(page1.jobs[3].id), ..ListFilter::default() }).await.unwrap();
+    assert_eq!((exact.jobs.len(), exact.more), (2, false), "a full last page says there is no more");
+
+    // The byte bound: jobs of 1,000-byte payloads, 2,500 bytes a page: the
+    // job that crosses the bound is the page's last.
+    let big: Vec<NewJob> = (0..5).map(|_| NewJob { payload: vec![b'x'; 1000], ..new_job("big") }).collect();
+    store.insert_many(big).await.unwrap();
+    let bounded = |after| ListFilter { kind: Some("big".into()), max_bytes: 2500, after_id: after, ..ListFilter::default() };
+    let first_page = store.list(bounded(None)).await.unwrap();
+    assert_eq!((first_page.jobs.len(), first_page.more), (3, true), "1,000 + 1,000 + 1,000 crosses 2,500 at the third");
+    let rest = store.list(bounded(first_page.jobs.last().map(|j| j.id))).await.unwrap();
+    assert_eq!((rest.jobs.len(), rest.more), (2, false));
+    let tiny = store.list(ListFilter { max_bytes: 1, ..bounded(None) }).await.unwrap();
+    assert_eq!((tiny.jobs.len(), tiny.more), (1, true), "a page holds at least one job");
 
     let counts = store.counts().await.unwrap();
     let count = |state| counts.iter().find(|c| c.state == state).map_or(0, |c| c.count);
-    assert_eq!((count(JobState::Available), count(JobState::Running), count(JobState::Dead)), (5, 1, 0));
+    assert_eq!((count(JobState::Available), count(JobState::Running), count(JobState::Dead)), (10, 1, 0));
 }
 
 pub async fn a_paused_queue_is_not_claimed(store: &dyn JobStore, _clock: &ManualClock) {
@@ -387,6 +434,7 @@ macro_rules! conformance_tests {
             heartbeats_keep_a_lease_alive,
             rescue_with_no_attempts_left_dead_letters,
             cancel_pending_running_and_final_jobs,
+            a_requested_cancel_wins_over_retry_snooze_and_rescue,
             a_dead_job_retried_by_hand_runs_again,
             list_filters_and_pages,
             a_paused_queue_is_not_claimed,

@@ -19,7 +19,7 @@
 use super::clock::SharedClock;
 use super::job::{AttemptError, Job, JobId, JobState, Lease, Millis};
 use super::store::{
-    ClaimParams, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobStore, ListFilter, LoopClaim, LoopLease, LoopSave,
+    ClaimParams, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, ListFilter, LoopClaim, LoopLease, LoopSave,
     LoopState, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, schedule_key_range, tick_of_key,
 };
 use async_trait::async_trait;
@@ -423,14 +423,21 @@ async fn apply_one(client: &impl GenericClient, finish: &Finish, now: Millis) ->
             let changed = client.execute(&stmt, &[&id, &token, version, result, &now]).await.map_err(pg_error)?;
             return Ok(changed == 1);
         }
-        Transition::RetryAt { at, error } => (
-            concat!(
-                "UPDATE jobs SET state = 'retryable', scheduled_at = $4, errors = errors || jsonb_build_array($5::text::jsonb)",
-                fenced!()
-            ),
-            *at,
-            Some(error_json(error)),
-        ),
+        // A job whose cancel was requested (perhaps on another host, not
+        // yet heard here) is not run again: cancelled instead.
+        Transition::RetryAt { at, error } => {
+            let stmt = client
+                .prepare_cached(concat!(
+                    "UPDATE jobs SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'retryable' END, \
+                     finalized_at = CASE WHEN cancel_requested THEN $6::bigint END, cancel_requested = false, \
+                     scheduled_at = $4, errors = errors || jsonb_build_array($5::text::jsonb)",
+                    fenced!()
+                ))
+                .await
+                .map_err(pg_error)?;
+            let changed = client.execute(&stmt, &[&id, &token, version, at, &error_json(error), &now]).await.map_err(pg_error)?;
+            return Ok(changed == 1);
+        }
         Transition::Discard { error } => (
             concat!("UPDATE jobs SET state = 'dead', finalized_at = $4, errors = errors || jsonb_build_array($5::text::jsonb)", fenced!()),
             now,
@@ -447,7 +454,8 @@ async fn apply_one(client: &impl GenericClient, finish: &Finish, now: Millis) ->
         ),
         Transition::Snooze { at } => (
             concat!(
-                "UPDATE jobs SET state = CASE WHEN $4::bigint > $5::bigint THEN 'scheduled' ELSE 'available' END, \
+                "UPDATE jobs SET state = CASE WHEN cancel_requested THEN 'cancelled' WHEN $4::bigint > $5::bigint THEN 'scheduled' ELSE 'available' END, \
+                 finalized_at = CASE WHEN cancel_requested THEN $5::bigint END, cancel_requested = false, \
                  scheduled_at = $4, attempt = greatest(attempt - 1, 0)",
                 fenced!()
             ),
@@ -692,24 +700,25 @@ impl JobStore for PostgresStore {
         Ok(job)
     }
 
-    async fn rescue_expired(&self) -> Result<Vec<JobId>, StoreError> {
+    async fn rescue_expired(&self, spare: &[JobId]) -> Result<Vec<JobId>, StoreError> {
         let now = self.now();
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
                 "UPDATE jobs SET \
-                   state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'retryable' END, \
-                   finalized_at = CASE WHEN attempt >= max_attempts THEN $1::bigint END, \
-                   scheduled_at = least(scheduled_at, $1), leased_by = NULL, lease_expires_at = NULL, \
+                   state = CASE WHEN cancel_requested THEN 'cancelled' WHEN attempt >= max_attempts THEN 'dead' ELSE 'retryable' END, \
+                   finalized_at = CASE WHEN cancel_requested OR attempt >= max_attempts THEN $1::bigint END, \
+                   scheduled_at = least(scheduled_at, $1), leased_by = NULL, lease_expires_at = NULL, cancel_requested = false, \
                    errors = errors || jsonb_build_array(jsonb_build_object('attempt', attempt, 'at', $1::bigint, \
                      'outcome', 'lease_expired', 'message', 'the lease of host ' || coalesce(leased_by, '?') || \
                      ' expired: the host stopped or lost touch with the store')) \
-                 WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < $1 FOR UPDATE SKIP LOCKED) \
+                 WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < $1 AND NOT (id = ANY($2)) \
+                   FOR UPDATE SKIP LOCKED) \
                  RETURNING id",
             )
             .await
             .map_err(pg_error)?;
-        let mut ids: Vec<JobId> = client.query(&stmt, &[&now]).await.map_err(pg_error)?.iter().map(|r| r.get(0)).collect();
+        let mut ids: Vec<JobId> = client.query(&stmt, &[&now, &spare]).await.map_err(pg_error)?.iter().map(|r| r.get(0)).collect();
         ids.sort_unstable();
         Ok(ids)
     }
@@ -727,8 +736,8 @@ impl JobStore for PostgresStore {
         }
         let updated = tx
             .execute(
-                "UPDATE jobs SET state = 'available', attempt = 0, scheduled_at = $2, finalized_at = NULL, result = NULL, \
-                 cancel_requested = false WHERE id = $1",
+                "UPDATE jobs SET state = 'available', max_attempts = greatest(max_attempts, attempt + 1), scheduled_at = $2, \
+                 finalized_at = NULL, result = NULL, cancel_requested = false WHERE id = $1",
                 &[&id, &now],
             )
             .await;
@@ -756,7 +765,7 @@ impl JobStore for PostgresStore {
         get_job(&self.client().await?, id).await
     }
 
-    async fn list(&self, filter: ListFilter) -> Result<Vec<Job>, StoreError> {
+    async fn list(&self, filter: ListFilter) -> Result<JobList, StoreError> {
         let state = filter.state.map(|s| s.as_str().to_string());
         let limit = filter.limit as i64;
         let mut clauses = Vec::new();
@@ -773,9 +782,25 @@ impl JobStore for PostgresStore {
         }
         let filter_sql = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
         params.push(&limit);
-        let sql = format!("SELECT {} FROM jobs {filter_sql} ORDER BY id LIMIT ${}", columns!(), params.len());
+        let limit_at = params.len();
+        let max_bytes = i64::try_from(filter.max_bytes).unwrap_or(i64::MAX);
+        params.push(&max_bytes);
+        // Sizes first (octet_length reads no TOASTed value), one job more
+        // than the page to learn whether there are more, then only the rows
+        // that fit the byte bound.
+        let sql = format!(
+            "WITH page AS (SELECT id, octet_length(payload) + coalesce(octet_length(result), 0) + octet_length(errors::text) AS size \
+               FROM jobs {filter_sql} ORDER BY id LIMIT ${limit_at}::bigint + 1), \
+             fitting AS (SELECT id, row_number() OVER (ORDER BY id) AS n, (sum(size) OVER (ORDER BY id) - size)::bigint AS before FROM page) \
+             SELECT {}, (SELECT count(*) FROM page) FROM jobs \
+             WHERE id IN (SELECT id FROM fitting WHERE before < ${}::bigint AND n <= ${limit_at}::bigint) ORDER BY id",
+            columns!(),
+            params.len()
+        );
         let rows = self.client().await?.query(&sql, &params).await.map_err(pg_error)?;
-        jobs_from_rows(&rows)
+        let matched = rows.first().map_or(0, |r| r.get::<_, i64>(20)) as usize;
+        let jobs = jobs_from_rows(&rows)?;
+        Ok(JobList { more: matched > jobs.len(), jobs })
     }
 
     async fn counts(&self) -> Result<Vec<StateCount>, StoreError> {
@@ -1070,8 +1095,12 @@ pub(crate) mod tests {
         let url = test_database_url();
         let schema = TestSchema::new(&url);
         let url = schema.url();
-        let connects = (0..4).map(|_| PostgresStore::connect(&url, &schema.name, Arc::new(SystemClock)));
-        for store in futures::future::join_all(connects).await {
+        let mut connects = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let (url, name) = (url.clone(), schema.name.clone());
+            connects.spawn(async move { PostgresStore::connect(&url, &name, Arc::new(SystemClock)).await.map(drop) });
+        }
+        for store in connects.join_all().await {
             store.unwrap();
         }
         let store = PostgresStore::connect(&schema.url(), &schema.name, Arc::new(SystemClock)).await.unwrap();

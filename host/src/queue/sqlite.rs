@@ -10,7 +10,7 @@
 use super::clock::SharedClock;
 use super::job::{AttemptError, Job, JobId, JobState, Lease, Millis};
 use super::store::{
-    ClaimParams, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobStore, ListFilter, LoopClaim, LoopLease, LoopSave,
+    ClaimParams, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, ListFilter, LoopClaim, LoopLease, LoopSave,
     LoopState, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, schedule_key_range, tick_of_key,
 };
 use async_trait::async_trait;
@@ -132,8 +132,34 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// SQLite's errors in Kiln's classes: a full disk, an I/O error, a file
+/// that cannot be opened or a lock held too long are the store being
+/// unavailable (try again: the data is intact); the rest are errors.
 fn db_error(e: rusqlite::Error) -> StoreError {
-    StoreError::Database(e.to_string())
+    use rusqlite::ffi::ErrorCode;
+    match &e {
+        rusqlite::Error::SqliteFailure(failure, _)
+            if matches!(
+                failure.code,
+                ErrorCode::DiskFull
+                    | ErrorCode::SystemIoFailure
+                    | ErrorCode::CannotOpen
+                    | ErrorCode::DatabaseBusy
+                    | ErrorCode::DatabaseLocked
+                    | ErrorCode::ReadOnly
+                    | ErrorCode::OutOfMemory
+            ) =>
+        {
+            StoreError::Unavailable(format!("SQLite: {e}"))
+        }
+        _ => StoreError::Database(e.to_string()),
+    }
+}
+
+/// Whether opening failed because the file is not an SQLite database at
+/// all (as opposed to a disk or permission problem with a good one).
+fn is_not_a_database(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ffi::ErrorCode::NotADatabase)
 }
 
 impl SqliteStore {
@@ -143,18 +169,31 @@ impl SqliteStore {
     pub fn open(path: &Path, clock: SharedClock) -> Result<Self, StoreError> {
         let shown = path.display().to_string();
         let not_a_db = |reason: String| StoreError::NotADatabase { path: shown.clone(), reason };
+        // Only a file that really is not a database is called one; a full
+        // disk or a permission problem says what it is, about a good file.
+        let opening = |e: rusqlite::Error| {
+            if is_not_a_database(&e) {
+                not_a_db(e.to_string())
+            } else {
+                match db_error(e) {
+                    StoreError::Unavailable(e) => StoreError::Unavailable(format!("cannot open {shown}: {e}")),
+                    other => StoreError::Database(format!("cannot open {shown}: {other}")),
+                }
+            }
+        };
+        create_private(path).map_err(|e| StoreError::Unavailable(format!("cannot create {shown}: {e}")))?;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let writer = Connection::open_with_flags(path, flags).map_err(|e| not_a_db(e.to_string()))?;
+        let writer = Connection::open_with_flags(path, flags).map_err(opening)?;
         // The first read of the header: fails here, before any write, for a
         // file that is not a database.
         let tables: Vec<String> = writer
             .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-            .map_err(|e| not_a_db(e.to_string()))?;
+            .map_err(opening)?;
         if !tables.is_empty() && !tables.iter().any(|t| t == "kiln_migrations") {
             return Err(not_a_db(format!("it is an SQLite database of something else (tables: {})", tables.join(", "))));
         }
-        configure(&writer).map_err(db_error)?;
+        configure(&writer).map_err(opening)?;
         migrate(&writer)?;
         let reader = Connection::open_with_flags(path, flags).map_err(db_error)?;
         configure(&reader).map_err(db_error)?;
@@ -191,6 +230,18 @@ impl SqliteStore {
         tokio::task::spawn_blocking(move || f(&reader.lock().expect("sqlite reader poisoned"), now))
             .await
             .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?
+    }
+}
+
+/// Creates the database file readable and writable by its owner only (SQLite
+/// gives its `-wal` and `-shm` files the same mode); an existing file is
+/// left as it is.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -284,13 +335,17 @@ fn apply(tx: &rusqlite::Transaction<'_>, finish: &Finish, now: Millis) -> rusqli
         Transition::Complete { result } => tx
             .prepare_cached(concat!("UPDATE jobs SET state = 'completed', result = ?3, finalized_at = ?4, ", clear_lease!(), fence!()))?
             .execute(params![id, token, result, now, Null, Null, Null, Null, finish.ran_version])?,
+        // A job whose cancel was requested (perhaps on another host, not
+        // yet heard here) is not run again: cancelled instead.
         Transition::RetryAt { at, error } => tx
             .prepare_cached(concat!(
-                "UPDATE jobs SET state = 'retryable', scheduled_at = ?3, errors = json_insert(errors, '$[#]', json(?4)), ",
+                "UPDATE jobs SET state = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'retryable' END, \
+                 finalized_at = CASE WHEN cancel_requested = 1 THEN ?5 END, cancel_requested = 0, \
+                 scheduled_at = ?3, errors = json_insert(errors, '$[#]', json(?4)), ",
                 clear_lease!(),
                 fence!()
             ))?
-            .execute(params![id, token, at, error_json(error), Null, Null, Null, Null, finish.ran_version])?,
+            .execute(params![id, token, at, error_json(error), now, Null, Null, Null, finish.ran_version])?,
         Transition::Discard { error } => tx
             .prepare_cached(concat!(
                 "UPDATE jobs SET state = 'dead', finalized_at = ?3, errors = json_insert(errors, '$[#]', json(?4)), ",
@@ -300,7 +355,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, finish: &Finish, now: Millis) -> rusqli
             .execute(params![id, token, now, error_json(error), Null, Null, Null, Null, finish.ran_version])?,
         Transition::Snooze { at } => tx
             .prepare_cached(concat!(
-                "UPDATE jobs SET state = CASE WHEN ?3 > ?4 THEN 'scheduled' ELSE 'available' END, scheduled_at = ?3, \
+                "UPDATE jobs SET state = CASE WHEN cancel_requested = 1 THEN 'cancelled' WHEN ?3 > ?4 THEN 'scheduled' ELSE 'available' END, \
+                 finalized_at = CASE WHEN cancel_requested = 1 THEN ?4 END, cancel_requested = 0, scheduled_at = ?3, \
                  attempt = max(attempt - 1, 0), ",
                 clear_lease!(),
                 fence!()
@@ -464,15 +520,17 @@ impl JobStore for SqliteStore {
         .await
     }
 
-    async fn rescue_expired(&self) -> Result<Vec<JobId>, StoreError> {
+    async fn rescue_expired(&self, spare: &[JobId]) -> Result<Vec<JobId>, StoreError> {
+        let spare = serde_json::to_string(spare).expect("ids serialise");
         self.write(move |tx, now| {
-            let expired: Vec<(JobId, u32, u32, Option<String>)> = tx
+            let expired: Vec<(JobId, u32, u32, Option<String>, bool)> = tx
                 .prepare_cached(
-                    "SELECT id, attempt, max_attempts, leased_by FROM jobs WHERE state = 'running' AND lease_expires_at < ?1",
+                    "SELECT id, attempt, max_attempts, leased_by, cancel_requested FROM jobs WHERE state = 'running' AND lease_expires_at < ?1 \
+                     AND id NOT IN (SELECT value FROM json_each(?2))",
                 )
-                .and_then(|mut s| s.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect())
+                .and_then(|mut s| s.query_map(params![now, spare], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?.collect())
                 .map_err(db_error)?;
-            for (id, attempt, max_attempts, host) in &expired {
+            for (id, attempt, max_attempts, host, cancel_requested) in &expired {
                 let error = AttemptError {
                     attempt: *attempt,
                     at: now,
@@ -482,10 +540,14 @@ impl JobStore for SqliteStore {
                         host.as_deref().unwrap_or("?")
                     ),
                 };
-                let (state, finalized) = if attempt >= max_attempts { ("dead", Some(now)) } else { ("retryable", None) };
+                let (state, finalized) = match () {
+                    () if *cancel_requested => ("cancelled", Some(now)),
+                    () if attempt >= max_attempts => ("dead", Some(now)),
+                    () => ("retryable", None),
+                };
                 tx.prepare_cached(
                     "UPDATE jobs SET state = ?2, scheduled_at = min(scheduled_at, ?3), finalized_at = ?4, leased_by = NULL, lease_expires_at = NULL, \
-                     errors = json_insert(errors, '$[#]', json(?5)) WHERE id = ?1",
+                     cancel_requested = 0, errors = json_insert(errors, '$[#]', json(?5)) WHERE id = ?1",
                 )
                 .and_then(|mut s| s.execute(params![id, state, now, finalized, error_json(&error)]))
                 .map_err(db_error)?;
@@ -502,8 +564,8 @@ impl JobStore for SqliteStore {
                 return Err(StoreError::InvalidState { id, state: job.state, action: "retry" });
             }
             tx.execute(
-                "UPDATE jobs SET state = 'available', attempt = 0, scheduled_at = ?2, finalized_at = NULL, result = NULL, \
-                 cancel_requested = 0 WHERE id = ?1",
+                "UPDATE jobs SET state = 'available', max_attempts = max(max_attempts, attempt + 1), scheduled_at = ?2, \
+                 finalized_at = NULL, result = NULL, cancel_requested = 0 WHERE id = ?1",
                 params![id, now],
             )
             .map_err(|e| {
@@ -530,7 +592,7 @@ impl JobStore for SqliteStore {
         self.read(move |conn, _| get_job(conn, id)).await
     }
 
-    async fn list(&self, filter: ListFilter) -> Result<Vec<Job>, StoreError> {
+    async fn list(&self, filter: ListFilter) -> Result<JobList, StoreError> {
         self.read(move |conn, _| {
             let mut clauses = Vec::new();
             let mut values: Vec<Box<dyn ToSql>> = Vec::new();
@@ -552,11 +614,28 @@ impl JobStore for SqliteStore {
             }
             let filter_sql = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
             values.push(Box::new(filter.limit as i64));
-            let sql = format!("SELECT {} FROM jobs {filter_sql} ORDER BY id LIMIT ?{}", columns!(), values.len());
+            let limit = values.len();
+            values.push(Box::new(i64::try_from(filter.max_bytes).unwrap_or(i64::MAX)));
+            // Sizes first (length() reads no blob), one job more than the
+            // page to learn whether there are more, then only the rows that
+            // fit the byte bound.
+            let sql = format!(
+                "WITH page AS (SELECT id, length(payload) + coalesce(length(result), 0) + length(CAST(errors AS BLOB)) AS size \
+                   FROM jobs {filter_sql} ORDER BY id LIMIT ?{limit} + 1), \
+                 fitting AS (SELECT id, row_number() OVER (ORDER BY id) AS n, sum(size) OVER (ORDER BY id) - size AS before FROM page) \
+                 SELECT {}, (SELECT count(*) FROM page) FROM jobs \
+                 WHERE id IN (SELECT id FROM fitting WHERE before < ?{} AND n <= ?{limit}) ORDER BY id",
+                columns!(),
+                values.len()
+            );
             let params: Vec<&dyn ToSql> = values.iter().map(|v| v.as_ref()).collect();
-            conn.prepare(&sql)
-                .and_then(|mut s| s.query_map(params.as_slice(), job_from_row)?.collect())
-                .map_err(db_error)
+            let rows: Vec<(Job, i64)> = conn
+                .prepare(&sql)
+                .and_then(|mut s| s.query_map(params.as_slice(), |r| Ok((job_from_row(r)?, r.get(20)?)))?.collect())
+                .map_err(db_error)?;
+            let matched = rows.first().map_or(0, |r| r.1) as usize;
+            let jobs: Vec<Job> = rows.into_iter().map(|r| r.0).collect();
+            Ok(JobList { more: matched > jobs.len(), jobs })
         })
         .await
     }
@@ -756,6 +835,36 @@ mod tests {
         assert!(matches!(err, StoreError::NotADatabase { .. }), "{err}");
         assert!(err.to_string().contains(&path.display().to_string()), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), garbage, "the file is unchanged");
+    }
+
+    #[test]
+    fn a_new_database_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.db");
+        let _open = SqliteStore::open(&path, Arc::new(SystemClock)).unwrap();
+        for file in ["kiln.db", "kiln.db-wal", "kiln.db-shm"] {
+            let mode = std::fs::metadata(dir.path().join(file)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{file}");
+        }
+    }
+
+    #[test]
+    fn a_database_that_cannot_be_opened_is_not_called_foreign() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = SqliteStore::open(&dir.path().join("missing-dir/kiln.db"), Arc::new(SystemClock)).unwrap_err();
+        assert!(!matches!(err, StoreError::NotADatabase { .. }), "{err}");
+        assert!(err.to_string().contains("cannot create"), "{err}");
+    }
+
+    #[test]
+    fn a_full_disk_is_the_store_being_unavailable() {
+        let full = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None);
+        assert!(matches!(db_error(full), StoreError::Unavailable(_)));
+        let io = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_WRITE), None);
+        assert!(matches!(db_error(io), StoreError::Unavailable(_)));
+        let constraint = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT), None);
+        assert!(matches!(db_error(constraint), StoreError::Database(_)));
     }
 
     #[test]

@@ -186,12 +186,28 @@ pub struct ListFilter {
     /// Only jobs with a larger id (the previous page's last id).
     pub after_id: Option<JobId>,
     pub limit: usize,
+    /// The page ends at the first job that brings the stored bytes it
+    /// holds (payload, result, errors) to this many: however large each
+    /// job is, a page holds at most this plus one job.
+    pub max_bytes: u64,
 }
+
+/// The default byte bound of a page of jobs.
+pub const DEFAULT_PAGE_BYTES: u64 = 8 << 20;
 
 impl Default for ListFilter {
     fn default() -> Self {
-        Self { state: None, kind: None, queue: None, after_id: None, limit: 100 }
+        Self { state: None, kind: None, queue: None, after_id: None, limit: 100, max_bytes: DEFAULT_PAGE_BYTES }
     }
+}
+
+/// One page of [`JobStore::list`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobList {
+    pub jobs: Vec<Job>,
+    /// More jobs match after the last one here (the page was full, or cut
+    /// by its byte bound).
+    pub more: bool,
 }
 
 /// How many jobs of one queue are in one state.
@@ -294,14 +310,20 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// attempts are left): their host died or lost touch. They keep their
     /// `scheduled_at`, so they run next, not behind the whole backlog.
     /// Returns their ids.
-    async fn rescue_expired(&self) -> Result<Vec<JobId>, StoreError>;
+    ///
+    /// `spare` names jobs the calling host still runs or is still writing
+    /// the end of (their lease ran out while the store was unreachable):
+    /// they are alive, and left alone.
+    async fn rescue_expired(&self, spare: &[JobId]) -> Result<Vec<JobId>, StoreError>;
 
-    /// A dead or cancelled job → available, with a fresh set of attempts.
+    /// A dead or cancelled job → available, due now. Its attempt count goes
+    /// on (attempt numbers never repeat in its errors); a job that used all
+    /// its attempts gets one more, as in Oban and River.
     async fn retry_by_hand(&self, id: JobId) -> Result<Job, StoreError>;
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError>;
 
-    async fn list(&self, filter: ListFilter) -> Result<Vec<Job>, StoreError>;
+    async fn list(&self, filter: ListFilter) -> Result<JobList, StoreError>;
 
     /// Job counts by queue and state (states with no jobs are left out).
     async fn counts(&self) -> Result<Vec<StateCount>, StoreError>;

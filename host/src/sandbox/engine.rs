@@ -1,7 +1,7 @@
 //! The one wasmtime `Engine` every plugin shares, its configuration, and the
 //! epoch ticker that turns wall-clock time into epochs.
 
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -10,7 +10,8 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 /// CPU-bound guest yields its tokio worker thread once a tick, so this is
 /// also the longest a spinning plugin can hold a thread other tasks want.
 /// 1 ms keeps both well under what a health check notices, at the price of
-/// a thousand wake-ups a second of one idle thread (a few µs of CPU each).
+/// a thousand wake-ups a second of one thread while any iteration runs
+/// (a few µs of CPU each); with none running the ticker sleeps.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Sandbox instances (one per running iteration) that may exist at once
@@ -120,29 +121,70 @@ pub fn engine_config_for(size: PoolSize) -> Config {
     config
 }
 
-/// A thread that increments the engine's epoch every [`EPOCH_TICK`]; stopped
-/// and joined when dropped.
+/// A thread that increments the engine's epoch every [`EPOCH_TICK`] while
+/// at least one iteration runs (an idle host must be idle); stopped and
+/// joined when dropped.
 #[derive(Debug)]
 pub(crate) struct EpochTicker {
-    stop: Option<mpsc::Sender<()>>,
+    shared: Arc<TickerState>,
     thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct TickerState {
+    /// (iterations running, ticker stopped)
+    state: Mutex<(usize, bool)>,
+    changed: Condvar,
+}
+
+/// Keeps the ticker going while it lives: one per running iteration.
+#[derive(Debug)]
+pub(crate) struct Ticking(Arc<TickerState>);
+
+impl Drop for Ticking {
+    fn drop(&mut self) {
+        self.0.state.lock().expect("ticker poisoned").0 -= 1;
+    }
 }
 
 impl EpochTicker {
     pub(crate) fn start(engine: Engine) -> std::io::Result<Self> {
-        let (stop, stopped) = mpsc::channel::<()>();
+        let shared = Arc::new(TickerState::default());
+        let ticker = shared.clone();
         let thread = std::thread::Builder::new().name("kiln-epoch".into()).spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(EPOCH_TICK) {
+            let mut state = ticker.state.lock().expect("ticker poisoned");
+            loop {
+                // Parked until an iteration starts (or the ticker stops).
+                state = ticker.changed.wait_while(state, |(running, stopped)| *running == 0 && !*stopped).expect("ticker poisoned");
+                if state.1 {
+                    return;
+                }
+                let (next, _) = ticker.changed.wait_timeout_while(state, EPOCH_TICK, |(_, stopped)| !*stopped).expect("ticker poisoned");
+                state = next;
+                if state.1 {
+                    return;
+                }
                 engine.increment_epoch();
             }
         })?;
-        Ok(Self { stop: Some(stop), thread: Some(thread) })
+        Ok(Self { shared, thread: Some(thread) })
+    }
+
+    /// Ticks until the returned guard is dropped.
+    pub(crate) fn running(&self) -> Ticking {
+        let mut state = self.shared.state.lock().expect("ticker poisoned");
+        state.0 += 1;
+        if state.0 == 1 {
+            self.shared.changed.notify_all();
+        }
+        Ticking(self.shared.clone())
     }
 }
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        drop(self.stop.take());
+        self.shared.state.lock().expect("ticker poisoned").1 = true;
+        self.shared.changed.notify_all();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

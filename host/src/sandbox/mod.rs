@@ -110,7 +110,7 @@ pub struct Sandbox {
     linker: Linker<IterationState>,
     pool: PoolSize,
     admission: Admission,
-    _ticker: engine::EpochTicker,
+    ticker: engine::EpochTicker,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -145,7 +145,7 @@ impl Sandbox {
         bindings::kiln::worker::types::add_to_linker::<_, HasSelf<IterationState>>(&mut linker, |state| state)?;
         context::add_to_linker(&mut linker)?;
         let ticker = engine::EpochTicker::start(engine.clone())?;
-        Ok(Self { engine, linker, pool, admission: Admission::new(pool), _ticker: ticker })
+        Ok(Self { engine, linker, pool, admission: Admission::new(pool), ticker })
     }
 
     /// The instance pool this sandbox admits jobs to.
@@ -214,6 +214,7 @@ impl Sandbox {
                 return finish(Outcome::Cancelled { interrupted }, 0, 0, None, Instant::now(), &log);
             }
         };
+        let _ticking = self.ticker.running();
         let started = Instant::now();
         let deadline = started.checked_add(budget.timeout).unwrap_or_else(far_future);
         let mut store = Store::new(

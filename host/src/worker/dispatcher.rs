@@ -8,7 +8,7 @@ use super::rescuer::Rescuer;
 use super::retry_policy::{StopReason, decide};
 use super::runner::{Ran, Runner};
 use crate::queue::{
-    ClaimParams, Finish, HeartbeatParams, Inserted, Job, JobId, JobStore, Lease, NewJob, SharedClock, StoreError,
+    ClaimParams, Finish, HeartbeatParams, Inserted, Job, JobId, JobStore, Lease, NewJob, SharedClock, StoreError, Transition,
 };
 use crate::sandbox::{JobInput, Outcome, StopSignal};
 use std::collections::{BTreeMap, HashMap};
@@ -37,6 +37,12 @@ pub const CLAIM_COOLDOWN: Duration = Duration::from_millis(1);
 /// The finisher's first wait before writing a batch again while the store
 /// is unreachable; it doubles each time.
 pub const FINISH_RETRY_DELAY: Duration = Duration::from_millis(50);
+/// The finisher's longest wait between tries: once the store is back, the
+/// transitions are written within this.
+pub const FINISH_RETRY_MAX_DELAY: Duration = Duration::from_secs(1);
+/// The longest `unique_key` a job may carry: room for a kind, a date and a
+/// few ids, and an index entry that stays small.
+pub const MAX_UNIQUE_KEY_BYTES: usize = 512;
 /// How long running jobs get to finish on shutdown before they are interrupted.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long a cancelled job gets to return before it is interrupted.
@@ -99,8 +105,10 @@ pub enum EnqueueError {
     PayloadTooLarge { index: usize, size: usize, limit: usize },
     #[error("job {index}: queue {queue:?} is not served by this host (queues: {known})")]
     UnknownQueue { index: usize, queue: String, known: String },
-    #[error("job {index}: max_attempts must be at least 1")]
-    ZeroAttempts { index: usize },
+    #[error("job {index}: max_attempts is {given}; it must be between 1 and {}", crate::plugin::MAX_ATTEMPTS)]
+    BadAttempts { index: usize, given: u32 },
+    #[error("job {index}: unique_key is {size} bytes, over the limit of {limit} bytes")]
+    UniqueKeyTooLong { index: usize, size: usize, limit: usize },
     #[error("the host is shutting down")]
     ShuttingDown,
     #[error(transparent)]
@@ -136,8 +144,13 @@ struct Inner {
     /// Leases of runs that have ended but whose transition the finisher has
     /// not written yet: still beaten, so a slow write cannot let them expire.
     unwritten: Mutex<HashMap<JobId, Lease>>,
+    /// Claims being made and runs not yet handed to the finisher: shutdown
+    /// closes the finisher only once this is zero.
     in_flight: AtomicUsize,
     idle: Notify,
+    /// Set by the finisher once its last transition is written: the
+    /// heartbeat keeps every lease alive until then.
+    finisher_done: watch::Sender<bool>,
     stopping: watch::Sender<bool>,
     accepting: AtomicBool,
     finishes: Mutex<Option<mpsc::UnboundedSender<Finish>>>,
@@ -191,6 +204,7 @@ impl Dispatcher {
                 in_flight: AtomicUsize::new(0),
                 idle: Notify::new(),
                 stopping: watch::Sender::new(false),
+                finisher_done: watch::Sender::new(false),
                 accepting: AtomicBool::new(true),
                 finishes: Mutex::new(None),
                 jobs: std::sync::OnceLock::new(),
@@ -251,7 +265,15 @@ impl Dispatcher {
         }
         let rescuer = Rescuer::new(self.inner.store.clone(), self.inner.config.lease);
         let wake: Vec<Arc<Notify>> = self.inner.wake.values().cloned().collect();
-        tasks.spawn(rescuer.run(self.inner.stopping.subscribe(), move || wake.iter().for_each(|w| w.notify_one())));
+        let held = {
+            let inner = self.inner.clone();
+            move || {
+                let mut ids: Vec<JobId> = inner.running.lock().expect("poisoned").keys().copied().collect();
+                ids.extend(inner.unwritten.lock().expect("poisoned").keys().copied());
+                ids
+            }
+        };
+        tasks.spawn(rescuer.run(self.inner.stopping.subscribe(), held, move || wake.iter().for_each(|w| w.notify_one())));
         tasks.spawn(super::triggers::supervise(self.clone(), self.inner.runner.changes(), self.inner.stopping.subscribe()));
         tracing::info!(host = %self.inner.config.host, queues = ?self.inner.config.queues, "dispatcher started");
         Running { tasks }
@@ -281,8 +303,13 @@ impl Dispatcher {
                 return Err(EnqueueError::UnknownQueue { index, queue, known });
             }
             let max_attempts = r.max_attempts.unwrap_or(kind.retry.max_attempts);
-            if max_attempts == 0 {
-                return Err(EnqueueError::ZeroAttempts { index });
+            if max_attempts == 0 || max_attempts > crate::plugin::MAX_ATTEMPTS {
+                return Err(EnqueueError::BadAttempts { index, given: max_attempts });
+            }
+            if let Some(key) = &r.unique_key {
+                if key.len() > MAX_UNIQUE_KEY_BYTES {
+                    return Err(EnqueueError::UniqueKeyTooLong { index, size: key.len(), limit: MAX_UNIQUE_KEY_BYTES });
+                }
             }
             jobs.push(NewJob {
                 kind: r.kind,
@@ -325,11 +352,19 @@ impl Dispatcher {
     /// Graceful stop: stop claiming, ask running jobs to cancel, wait up to
     /// the grace period, interrupt the rest, write every transition. Jobs
     /// stopped this way go back to `available` without counting the attempt.
+    /// A claim already on its way is waited for, and the jobs it brings are
+    /// put back without being started.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
-        inner.accepting.store(false, Ordering::SeqCst);
+        // Under the lock that claimed jobs are registered with: each one is
+        // either registered before this (and asked to stop below) or sees
+        // that the host is stopping (and is put back).
+        let running: Vec<JobId> = {
+            let running = inner.running.lock().expect("poisoned");
+            inner.accepting.store(false, Ordering::SeqCst);
+            running.keys().copied().collect()
+        };
         inner.stopping.send_replace(true);
-        let running: Vec<JobId> = inner.running.lock().expect("poisoned").keys().copied().collect();
         tracing::info!(running = running.len(), "shutdown: stopped claiming; asking running jobs to cancel");
         for id in &running {
             inner.stop_locally(*id, StopReason::Shutdown);
@@ -343,13 +378,37 @@ impl Dispatcher {
             }
             inner.wait_idle().await;
         }
-        tracing::info!("shutdown: every run has ended; writing the last transitions");
+        tracing::info!("shutdown: no claim is in flight and every run has ended; writing the last transitions");
         // Closing the channel lets the finisher drain and end.
         inner.finishes.lock().expect("poisoned").take();
     }
 }
 
+/// One claim or run the finisher must wait for; counted while it lives.
+struct InFlight(Arc<Inner>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 impl Inner {
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+
+    /// Puts a claimed job back without having run it: waiting again at its
+    /// old place in the queue, its attempt not counted.
+    fn put_back(&self, job: &Job) {
+        let lease = job.lease();
+        self.unwritten.lock().expect("poisoned").insert(job.id, lease);
+        self.send_finish(Finish { lease, transition: Transition::Snooze { at: job.scheduled_at }, ran_version: None });
+    }
+
     fn stop_locally(self: &Arc<Self>, id: JobId, reason: StopReason) {
         let mut running = self.running.lock().expect("poisoned");
         let Some(job) = running.get_mut(&id) else { return };
@@ -421,6 +480,12 @@ async fn queue_loop(inner: Arc<Inner>, queue: QueueConfig) {
             }
         }
         let wanted = permits.num_permits();
+        // Counted before the check, so shutdown either stops this claim
+        // here or waits for it to hand its jobs on.
+        let claiming = inner.begin();
+        if !inner.accepting.load(Ordering::SeqCst) {
+            break;
+        }
         let claimed = inner
             .store
             .claim(ClaimParams {
@@ -434,13 +499,13 @@ async fn queue_loop(inner: Arc<Inner>, queue: QueueConfig) {
             Ok(jobs) => jobs,
             Err(e) => {
                 tracing::error!(queue = %queue.name, "claim failed: {e}; retrying after {:?}", inner.config.poll_interval);
-                drop(permits);
+                drop((permits, claiming));
                 tokio::time::sleep(inner.config.poll_interval).await;
                 continue;
             }
         };
         if jobs.is_empty() {
-            drop(permits);
+            drop((permits, claiming));
             let until_due = match inner.store.next_due(&queue.name).await {
                 Ok(Some(at)) => Duration::from_millis((at - inner.clock.now()).max(1) as u64),
                 _ => inner.config.poll_interval,
@@ -452,24 +517,57 @@ async fn queue_loop(inner: Arc<Inner>, queue: QueueConfig) {
             }
             continue;
         }
-        let runtime = Dispatcher { inner: inner.clone() }.job_runtime();
-        for job in jobs {
-            let permit = permits.split(1).expect("one permit per claimed job");
-            inner.in_flight.fetch_add(1, Ordering::SeqCst);
-            // Beaten from the claim on, not only once the run has started.
-            let stop = inner.runner.stop_signal();
-            inner.running.lock().expect("poisoned").insert(job.id, RunningJob { lease: job.lease(), stop: stop.clone(), reason: None });
-            runtime.spawn(run_job(inner.clone(), job, stop, permit));
+        let mut starting = Vec::with_capacity(jobs.len());
+        let mut stopped = Vec::new();
+        {
+            let mut running = inner.running.lock().expect("poisoned");
+            for job in jobs {
+                if !inner.accepting.load(Ordering::SeqCst) {
+                    stopped.push(job);
+                    continue;
+                }
+                // Beaten from the claim on, not only once the run has started.
+                let stop = inner.runner.stop_signal();
+                running.insert(job.id, RunningJob { lease: job.lease(), stop: stop.clone(), reason: None });
+                starting.push((job, stop));
+            }
         }
+        if !stopped.is_empty() {
+            tracing::info!(queue = %queue.name, jobs = stopped.len(), "shutdown began during the claim; putting the claimed jobs back unstarted");
+        }
+        for job in &stopped {
+            inner.put_back(job);
+        }
+        let runtime = Dispatcher { inner: inner.clone() }.job_runtime();
+        for (job, stop) in starting {
+            let permit = permits.split(1).expect("one permit per claimed job");
+            runtime.spawn(run_job(inner.clone(), job, stop, permit, inner.begin()));
+        }
+        drop(claiming);
         // Permits for jobs the claim did not find are dropped here.
     }
     tracing::info!(queue = %queue.name, "queue loop stopped");
 }
 
-async fn run_job(inner: Arc<Inner>, job: Job, stop: StopSignal, _slot: OwnedSemaphorePermit) {
+async fn run_job(inner: Arc<Inner>, job: Job, stop: StopSignal, _slot: OwnedSemaphorePermit, _counted: InFlight) {
     let lease = job.lease();
-    if job.cancel_requested {
-        inner.stop_locally(job.id, StopReason::CancelRequested);
+    // Stopped between the claim and this start: never started at all.
+    let stopped = inner.running.lock().expect("poisoned").get(&job.id).and_then(|r| r.reason);
+    if stopped == Some(StopReason::Shutdown) || job.cancel_requested {
+        inner.running.lock().expect("poisoned").remove(&job.id);
+        if job.cancel_requested {
+            let error = crate::queue::AttemptError {
+                attempt: job.attempt,
+                at: inner.clock.now(),
+                outcome: "cancelled".into(),
+                message: "cancelled before it started".into(),
+            };
+            inner.unwritten.lock().expect("poisoned").insert(job.id, lease);
+            inner.send_finish(Finish { lease, transition: Transition::Cancel { error }, ran_version: None });
+        } else {
+            inner.put_back(&job);
+        }
+        return;
     }
     let kind = inner.runner.kind(&job.kind);
     // A schedule's tick gets the result of the last completed tick.
@@ -509,9 +607,6 @@ async fn run_job(inner: Arc<Inner>, job: Job, stop: StopSignal, _slot: OwnedSema
         }
         None => tracing::warn!(job = job.id, "lease lost while running; another host has the job, nothing written"),
     }
-    if inner.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-        inner.idle.notify_waiters();
-    }
 }
 
 /// Wakes the queue loops on the store's announcements of jobs inserted by
@@ -539,9 +634,8 @@ async fn wake_on_announcements(inner: Arc<Inner>, mut wakeups: tokio::sync::broa
 
 /// Writes transitions in batches: everything waiting when the previous
 /// write ends goes in the next transaction. While the store is unreachable
-/// a batch is tried again, for as long as its leases could still be
-/// current; after that the rescuer brings the jobs back (and the fencing
-/// rule would refuse the write anyway).
+/// (a database outage, a full disk) a batch is tried again until it is
+/// written.
 async fn finisher(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>) {
     let mut batch = Vec::with_capacity(inner.config.finish_batch);
     while rx.recv_many(&mut batch, inner.config.finish_batch).await > 0 {
@@ -555,14 +649,19 @@ async fn finisher(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>) {
                 }
             }
         };
-        let give_up = tokio::time::Instant::now() + inner.config.lease;
+        let began = tokio::time::Instant::now();
         let mut delay = FINISH_RETRY_DELAY;
         let written = loop {
+            // Tried again for as long as the host runs (the heartbeat keeps
+            // the leases and the rescuer spares the jobs meanwhile); a host
+            // stopping gives up after its grace period, and the next start
+            // rescues the jobs.
+            let stopping = *inner.stopping.borrow();
             match inner.store.finish_many(finishes.clone()).await {
-                Err(StoreError::Unavailable(e)) if tokio::time::Instant::now() + delay < give_up => {
+                Err(StoreError::Unavailable(e)) if !stopping || began.elapsed() + delay < inner.config.shutdown_grace => {
                     tracing::warn!(jobs = leases.len(), "cannot write transitions yet: {e}; trying again in {delay:?}");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(inner.config.lease / 4);
+                    delay = (delay * 2).min(FINISH_RETRY_MAX_DELAY);
                 }
                 other => break other,
             }
@@ -580,6 +679,7 @@ async fn finisher(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>) {
         }
         forget(&leases);
     }
+    inner.finisher_done.send_replace(true);
     tracing::info!("finisher stopped: every transition written");
 }
 
@@ -588,18 +688,14 @@ async fn finisher(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>) {
 async fn heartbeat_loop(inner: Arc<Inner>) {
     // Three beats per lease: one lost beat does not lose the lease.
     let every = inner.config.lease / 3;
-    let mut stopping = inner.stopping.subscribe();
+    // Beats on through shutdown (which may take the whole grace period)
+    // until the finisher has written the last transition, and not a beat longer.
+    let mut done = inner.finisher_done.subscribe();
     let mut last = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {}
-            _ = stopping.changed() => {
-                // Keep beating until every run has ended: shutdown may take the whole grace period.
-                if inner.in_flight.load(Ordering::SeqCst) == 0 { break; }
-            }
-        }
-        if *stopping.borrow() && inner.in_flight.load(Ordering::SeqCst) == 0 {
-            break;
+            _ = done.wait_for(|done| *done) => break,
         }
         let mut leases: Vec<Lease> = inner.running.lock().expect("poisoned").values().map(|r| r.lease).collect();
         leases.extend(inner.unwritten.lock().expect("poisoned").values().copied());

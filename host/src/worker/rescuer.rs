@@ -1,7 +1,7 @@
 //! The rescuer: a maintenance service that brings back jobs whose host died
 //! or lost touch, by moving expired leases back to retryable.
 
-use crate::queue::JobStore;
+use crate::queue::{JobId, JobStore};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -23,10 +23,17 @@ impl Rescuer {
     }
 
     /// Runs until `stopping` turns true; calls `rescued` after any rescue so
-    /// the queues look for the returned jobs at once.
-    pub async fn run(self, mut stopping: watch::Receiver<bool>, rescued: impl Fn() + Send + 'static) {
+    /// the queues look for the returned jobs at once. `held` names the jobs
+    /// this host still runs or writes: never rescued from under it, even
+    /// when their lease ran out while the store was unreachable.
+    pub async fn run(
+        self,
+        mut stopping: watch::Receiver<bool>,
+        held: impl Fn() -> Vec<JobId> + Send + 'static,
+        rescued: impl Fn() + Send + 'static,
+    ) {
         loop {
-            match self.store.rescue_expired().await {
+            match self.store.rescue_expired(&held()).await {
                 Ok(ids) if !ids.is_empty() => {
                     tracing::warn!(jobs = ?ids, "rescued jobs whose lease expired (their host stopped or lost touch)");
                     rescued();

@@ -25,12 +25,14 @@ pub enum StopReason {
 }
 
 /// The delay before retry number `attempt` (1 = the first retry): exponential
-/// from the policy's initial backoff, capped by its maximum, with jitter.
+/// from the policy's initial backoff, with jitter, and never over its
+/// maximum (the cap comes after the jitter, so `max_backoff_ms` holds).
 pub fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
     let exponent = attempt.saturating_sub(1).min(62) as i32;
-    let base = (policy.initial_backoff_ms as f64 * BACKOFF_FACTOR.powi(exponent)).min(policy.max_backoff_ms as f64);
+    let max = policy.max_backoff_ms as f64;
+    let base = (policy.initial_backoff_ms as f64 * BACKOFF_FACTOR.powi(exponent)).min(max);
     let jittered = base * (1.0 + JITTER * (2.0 * fastrand::f64() - 1.0));
-    Duration::from_millis(jittered.max(0.0) as u64)
+    Duration::from_millis(jittered.clamp(0.0, max) as u64)
 }
 
 /// The transition for a finished run; `None` when nothing may be written
@@ -57,6 +59,9 @@ pub fn decide(job: &Job, outcome: &Outcome, stopped: Option<StopReason>, policy:
     Some(match (outcome, stopped) {
         (_, Some(StopReason::LeaseLost)) => return None,
         (Outcome::Ok(result), _) => Transition::Complete { result: result.clone() },
+        // A requested cancel wins over however else the run ended (its own
+        // timeout, a trap, a retry it asked for): the job is not run again.
+        (_, Some(StopReason::CancelRequested)) => Transition::Cancel { error: error() },
         (Outcome::Cancelled { .. }, Some(StopReason::Shutdown)) => Transition::Snooze { at: now },
         (Outcome::Cancelled { .. }, _) => Transition::Cancel { error: error() },
         // A run that failed while the host was stopping it gets another go.
@@ -110,7 +115,10 @@ mod tests {
                 assert!(d >= nominal * (1.0 - JITTER) - 1.0 && d <= nominal * (1.0 + JITTER) + 1.0, "attempt {attempt}: {d}");
             }
         }
-        assert!(backoff(&POLICY, 40).as_millis() as f64 <= 60_000.0 * (1.0 + JITTER));
+        for _ in 0..200 {
+            let capped = backoff(&POLICY, 40).as_millis();
+            assert!((45_000..=60_000).contains(&capped), "jitter stays under max_backoff_ms: {capped}");
+        }
         let spread: std::collections::HashSet<_> = (0..20).map(|_| backoff(&POLICY, 3)).collect();
         assert!(spread.len() > 1, "jitter spreads retries");
     }
@@ -145,6 +153,12 @@ mod tests {
         assert!(matches!(t(Outcome::Cancelled { interrupted: false }, 1, Some(StopReason::CancelRequested)), Some(Transition::Cancel { .. })));
         assert!(matches!(t(Outcome::Cancelled { interrupted: true }, 2, Some(StopReason::Shutdown)), Some(Transition::Snooze { at: 10_000 })));
         assert!(matches!(t(Outcome::TimedOut, 1, Some(StopReason::Shutdown)), Some(Transition::Snooze { .. })));
+        for ended_otherwise in [Outcome::TimedOut, Outcome::OutOfFuel, Outcome::Retry { message: "x".into(), delay: None }, Outcome::Fatal("x".into())] {
+            assert!(
+                matches!(t(ended_otherwise.clone(), 1, Some(StopReason::CancelRequested)), Some(Transition::Cancel { .. })),
+                "a requested cancel wins over {ended_otherwise:?}"
+            );
+        }
         assert_eq!(t(Outcome::Ok(vec![]), 1, Some(StopReason::LeaseLost)), None);
         assert!(matches!(t(Outcome::Ok(vec![]), 1, Some(StopReason::Shutdown)), Some(Transition::Complete { .. })), "a finished run counts");
     }

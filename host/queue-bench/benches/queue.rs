@@ -3,7 +3,7 @@
 //! as the baseline, by a native closure (the sandbox's share of the cost);
 //! and enqueue → start latency on an idle host.
 //!
-//! Run: `cargo bench --bench queue` (add `-- --quick` for a short run).
+//! Run: `cargo bench -p kiln-queue-bench --bench queue` (add `-- --quick` for a short run).
 //! Variants alternate round by round; figures are medians over rounds.
 
 mod bench_support;
@@ -126,7 +126,7 @@ async fn healthz_latency(spinners: usize, samples: usize) -> Vec<f64> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/healthz", listener.local_addr().unwrap());
     let (close, closed) = tokio::sync::oneshot::channel::<()>();
-    let api = tokio::spawn(kiln::api::serve(listener, kiln::api::AppState { dispatcher: dispatcher.clone(), registry, not_ready: tokio::sync::watch::channel(None).1 }, async {
+    let api = tokio::spawn(kiln::api::serve(listener, kiln::api::AppState { dispatcher: dispatcher.clone(), registry, not_ready: tokio::sync::watch::channel(None).1, http: Default::default() }, async {
         let _ = closed.await;
     }));
     if spinners > 0 {

@@ -9,7 +9,7 @@
 //! settings likewise keep 500 jobs in a local queue), and once with
 //! concurrency 64 as in the SQLite queue bench.
 //!
-//! Run: `cargo bench --bench postgres` (add `-- --quick` for a short run).
+//! Run: `cargo bench -p kiln-queue-bench --bench postgres` (add `-- --quick` for a short run).
 //! Postgres: `KILN_BENCH_DATABASE_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/test`; each variant gets a fresh
 //! schema. graphile-worker needs node and npm: the bench installs the

@@ -103,7 +103,7 @@ pub async fn insert_noops(store: &dyn JobStore, jobs: usize) {
 /// being measured (the bench jobs have one attempt, so none is retryable).
 pub async fn nothing_pending(store: &dyn JobStore) -> bool {
     for state in [JobState::Available, JobState::Running] {
-        if !store.list(ListFilter { state: Some(state), limit: 1, ..ListFilter::default() }).await.unwrap().is_empty() {
+        if !store.list(ListFilter { state: Some(state), limit: 1, ..ListFilter::default() }).await.unwrap().jobs.is_empty() {
             return false;
         }
     }

@@ -1,0 +1,148 @@
+//! Keeps web pages from driving the API through a visitor's browser. The
+//! API has no authentication of its own yet (tenants bring it), so three
+//! checks close the browser's ways in:
+//!
+//! - `Host` must be `localhost`, an IP address or a name in
+//!   `http.allowed_hosts`: a DNS-rebinding page reaches a loopback host
+//!   under its own domain name, and is refused (421).
+//! - An `Origin`, which browsers send on every cross-origin request and on
+//!   every POST, must be the API's own (`Host`): a page elsewhere is
+//!   refused (403), whatever it sends.
+//! - A request body must be `application/json` (415): the only bodies a
+//!   page may send cross-origin without the browser asking first are
+//!   form and text types.
+//!
+//! No CORS headers are ever sent, so a browser's preflight fails.
+
+use super::AppError;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+
+/// The names, besides `localhost` and IP addresses, this API answers to.
+#[derive(Debug, Clone, Default)]
+pub struct AllowedHosts(Arc<Vec<String>>);
+
+impl AllowedHosts {
+    pub fn new(names: &[String]) -> Self {
+        Self(Arc::new(names.iter().map(|n| n.to_ascii_lowercase()).collect()))
+    }
+
+    fn allows(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        host == "localhost" || host.parse::<std::net::IpAddr>().is_ok() || self.0.iter().any(|a| *a == host)
+    }
+}
+
+/// The host part of a `Host` value (`name`, `name:port`, `[v6]:port`).
+fn host_part(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    authority.rsplit_once(':').map_or(authority, |(host, port)| if port.bytes().all(|b| b.is_ascii_digit()) { host } else { authority })
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Result<Option<&'a str>, AppError> {
+    headers
+        .get(&name)
+        .map(|v| v.to_str().map_err(|_| AppError::BadRequest(format!("the {name} header is not text"))))
+        .transpose()
+}
+
+/// The checks above, for one request.
+pub fn check(allowed: &AllowedHosts, method: &Method, headers: &HeaderMap) -> Result<(), AppError> {
+    let host = header_text(headers, header::HOST)?;
+    if let Some(host) = host {
+        if !allowed.allows(host_part(host)) {
+            return Err(AppError::MisdirectedRequest(format!(
+                "this API does not answer to Host {host:?}: it answers to localhost, IP addresses{}; \
+                 add the name to http.allowed_hosts in kiln.toml to serve it",
+                if allowed.0.is_empty() { String::new() } else { format!(" and {}", allowed.0.join(", ")) }
+            )));
+        }
+    }
+    if let Some(origin) = header_text(headers, header::ORIGIN)? {
+        let own = host.is_some_and(|host| origin.split_once("://").is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host)));
+        if !own {
+            return Err(AppError::Forbidden(format!(
+                "cross-origin request from {origin:?} refused: the API serves no web pages of other origins"
+            )));
+        }
+    }
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || header_text(headers, header::CONTENT_LENGTH)?.is_some_and(|length| length.trim() != "0");
+    if has_body && matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
+        let kind = header_text(headers, header::CONTENT_TYPE)?.unwrap_or("");
+        let essence = kind.split(';').next().unwrap_or("").trim();
+        if !essence.eq_ignore_ascii_case("application/json") {
+            let sent = if kind.is_empty() { "no Content-Type".to_string() } else { format!("Content-Type {kind:?}") };
+            return Err(AppError::UnsupportedMediaType(format!("request bodies must be Content-Type application/json; got {sent}")));
+        }
+    }
+    Ok(())
+}
+
+/// The middleware form of [`check`].
+pub async fn guard(State(allowed): State<AllowedHosts>, request: Request, next: Next) -> Response {
+    match check(&allowed, request.method(), request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => {
+            tracing::warn!(method = %request.method(), path = %request.uri().path(), "request refused: {refused}");
+            refused.into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        pairs.iter().map(|(k, v)| (k.clone(), HeaderValue::from_str(v).unwrap())).collect()
+    }
+
+    #[test]
+    fn host_names_other_than_local_and_allowed_are_refused() {
+        let allowed = AllowedHosts::new(&["Kiln.internal".into()]);
+        for ok in ["127.0.0.1:8080", "localhost:8080", "LOCALHOST", "[::1]:8080", "10.0.0.7", "kiln.internal:80"] {
+            assert!(check(&allowed, &Method::GET, &headers(&[(header::HOST, ok)])).is_ok(), "{ok}");
+        }
+        for bad in ["evil.example:8080", "localhost.evil.example", "127.0.0.1.nip.io:8080", "kiln.internal.evil"] {
+            let e = check(&allowed, &Method::GET, &headers(&[(header::HOST, bad)])).unwrap_err();
+            assert!(matches!(e, AppError::MisdirectedRequest(_)), "{bad}: {e}");
+        }
+        assert!(check(&allowed, &Method::GET, &HeaderMap::new()).is_ok(), "no Host: not a browser");
+    }
+
+    #[test]
+    fn only_the_apis_own_origin_passes() {
+        let allowed = AllowedHosts::default();
+        let with = |origin: &str| headers(&[(header::HOST, "127.0.0.1:8080"), (header::ORIGIN, origin)]);
+        assert!(check(&allowed, &Method::POST, &with("http://127.0.0.1:8080")).is_ok());
+        for bad in ["http://evil.example", "http://127.0.0.1:9999", "null", "http://1.2.3.4"] {
+            assert!(matches!(check(&allowed, &Method::POST, &with(bad)), Err(AppError::Forbidden(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bodies_must_be_json() {
+        let allowed = AllowedHosts::default();
+        let body = |kind: Option<&str>| {
+            let mut h = headers(&[(header::CONTENT_LENGTH, "2")]);
+            if let Some(kind) = kind {
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_str(kind).unwrap());
+            }
+            h
+        };
+        assert!(check(&allowed, &Method::POST, &body(Some("application/json"))).is_ok());
+        assert!(check(&allowed, &Method::PUT, &body(Some("Application/JSON; charset=utf-8"))).is_ok());
+        for bad in [Some("text/plain"), Some("application/x-www-form-urlencoded"), Some("multipart/form-data; boundary=x"), None] {
+            assert!(matches!(check(&allowed, &Method::POST, &body(bad)), Err(AppError::UnsupportedMediaType(_))), "{bad:?}");
+        }
+        assert!(check(&allowed, &Method::POST, &headers(&[(header::CONTENT_LENGTH, "0")])).is_ok(), "no body, nothing to type");
+        assert!(check(&allowed, &Method::GET, &body(Some("text/plain"))).is_ok());
+    }
+}
