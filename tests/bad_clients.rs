@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 const TIGHT: &str = "poll_interval_ms = 100\n\n[queues.default]\nconcurrency = 2\n\n\
-    [http]\nmax_connections = 16\nheader_timeout_ms = 800\nrequest_timeout_ms = 1500\n";
+    [http]\nmax_connections = 16\nheader_timeout_ms = 800\nbody_timeout_ms = 1500\n";
 
 fn address(host: &Host) -> String {
     host.url.trim_start_matches("http://").to_string()
@@ -72,7 +72,7 @@ fn silent_trickling_and_idle_connections_are_closed() {
     write!(slow_body, "POST /jobs HTTP/1.1\r\nHost: {at}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"kind\"").unwrap();
     let got = String::from_utf8_lossy(&read_to_close(&mut slow_body).unwrap()).into_owned();
     assert!(got.starts_with("HTTP/1.1 408"), "{got}");
-    assert!(got.contains("\"error\":\"the request was not complete within 1500 ms\""), "{got}");
+    assert!(got.contains("\"error\":\"the request body was not complete within 1500 ms\""), "{got}");
 
     assert_eq!(host.get("/healthz").0, 200, "the host serves on");
 }

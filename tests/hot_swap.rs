@@ -229,3 +229,32 @@ fn plugin_new_scaffolds_a_crate_that_builds_tests_and_runs() {
     assert_eq!(report["output"], json!({"greeting": "Hello, Ada!"}));
     assert_eq!(report["plugin"]["name"], "hello-job");
 }
+
+#[test]
+fn a_plugin_directory_is_read_once_per_change_not_for_ever() {
+    // The watcher once reacted to its own reads: a refused directory was
+    // validated again and again (30–46 times a second), and every plugin
+    // load was followed by another.
+    let (dir, host) = echo_host();
+    let broken = dir.plugins().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(broken.join("plugin.toml"), "name = \"broken\"\nversion = 1\n").unwrap();
+    eventually("the broken directory is refused", || host.stderr().matches("plugin=broken").count() >= 1);
+    replace_file(&dir.plugins().join("echo/plugin.toml"), echo_manifest("1.0.1").as_bytes());
+    eventually("the new echo serves", || host.plugin("echo").is_some_and(|p| p["version"] == "1.0.1"));
+    std::thread::sleep(Duration::from_millis(500));
+    // Idle now: reloading the same version logs nothing, but it reads the
+    // plugin's files (the component is ~100 KB) again and again.
+    let read = || {
+        let io = std::fs::read_to_string(format!("/proc/{}/io", host.pid())).unwrap();
+        io.lines().find_map(|l| l.strip_prefix("rchar: ")).unwrap().trim().parse::<u64>().unwrap()
+    };
+    let before = read();
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_reads = read() - before;
+    let log = host.stderr();
+    let refusals = log.lines().filter(|l| l.contains("plugin=broken")).count();
+    assert!(refusals <= 2, "the broken directory was validated {refusals} times for one change:\n{log}");
+    assert_eq!(log.matches("to=1.0.1").count(), 1, "echo 1.0.1 was swapped in once:\n{log}");
+    assert!(idle_reads < 1 << 20, "an idle host read {idle_reads} bytes in 2 s: it is reloading its plugins");
+}

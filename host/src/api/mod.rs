@@ -92,7 +92,10 @@ async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> AppEr
 fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, AppError> {
     body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge(format!("request body is over the limit of {MAX_BODY_BYTES} bytes")),
-        _ => AppError::BadRequest(e.body_text()),
+        _ => match server::body_timed_out(&e) {
+            Some(timed_out) => AppError::RequestTimeout(timed_out),
+            None => AppError::BadRequest(format!("cannot read the request body: {}", e.body_text())),
+        },
     })
 }
 

@@ -1,18 +1,22 @@
 //! The HTTP server under the API: accepts connections up to a cap, gives
 //! each a header-read timeout (which also closes idle keep-alive
-//! connections) and each request a deadline, and closes them gracefully at
-//! shutdown. A client that opens sockets and sends nothing, or trickles its
-//! headers or its body, holds a connection for seconds, not for ever.
+//! connections) and each request body a deadline, and closes them
+//! gracefully at shutdown. A client that opens sockets and sends nothing,
+//! or trickles its headers or its body, holds a connection for seconds,
+//! not for ever.
 
 use axum::Router;
 use axum::extract::Request;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 
@@ -26,9 +30,10 @@ pub struct HttpLimits {
     /// A connection must send a request's headers within this long of
     /// opening or of its previous response, or it is closed.
     pub header_timeout_ms: u64,
-    /// A request (body included) must be answered within this long, or it
-    /// gets 408.
-    pub request_timeout_ms: u64,
+    /// A request's body must have arrived within this long of its headers,
+    /// or the request gets 408. (Handling it may take longer: a deploy
+    /// compiles under its own budget.)
+    pub body_timeout_ms: u64,
     /// Host names (besides `localhost` and IP addresses) this API answers
     /// to; a request naming another `Host` is refused (DNS rebinding).
     pub allowed_hosts: Vec<String>,
@@ -40,7 +45,7 @@ pub const MAX_CONNECTIONS_CEILING: usize = 100_000;
 
 impl Default for HttpLimits {
     fn default() -> Self {
-        Self { max_connections: 512, header_timeout_ms: 10_000, request_timeout_ms: 60_000, allowed_hosts: Vec::new() }
+        Self { max_connections: 512, header_timeout_ms: 10_000, body_timeout_ms: 60_000, allowed_hosts: Vec::new() }
     }
 }
 
@@ -50,7 +55,7 @@ impl HttpLimits {
         if self.max_connections == 0 || self.max_connections > MAX_CONNECTIONS_CEILING {
             return Some(("http.max_connections", format!("must be between 1 and {MAX_CONNECTIONS_CEILING}")));
         }
-        for (key, value) in [("http.header_timeout_ms", self.header_timeout_ms), ("http.request_timeout_ms", self.request_timeout_ms)] {
+        for (key, value) in [("http.header_timeout_ms", self.header_timeout_ms), ("http.body_timeout_ms", self.body_timeout_ms)] {
             if value == 0 || value > 3_600_000 {
                 return Some((key, "must be between 1 and 3600000 (an hour)".into()));
             }
@@ -71,8 +76,10 @@ pub async fn serve(
     limits: &HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let request_timeout = Duration::from_millis(limits.request_timeout_ms);
-    let app = app.layer(axum::middleware::from_fn(move |request: Request, next: Next| deadline(request, next, request_timeout)));
+    let body_timeout = Duration::from_millis(limits.body_timeout_ms);
+    let app = app.layer(axum::middleware::from_fn(move |request: Request, next: Next| {
+        next.run(request.map(|body| axum::body::Body::new(DeadlineBody::new(body, body_timeout))))
+    }));
     let service = TowerToHyperService::new(app);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let (closing, closed) = watch::channel(false);
@@ -131,18 +138,65 @@ pub async fn serve(
         tracing::info!(connections = open, "API closing: letting open requests finish");
     }
     let drained = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(request_timeout, drained).await.is_err() {
-        tracing::warn!(connections = connections.len(), "API closing: connections still open after the request timeout; dropping them");
+    if tokio::time::timeout(body_timeout, drained).await.is_err() {
+        tracing::warn!(connections = connections.len(), "API closing: connections still open after the body timeout; dropping them");
         connections.abort_all();
     }
     Ok(())
 }
 
-/// Answers 408 when a request (reading its body included) takes longer
-/// than `timeout`.
-async fn deadline(request: Request, next: Next, timeout: Duration) -> Response {
-    match tokio::time::timeout(timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => super::AppError::RequestTimeout(format!("the request was not complete within {} ms", timeout.as_millis())).into_response(),
+/// A request body that fails once its deadline passes: a client that
+/// trickles a body holds its connection that long at most.
+struct DeadlineBody {
+    inner: axum::body::Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+}
+
+impl DeadlineBody {
+    fn new(inner: axum::body::Body, timeout: Duration) -> Self {
+        Self { inner, deadline: Box::pin(tokio::time::sleep(timeout)), timeout }
     }
+}
+
+/// Why a body read failed: its deadline passed.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was not complete within {} ms", .0.as_millis())]
+pub struct BodyTimedOut(Duration);
+
+impl HttpBody for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            let timeout = self.timeout;
+            return Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut(timeout)))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The deadline's message, if `error` (or what caused it) is a body that
+/// timed out.
+pub fn body_timed_out(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(timed_out) = e.downcast_ref::<BodyTimedOut>() {
+            return Some(timed_out.to_string());
+        }
+        cause = e.source();
+    }
+    None
 }
