@@ -93,8 +93,8 @@ fn ten_thousand_jobs_through_two_swaps_by_file_and_by_api_none_lost() {
     assert_eq!(by_version.keys().collect::<Vec<_>>(), ["1.0.0", "2.0.0", "3.0.0"], "{by_version:?}");
 
     let log = host.stderr();
-    assert!(log.contains("plugin version swapped plugin=echo from=1.0.0 to=2.0.0 source=File"), "{log}");
-    assert!(log.contains("plugin version swapped plugin=echo from=2.0.0 to=3.0.0 source=Api"), "{log}");
+    assert!(log.contains("plugin version swapped plugin=echo from=1.0.0 to=2.0.0 source=file"), "{log}");
+    assert!(log.contains("plugin version swapped plugin=echo from=2.0.0 to=3.0.0 source=api"), "{log}");
     let plugin = host.plugin("echo").unwrap();
     let versions: Vec<(&str, bool)> =
         plugin["versions"].as_array().unwrap().iter().map(|v| (v["version"].as_str().unwrap(), v["active"].as_bool().unwrap())).collect();

@@ -11,6 +11,7 @@ mod hostile;
 mod hot_swap;
 mod multi_host;
 mod postgres_db;
+mod readme;
 mod run_cli;
 mod sandbox_in_process;
 mod serve;

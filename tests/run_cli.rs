@@ -1,7 +1,7 @@
 //! `kiln run` and `kiln plugin check` on the example and test plugins:
 //! each plugin's outcome is classified correctly and reported with its cost.
 
-use crate::support::{built, kiln, repo_root, run_json, wasm_of};
+use crate::support::{built, kiln, refused, repo_root, run_json, wasm_of};
 use serde_json::json;
 
 #[test]
@@ -28,10 +28,10 @@ fn a_plugin_is_found_by_name_directory_source_directory_and_wasm_file() {
 
 #[test]
 fn text_output_exits_zero_only_for_ok() {
-    let ok = kiln().args(["run", "echo", "--payload", "hello"]).output().unwrap();
+    let ok = kiln().args(["run", "echo", "--payload", "\"hello\""]).output().unwrap();
     assert!(ok.status.success());
     let text = String::from_utf8(ok.stdout).unwrap();
-    assert!(text.contains("outcome:     ok") && text.contains("output:      hello"), "{text}");
+    assert!(text.contains("outcome:     ok") && text.contains("output:      \"hello\""), "{text}");
     let failed = kiln().args(["run", "panic"]).output().unwrap();
     assert_eq!(failed.status.code(), Some(1));
 }
@@ -142,11 +142,29 @@ fn send_email_validates_logs_and_succeeds() {
 }
 
 #[test]
-fn a_payload_that_is_not_json_is_invalid_input_naming_where() {
-    let r = run_json("send-email", &["--payload", "{to: ada}"]);
+fn a_payload_of_the_wrong_shape_is_invalid_input_naming_where() {
+    let r = run_json("send-email", &["--payload", r#"{"to": 5}"#]);
     assert_eq!(r.outcome(), "invalid_input", "{}", r.json);
-    assert!(r.error().contains("payload is not the expected JSON") && r.error().contains("line 1 column 2"), "{}", r.error());
+    assert!(r.error().contains("payload is not the expected JSON") && r.error().contains("line 1 column"), "{}", r.error());
     assert_eq!(r.code, 1);
+}
+
+#[test]
+fn a_payload_that_is_not_json_is_refused_before_anything_runs() {
+    // The API stores JSON payloads; `kiln run` takes what the API would.
+    let stderr = refused(&["run", built::ECHO, "--payload", "notjson"]);
+    assert!(stderr.contains("--payload is not JSON"), "{stderr}");
+}
+
+#[test]
+fn output_piped_into_head_ends_quietly() {
+    // A pipe whose reader is already gone, as after `| head -0`: the first
+    // write fails.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = kiln().args(["plugin", "check", built::ECHO]).stdout(writer).stderr(std::process::Stdio::piped()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
 }
 
 #[test]
@@ -168,8 +186,10 @@ fn plugin_check_accepts_a_good_plugin_without_running_it() {
 }
 
 /// Test plugins a host must refuse at load (the hostile suite's).
-const REFUSED_AT_LOAD: &[&str] =
-    &["wrong-world", "greedy-manifest", "nested-instances", "many-memories", "many-tables", "min-memory", "slow-compile"];
+const REFUSED_AT_LOAD: &[&str] = &["wrong-world", "greedy-manifest", "nested-instances", "many-memories", "many-tables", "min-memory"];
+/// Refused or not by how fast this machine compiles it against the default
+/// 10 s budget (8–14 s here): `tests/hostile.rs` checks it with a 1 s budget.
+const DEPENDS_ON_THE_MACHINE: &[&str] = &["slow-compile"];
 
 #[test]
 fn every_repository_plugin_passes_check_except_those_made_to_be_refused() {
@@ -177,6 +197,9 @@ fn every_repository_plugin_passes_check_except_those_made_to_be_refused() {
         for entry in std::fs::read_dir(repo_root().join(group)).unwrap() {
             let mut dir = entry.unwrap().path();
             let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+            if DEPENDS_ON_THE_MACHINE.contains(&name.as_str()) {
+                continue;
+            }
             // Component text has no crate to resolve: check what the build assembled.
             if dir.join(format!("{name}.wat")).exists() {
                 dir = std::path::Path::new(built::TESTING_DIR).join(&name);

@@ -307,3 +307,40 @@ fn the_cli_talks_to_the_api() {
     assert_eq!(code, Some(2));
     assert!(err.contains("409") && err.contains("is completed; cannot cancel"), "{err}");
 }
+
+#[test]
+fn every_run_end_is_one_log_line_saying_how_it_ended_and_what_it_cost() {
+    let dir = HostDir::new(FAST);
+    let host = dir.start();
+    // Idle for longer than half a lease (1.5 s) first: the first beat
+    // after an idle spell is not "late".
+    std::thread::sleep(Duration::from_millis(1200));
+    let ok = host.enqueue(json!({"kind": "send-email", "payload": {"to": "a@b.co", "subject": "s", "send_ms": 1200}}));
+    host.wait_for(ok, "completed");
+    let retried = host.enqueue(json!({"kind": "flaky", "payload": {"fail_attempts": 1}}));
+    host.wait_for(retried, "completed");
+    let dead = host.enqueue(json!({"kind": "send-email", "payload": {"to": "not-an-address", "subject": "x"}}));
+    host.wait_for(dead, "dead");
+    assert_eq!(host.post(&format!("/jobs/{dead}/retry"), &json!(null)).0, 200);
+    eventually("the hand retry is logged", || host.stderr().contains("job retried by hand"));
+
+    let log = host.stderr();
+    let lines_of = |id: i64| -> Vec<&str> {
+        log.lines().filter(|l| l.contains(&format!(" job={id} ")) && l.contains("kiln::worker::dispatcher")).collect()
+    };
+    let completed = lines_of(ok);
+    assert_eq!(completed.len(), 1, "one line for one run: {completed:?}");
+    for field in ["INFO", "job completed", "kind=send-email", "attempt=1", "outcome=ok", "duration_ms=", "fuel=", "memory_bytes="] {
+        assert!(completed[0].contains(field), "{field} in {}", completed[0]);
+    }
+    let flaky = lines_of(retried);
+    assert_eq!(flaky.len(), 2, "{flaky:?}");
+    assert!(flaky[0].contains("WARN") && flaky[0].contains("job failed; it will be retried") && flaky[0].contains("retry_at=20"), "{}", flaky[0]);
+    assert!(flaky[1].contains("INFO") && flaky[1].contains("job completed") && flaky[1].contains("attempt=2"), "{}", flaky[1]);
+    let dead_line = lines_of(dead);
+    assert!(dead_line[0].contains("ERROR") && dead_line[0].contains("job dead-lettered") && dead_line[0].contains("not an email address"), "{dead_line:?}");
+    assert!(!log.contains("heartbeat late"), "an idle spell is not a late heartbeat:\n{log}");
+    for leak in ["QueueConfig {", "Skip", "RunOnce", "StopHost", "Startup", "cache=Hit"] {
+        assert!(!log.contains(leak), "Rust debug text {leak:?} in the log:\n{log}");
+    }
+}

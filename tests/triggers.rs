@@ -160,6 +160,10 @@ fn start_up_plugins_run_before_any_work_and_gate_readiness() {
     let (status, body) = host.post("/jobs", &json!({"kind": "warmup"}));
     assert_eq!(status, 400, "a start-up plugin is not enqueued: {body}");
     assert!(body["error"].as_str().unwrap().contains("startup plugin"), "{body}");
+    let (status, body) = host.post("/jobs", &json!({"kind": "nope"}));
+    assert_eq!(status, 400, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("echo") && !error.contains("warmup"), "only kinds one may enqueue are offered: {error}");
 }
 
 #[test]

@@ -212,11 +212,16 @@ fn main() -> ExitCode {
             }
         };
     }
+    if !matches!(cli.command, Command::Serve(_)) {
+        restore_default_sigpipe();
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| "info".into()),
+            // notify logs every watch it could not remove (a deploy renames
+            // directories away) as a warning; those are expected.
+            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| "info,notify=error".into()),
         )
         .init();
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
@@ -295,6 +300,17 @@ async fn serve(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<ExitCode>
     })
     .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A command's output piped into `head` ends the command quietly when the
+/// pipe closes, as any Unix tool does, instead of a panic on the next write.
+/// (Rust ignores SIGPIPE; `kiln serve` keeps ignoring it.)
+fn restore_default_sigpipe() {
+    // SAFETY: called before any thread is started; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 fn print_json(value: &serde_json::Value) {
@@ -460,6 +476,10 @@ async fn run(common: &CommonArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         budget.timeout = Duration::from_millis(ms);
     }
     budget.check_payload(&payload).context("--payload")?;
+    // As the API stores it: JSON, or nothing.
+    if !payload.is_empty() {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&payload).context("--payload is not JSON")?;
+    }
 
     let job = JobInput {
         id: "local-run".to_string(),

@@ -183,11 +183,16 @@ async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> Resul
 async fn retry_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, AppError> {
     let job = state.dispatcher.store().retry_by_hand(job_id(&id)?).await?;
     state.dispatcher.wake(&job.queue);
+    tracing::info!(kind = %job.kind, job = job.id, attempt = job.attempt, max_attempts = job.max_attempts, "job retried by hand");
     Ok(Json(JobView::from(&job)))
 }
 
 async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, AppError> {
     let job = state.dispatcher.cancel(job_id(&id)?).await?;
+    match job.state {
+        JobState::Cancelled => tracing::info!(kind = %job.kind, job = job.id, "job cancelled by hand"),
+        _ => tracing::info!(kind = %job.kind, job = job.id, "cancel requested by hand; the running job is asked to stop"),
+    }
     Ok(Json(JobView::from(&job)))
 }
 

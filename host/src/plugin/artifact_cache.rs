@@ -44,7 +44,8 @@ impl Drop for PendingArtifact {
 }
 
 /// Whether a component came from the cache or was compiled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum CacheUse {
     Hit,
     Miss,

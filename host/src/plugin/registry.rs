@@ -350,14 +350,15 @@ impl Registry {
         self.archive(&plugin, source);
         let mut next = LiveSet::clone(&current);
         let trigger = plugin.manifest.trigger.describe();
-        let (cache, load_ms) = (plugin.cache, plugin.load_time.as_secs_f64() * 1000.0);
+        let (cache, load_ms) = (super::trigger::as_written(&plugin.cache), format!("{:.1}", plugin.load_time.as_secs_f64() * 1000.0));
+        let source = super::trigger::as_written(&source);
         next.insert(name.clone(), Arc::new(plugin));
         self.live.store(Arc::new(next));
         self.generation.send_modify(|g| *g += 1);
         match &deployed.previous {
-            Some(previous) => tracing::info!(plugin = %name, from = %previous, to = %deployed.version, ?source, ?cache, load_ms,
+            Some(previous) => tracing::info!(plugin = %name, from = %previous, to = %deployed.version, %source, %cache, %load_ms,
                 version_id = %&deployed.version_id[..16], "plugin version swapped"),
-            None => tracing::info!(plugin = %name, version = %deployed.version, ?source, ?cache, load_ms, %trigger,
+            None => tracing::info!(plugin = %name, version = %deployed.version, %source, %cache, %load_ms, %trigger,
                 version_id = %&deployed.version_id[..16], "plugin loaded"),
         }
         Ok(deployed)

@@ -121,15 +121,25 @@ impl Trigger {
     pub fn describe(&self) -> String {
         match self {
             Trigger::Queued => "queued".into(),
-            Trigger::Schedule(s) => format!("schedule {} (overlap {:?}, misfire {:?})", s.when, s.overlap, s.misfire),
+            Trigger::Schedule(s) => format!("schedule {} (overlap {}, misfire {})", s.when, as_written(&s.overlap), as_written(&s.misfire)),
             Trigger::Continuous(c) => format!(
                 "continuous (delay {}, backoff {} up to {})",
                 humantime::format_duration(c.delay),
                 humantime::format_duration(c.backoff),
                 humantime::format_duration(c.max_backoff)
             ),
-            Trigger::Startup { on_failure } => format!("startup (on failure: {on_failure:?})"),
+            Trigger::Startup { on_failure } => format!("startup (on failure: {})", as_written(on_failure)),
         }
+    }
+}
+
+/// A manifest value as the manifest spells it (`run-once`, not `RunOnce`),
+/// for logs and messages.
+pub fn as_written(value: &impl serde::Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(word)) => word,
+        Ok(other) => other.to_string(),
+        Err(_) => String::from("?"),
     }
 }
 

@@ -10,7 +10,7 @@ use super::runner::{Ran, Runner};
 use crate::queue::{
     ClaimParams, Finish, HeartbeatParams, Inserted, Job, JobId, JobStore, Lease, NewJob, SharedClock, StoreError, Transition,
 };
-use crate::sandbox::{JobInput, Outcome, StopSignal};
+use crate::sandbox::{JobInput, StopSignal};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -275,7 +275,8 @@ impl Dispatcher {
         };
         tasks.spawn(rescuer.run(self.inner.stopping.subscribe(), held, move || wake.iter().for_each(|w| w.notify_one())));
         tasks.spawn(super::triggers::supervise(self.clone(), self.inner.runner.changes(), self.inner.stopping.subscribe()));
-        tracing::info!(host = %self.inner.config.host, queues = ?self.inner.config.queues, "dispatcher started");
+        let queues: Vec<String> = self.inner.config.queues.iter().map(|q| format!("{} (concurrency {})", q.name, q.concurrency)).collect();
+        tracing::info!(host = %self.inner.config.host, queues = %queues.join(", "), "dispatcher started");
         Running { tasks }
     }
 
@@ -289,7 +290,15 @@ impl Dispatcher {
         let mut jobs = Vec::with_capacity(requests.len());
         for (index, r) in requests.into_iter().enumerate() {
             let Some(kind) = self.inner.runner.kind(&r.kind) else {
-                return Err(EnqueueError::UnknownKind { kind: r.kind, known: self.inner.runner.kinds().join(", ") });
+                // Only the kinds a client may enqueue: not schedules, loops or start-up plugins.
+                let enqueueable: Vec<String> = self
+                    .inner
+                    .runner
+                    .kinds()
+                    .into_iter()
+                    .filter(|k| self.inner.runner.kind(k).is_some_and(|info| info.trigger.accepts_jobs()))
+                    .collect();
+                return Err(EnqueueError::UnknownKind { kind: r.kind, known: enqueueable.join(", ") });
             };
             if !kind.trigger.accepts_jobs() {
                 return Err(EnqueueError::NotEnqueued { kind: r.kind, trigger: kind.trigger.name() });
@@ -598,14 +607,34 @@ async fn run_job(inner: Arc<Inner>, job: Job, stop: StopSignal, _slot: OwnedSema
     let now = inner.clock.now();
     match decide(&job, &report.outcome, reason, &policy, now) {
         Some(transition) => {
-            if !matches!(report.outcome, Outcome::Ok(_)) {
-                tracing::info!(job = job.id, kind = %job.kind, attempt = job.attempt, outcome = report.outcome.name(),
-                    next = transition.name(), "{}", report.outcome.error_message().unwrap_or_default());
-            }
+            log_run_end(&job, &report, &transition);
             inner.unwritten.lock().expect("poisoned").insert(job.id, lease);
             inner.send_finish(Finish { lease, transition, ran_version: version });
         }
         None => tracing::warn!(job = job.id, "lease lost while running; another host has the job, nothing written"),
+    }
+}
+
+/// One line per run end, Sidekiq-style: what ran, how it ended, what it
+/// cost, and what happens next. Failures that will be retried are WARN,
+/// dead letters ERROR.
+fn log_run_end(job: &Job, report: &crate::sandbox::Report, transition: &Transition) {
+    let duration_ms = format!("{:.2}", report.duration.as_secs_f64() * 1000.0);
+    let (fuel, memory_bytes, outcome) = (report.fuel_used, report.peak_memory_bytes, report.outcome.name());
+    let error = report.outcome.error_message().unwrap_or_default();
+    macro_rules! line {
+        ($level:ident, $($rest:tt)*) => {
+            tracing::$level!(kind = %job.kind, job = job.id, attempt = job.attempt, %outcome, %duration_ms, fuel, memory_bytes, $($rest)*)
+        };
+    }
+    match transition {
+        Transition::Complete { .. } => line!(info, "job completed"),
+        Transition::RetryAt { at, .. } => {
+            line!(warn, retry_at = %crate::queue::to_rfc3339(*at), "job failed; it will be retried: {error}")
+        }
+        Transition::Discard { .. } => line!(error, "job dead-lettered: {error}"),
+        Transition::Snooze { .. } => line!(info, "job put back unfinished: the host is stopping"),
+        Transition::Cancel { .. } => line!(info, "job cancelled"),
     }
 }
 
@@ -700,6 +729,8 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
         let mut leases: Vec<Lease> = inner.running.lock().expect("poisoned").values().map(|r| r.lease).collect();
         leases.extend(inner.unwritten.lock().expect("poisoned").values().copied());
         if leases.is_empty() {
+            // Nothing to keep alive is on time: an idle spell is not lateness.
+            last = tokio::time::Instant::now();
             continue;
         }
         let since = last.elapsed();

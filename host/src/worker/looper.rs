@@ -31,7 +31,8 @@ pub(super) async fn run_loop(dispatcher: Dispatcher, name: String, trigger: Cont
     let config = dispatcher.config().clone();
     let lease_ms = config.lease.as_millis() as i64;
     let store = dispatcher.store().clone();
-    tracing::info!(plugin = %name, delay = ?trigger.delay, backoff = ?trigger.backoff, "loop started");
+    tracing::info!(plugin = %name, delay = %humantime::format_duration(trigger.delay), backoff = %humantime::format_duration(trigger.backoff),
+        "loop started");
     'hold: while !*stop.borrow() {
         let claim = LoopClaim { name: name.clone(), host: config.host.clone(), lease_ms };
         let lease = match store.acquire_loop(claim).await {
@@ -95,7 +96,7 @@ pub(super) async fn run_loop(dispatcher: Dispatcher, name: String, trigger: Cont
                     }
                     failures += 1;
                     let backoff = loop_backoff(&trigger, failures);
-                    tracing::warn!(plugin = %name, failures, outcome = failed.name(), backoff = ?backoff,
+                    tracing::warn!(plugin = %name, failures, outcome = failed.name(), backoff = %humantime::format_duration(backoff),
                         "loop pass failed; the checkpoint stays and the loop goes on after the backoff: {}",
                         failed.error_message().unwrap_or_default());
                     backoff

@@ -98,7 +98,8 @@ pub(super) async fn run_schedule(dispatcher: Dispatcher, kind: String, schedule:
     let started_at = clock.now();
     let mut decided: Option<Millis> = None;
     let mut last_note: Option<(&'static str, Millis)> = None;
-    tracing::info!(plugin = %kind, when = %schedule.when, overlap = ?schedule.overlap, misfire = ?schedule.misfire, "schedule started");
+    tracing::info!(plugin = %kind, when = %schedule.when, overlap = %crate::plugin::trigger::as_written(&schedule.overlap),
+        misfire = %crate::plugin::trigger::as_written(&schedule.misfire), "schedule started");
     loop {
         if *stop.borrow() {
             break;

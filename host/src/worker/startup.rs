@@ -47,7 +47,7 @@ pub async fn run_startup_plugins(runner: Arc<dyn Runner>, runtime: tokio::runtim
         let ok = matches!(report.outcome, Outcome::Ok(_));
         runs.push(StartupRun { plugin: name.clone(), ok, duration: report.duration });
         if ok {
-            tracing::info!(plugin = %name, duration_ms = report.duration.as_secs_f64() * 1000.0, "start-up plugin finished");
+            tracing::info!(plugin = %name, duration_ms = %format_args!("{:.1}", report.duration.as_secs_f64() * 1000.0), "start-up plugin finished");
             continue;
         }
         let message = report.outcome.error_message().unwrap_or_default();
