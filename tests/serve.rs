@@ -126,6 +126,28 @@ fn a_running_job_is_cancelled_through_the_api() {
 }
 
 #[test]
+fn queues_show_their_jobs_by_state_and_how_long_the_oldest_has_waited() {
+    let dir = HostDir::new(FAST);
+    let host = dir.start();
+    let queue = |host: &crate::host::Host| host.get("/queues").1["queues"][0].clone();
+    let idle = queue(&host);
+    assert_eq!(idle["name"], "default");
+    assert_eq!(idle["jobs"]["available"], 0, "{idle}");
+    assert_eq!(idle["jobs"].as_object().unwrap().len(), 7, "every state, zeros included: {idle}");
+    assert!(idle["oldest_waiting_ms"].is_null(), "{idle}");
+    assert_eq!(host.post("/queues/default/pause", &json!(null)).0, 200);
+    for _ in 0..3 {
+        host.enqueue(json!({"kind": "echo", "payload": 1}));
+    }
+    host.enqueue(json!({"kind": "echo", "scheduled_at": "2099-01-01T00:00:00Z"}));
+    std::thread::sleep(Duration::from_millis(300));
+    let waiting = queue(&host);
+    assert_eq!((waiting["jobs"]["available"].as_u64(), waiting["jobs"]["scheduled"].as_u64()), (Some(3), Some(1)), "{waiting}");
+    assert!(waiting["oldest_waiting_ms"].as_i64().unwrap() >= 300, "{waiting}");
+    assert_eq!(waiting["paused"], true);
+}
+
+#[test]
 fn a_paused_queue_holds_its_jobs_until_resumed() {
     let dir = HostDir::new(FAST);
     let host = dir.start();

@@ -196,18 +196,33 @@ async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Re
     Ok(Json(JobView::from(&job)))
 }
 
+/// `GET /queues`: each queue served here, whether it is paused, its jobs by
+/// state (every state, zeros included), and how long its oldest due job
+/// has waited (`null` when none is due).
 async fn list_queues(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
-    let known = state.dispatcher.store().queues().await?;
-    let queues: Vec<serde_json::Value> = state
-        .dispatcher
-        .config()
-        .queues
-        .iter()
-        .map(|q| {
-            let paused = known.iter().any(|k| k.name == q.name && k.paused);
-            serde_json::json!({ "name": q.name, "concurrency": q.concurrency, "paused": paused })
-        })
-        .collect();
+    let store = state.dispatcher.store();
+    let known = store.queues().await?;
+    let counts = store.counts().await?;
+    let now = state.dispatcher.clock().now();
+    let mut queues = Vec::with_capacity(state.dispatcher.config().queues.len());
+    for q in &state.dispatcher.config().queues {
+        let paused = known.iter().any(|k| k.name == q.name && k.paused);
+        let by_state: serde_json::Map<String, serde_json::Value> = JobState::ALL
+            .iter()
+            .map(|s| {
+                let n = counts.iter().find(|c| c.queue == q.name && c.state == *s).map_or(0, |c| c.count);
+                (s.as_str().to_string(), n.into())
+            })
+            .collect();
+        let oldest_due = store.next_due(&q.name).await?.filter(|at| *at <= now);
+        queues.push(serde_json::json!({
+            "name": q.name,
+            "concurrency": q.concurrency,
+            "paused": paused,
+            "jobs": by_state,
+            "oldest_waiting_ms": oldest_due.map(|at| now - at),
+        }));
+    }
     Ok(Json(serde_json::json!({ "queues": queues })))
 }
 
