@@ -317,8 +317,8 @@ fn the_cli_talks_to_the_api() {
     host.wait_for(id, "completed");
     let (_, out, _) = kiln(&["jobs", "show", &id.to_string()]);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["result"], json!({"via": "cli"}));
-    let (_, out, _) = kiln(&["jobs", "list", "--state", "completed"]);
-    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["jobs"].as_array().unwrap().len(), 1);
+    let (_, out, _) = kiln(&["jobs", "list", "--state", "completed", "--json"]);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["jobs"].as_array().unwrap().len(), 1, "--json keeps the API's page");
     assert_eq!(kiln(&["queues", "pause", "default"]).0, Some(0));
     assert_eq!(host.get("/queues").1["queues"][0]["paused"], true);
     assert_eq!(kiln(&["queues", "resume", "default"]).0, Some(0));
@@ -328,6 +328,40 @@ fn the_cli_talks_to_the_api() {
     let (code, _, err) = kiln(&["jobs", "cancel", &id.to_string()]);
     assert_eq!(code, Some(2));
     assert!(err.contains("409") && err.contains("is completed; cannot cancel"), "{err}");
+}
+
+#[test]
+fn jobs_list_is_a_table_newest_first_with_paging() {
+    let dir = HostDir::new(FAST);
+    let host = dir.start();
+    let kiln = |args: &[&str]| {
+        let out = crate::support::kiln().args(args).env("KILN_API", &host.url).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dead = host.enqueue(json!({"kind": "send-email", "payload": {"to": "not-an-address", "subject": "x"}}));
+    host.wait_for(dead, "dead");
+    let ids: Vec<i64> = (0..5).map(|i| host.enqueue(json!({"kind": "echo", "payload": i}))).collect();
+    for id in &ids {
+        host.wait_for(*id, "completed");
+    }
+    let table = kiln(&["jobs", "list", "--limit", "3"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("ID") && lines[0].contains("STATE") && lines[0].contains("LAST ERROR"), "{table}");
+    let shown: Vec<i64> = lines[1..4].iter().map(|l| l.split_whitespace().next().unwrap().parse().unwrap()).collect();
+    assert_eq!(shown, [ids[4], ids[3], ids[2]], "newest first: {table}");
+    assert!(lines[1].contains("echo") && lines[1].contains("completed") && lines[1].contains("1/"), "{table}");
+    assert_eq!(lines[4], format!("more: kiln jobs list --before {}", ids[2]), "{table}");
+    let next = kiln(&["jobs", "list", "--limit", "3", "--before", &ids[2].to_string()]);
+    let shown: Vec<i64> = next.lines().skip(1).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
+    assert_eq!(shown, [ids[1], ids[0], dead], "the next page: {next}");
+    assert!(!next.contains("more:"), "the last page says no more: {next}");
+    let dead_only = kiln(&["jobs", "list", "--state", "dead"]);
+    assert_eq!(dead_only.lines().count(), 2, "{dead_only}");
+    assert!(dead_only.contains("dead") && dead_only.contains("not an email address"), "the last error shows: {dead_only}");
+    assert_eq!(kiln(&["jobs", "list", "--state", "cancelled"]), "no jobs\n");
+    let (status, body) = host.get("/jobs?order=sideways");
+    assert_eq!(status, 400, "{body}");
 }
 
 #[test]

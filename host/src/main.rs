@@ -108,16 +108,26 @@ struct EnqueueArgs {
 
 #[derive(Subcommand, Debug)]
 enum JobsCommand {
-    /// List jobs, oldest first.
+    /// List jobs, newest first, as a table (id, kind, queue, state, attempt, age, last error).
     List {
+        /// Only jobs in this state: scheduled, available, running, retryable, completed, cancelled, dead.
         #[arg(long)]
         state: Option<String>,
+        /// Only jobs of this kind.
         #[arg(long)]
         kind: Option<String>,
+        /// Only jobs of this queue.
         #[arg(long)]
         queue: Option<String>,
+        /// Jobs per page (at most 1000).
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// The next page: only jobs older than this id (the previous page says which).
+        #[arg(long)]
+        before: Option<i64>,
+        /// Print the API's JSON page instead of a table (for scripts).
+        #[arg(long)]
+        json: bool,
     },
     /// Show one job.
     Show { id: i64 },
@@ -341,14 +351,20 @@ fn enqueue(client: &ApiClient, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
 
 fn jobs(client: &ApiClient, command: JobsCommand) -> anyhow::Result<ExitCode> {
     let answer = match command {
-        JobsCommand::List { state, kind, queue, limit } => {
-            let mut query = vec![format!("limit={limit}")];
-            for (key, value) in [("state", state), ("kind", kind), ("queue", queue)] {
+        JobsCommand::List { state, kind, queue, limit, before, json } => {
+            let mut query = vec![format!("limit={limit}"), "order=newest".to_string()];
+            for (key, value) in [("state", state), ("kind", kind), ("queue", queue), ("before", before.map(|b| b.to_string()))] {
                 if let Some(value) = value {
                     query.push(format!("{key}={value}"));
                 }
             }
-            client.get(&format!("/jobs?{}", query.join("&")))?
+            let page = client.get(&format!("/jobs?{}", query.join("&")))?;
+            if json {
+                page
+            } else {
+                print!("{}", job_table(&page, kiln::queue::Clock::now(&kiln::queue::SystemClock)));
+                return Ok(ExitCode::SUCCESS);
+            }
         }
         JobsCommand::Show { id } => client.get(&format!("/jobs/{id}"))?,
         JobsCommand::Retry { id } => client.post(&format!("/jobs/{id}/retry"), None)?,
@@ -356,6 +372,42 @@ fn jobs(client: &ApiClient, command: JobsCommand) -> anyhow::Result<ExitCode> {
     };
     print_json(&answer);
     Ok(ExitCode::SUCCESS)
+}
+
+/// A page of `GET /jobs` as a table, with how to get the next page.
+fn job_table(page: &serde_json::Value, now: i64) -> String {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    let mut rows = vec![["ID", "KIND", "QUEUE", "STATE", "ATTEMPT", "AGE", "LAST ERROR"].map(String::from).to_vec()];
+    for job in page["jobs"].as_array().into_iter().flatten() {
+        let created = job["created_at"].as_str().and_then(|t| kiln::queue::from_rfc3339(t).ok()).unwrap_or(now);
+        let age = humantime::format_duration(Duration::from_secs(((now - created).max(0) / 1000) as u64)).to_string();
+        let age = if age == "0s" { "now".to_string() } else { age.split(' ').take(2).collect::<Vec<_>>().join(" ") };
+        let error: String = job["errors"].as_array().and_then(|e| e.last()).map(|e| text(&e["message"])).unwrap_or_default();
+        let error: String = error.lines().next().unwrap_or("").chars().take(60).collect();
+        rows.push(vec![
+            job["id"].to_string(),
+            text(&job["kind"]),
+            text(&job["queue"]),
+            text(&job["state"]),
+            format!("{}/{}", job["attempt"], job["max_attempts"]),
+            age,
+            error,
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    if rows.len() == 1 {
+        out = "no jobs\n".to_string();
+    }
+    if let Some(before) = page["next_before"].as_i64() {
+        out.push_str(&format!("more: kiln jobs list --before {before}\n"));
+    }
+    out
 }
 
 fn queues(client: &ApiClient, command: QueuesCommand) -> anyhow::Result<ExitCode> {

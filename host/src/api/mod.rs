@@ -149,7 +149,8 @@ async fn enqueue(State(state): State<AppState>, body: Result<Bytes, BytesRejecti
     })
 }
 
-/// `GET /jobs?state=S&kind=K&queue=Q&after=ID&limit=N`
+/// `GET /jobs?state=S&kind=K&queue=Q&after=ID&limit=N` (oldest first), or
+/// `...&order=newest&before=ID` (newest first).
 async fn list_jobs(State(state): State<AppState>, query: Result<Query<ListQuery>, QueryRejection>) -> Result<Json<JobPage>, AppError> {
     let Query(q) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
     let job_state = q.state.as_deref().map(str::parse::<JobState>).transpose().map_err(AppError::BadRequest)?;
@@ -157,12 +158,25 @@ async fn list_jobs(State(state): State<AppState>, query: Result<Query<ListQuery>
     if limit == 0 || limit > MAX_PAGE {
         return Err(AppError::BadRequest(format!("limit must be between 1 and {MAX_PAGE}")));
     }
+    let newest_first = match q.order.as_deref() {
+        None | Some("oldest") => false,
+        Some("newest") => true,
+        Some(other) => return Err(AppError::BadRequest(format!("order must be `oldest` or `newest`, not {other:?}"))),
+    };
+    let cursor = match (newest_first, q.after, q.before) {
+        (false, after, None) => after,
+        (true, None, before) => before,
+        (false, _, Some(_)) => return Err(AppError::BadRequest("`before` pages with order=newest; oldest first pages with `after`".into())),
+        (true, Some(_), _) => return Err(AppError::BadRequest("`after` pages oldest first; with order=newest page with `before`".into())),
+    };
     // However large the jobs, a page holds about MAX_PAGE_BYTES of them
     // (plus one): the rest is on the next page.
-    let filter = ListFilter { state: job_state, kind: q.kind, queue: q.queue, after_id: q.after, limit, max_bytes: MAX_PAGE_BYTES };
+    let filter =
+        ListFilter { state: job_state, kind: q.kind, queue: q.queue, after_id: cursor, newest_first, limit, max_bytes: MAX_PAGE_BYTES };
     let page = state.dispatcher.store().list(filter).await?;
-    let next_after = if page.more { page.jobs.last().map(|j| j.id) } else { None };
-    Ok(Json(JobPage { jobs: page.jobs.iter().map(JobView::from).collect(), next_after }))
+    let next = if page.more { page.jobs.last().map(|j| j.id) } else { None };
+    let (next_after, next_before) = if newest_first { (None, next) } else { (next, None) };
+    Ok(Json(JobPage { jobs: page.jobs.iter().map(JobView::from).collect(), next_after, next_before }))
 }
 
 /// A job id as a path names it: digits only (`+1`, ` 1`, `01x` are not ids).

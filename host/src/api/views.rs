@@ -104,8 +104,10 @@ impl From<&AttemptError> for ErrorView {
 #[derive(Debug, Serialize)]
 pub struct JobPage {
     pub jobs: Vec<JobView>,
-    /// Pass as `after` to get the next page; null on the last page.
+    /// Oldest first: pass as `after` to get the next page; null on the last page.
     pub next_after: Option<i64>,
+    /// Newest first (`order=newest`): pass as `before` for the next page.
+    pub next_before: Option<i64>,
 }
 
 /// `GET /jobs` query.
@@ -116,5 +118,9 @@ pub struct ListQuery {
     pub kind: Option<String>,
     pub queue: Option<String>,
     pub after: Option<i64>,
+    /// With `order=newest`: only jobs older (smaller id) than this.
+    pub before: Option<i64>,
+    /// `oldest` (the default) or `newest`.
+    pub order: Option<String>,
     pub limit: Option<usize>,
 }

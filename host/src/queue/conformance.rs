@@ -293,6 +293,16 @@ pub async fn list_filters_and_pages(store: &dyn JobStore, _clock: &ManualClock) 
     let tiny = store.list(ListFilter { max_bytes: 1, ..bounded(None) }).await.unwrap();
     assert_eq!((tiny.jobs.len(), tiny.more), (1, true), "a page holds at least one job");
 
+    // Newest first, paging backwards.
+    let newest = |after| ListFilter { newest_first: true, limit: 4, after_id: after, ..ListFilter::default() };
+    let top = store.list(newest(None)).await.unwrap();
+    let ids: Vec<_> = top.jobs.iter().map(|j| j.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]) && top.more, "{ids:?}");
+    let all = store.list(ListFilter { limit: 1000, ..ListFilter::default() }).await.unwrap();
+    assert_eq!(ids[0], all.jobs.last().unwrap().id, "the newest job first");
+    let next = store.list(newest(Some(ids[3]))).await.unwrap();
+    assert!(next.jobs[0].id < ids[3], "the next page goes on below the last id");
+
     let counts = store.counts().await.unwrap();
     let count = |state| counts.iter().find(|c| c.state == state).map_or(0, |c| c.count);
     assert_eq!((count(JobState::Available), count(JobState::Running), count(JobState::Dead)), (10, 1, 0));

@@ -776,9 +776,10 @@ impl JobStore for PostgresStore {
                 clauses.push(format!("{column} = ${}", params.len()));
             }
         }
+        let (beyond, order) = if filter.newest_first { ("<", "DESC") } else { (">", "ASC") };
         if let Some(after) = &filter.after_id {
             params.push(after);
-            clauses.push(format!("id > ${}", params.len()));
+            clauses.push(format!("id {beyond} ${}", params.len()));
         }
         let filter_sql = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
         params.push(&limit);
@@ -790,10 +791,11 @@ impl JobStore for PostgresStore {
         // that fit the byte bound.
         let sql = format!(
             "WITH page AS (SELECT id, octet_length(payload) + coalesce(octet_length(result), 0) + octet_length(errors::text) AS size \
-               FROM jobs {filter_sql} ORDER BY id LIMIT ${limit_at}::bigint + 1), \
-             fitting AS (SELECT id, row_number() OVER (ORDER BY id) AS n, (sum(size) OVER (ORDER BY id) - size)::bigint AS before FROM page) \
+               FROM jobs {filter_sql} ORDER BY id {order} LIMIT ${limit_at}::bigint + 1), \
+             fitting AS (SELECT id, row_number() OVER (ORDER BY id {order}) AS n, \
+               (sum(size) OVER (ORDER BY id {order}) - size)::bigint AS before FROM page) \
              SELECT {}, (SELECT count(*) FROM page) FROM jobs \
-             WHERE id IN (SELECT id FROM fitting WHERE before < ${}::bigint AND n <= ${limit_at}::bigint) ORDER BY id",
+             WHERE id IN (SELECT id FROM fitting WHERE before < ${}::bigint AND n <= ${limit_at}::bigint) ORDER BY id {order}",
             columns!(),
             params.len()
         );

@@ -608,9 +608,10 @@ impl JobStore for SqliteStore {
                 values.push(Box::new(queue));
                 clauses.push(format!("queue = ?{}", values.len()));
             }
+            let (beyond, order) = if filter.newest_first { ("<", "DESC") } else { (">", "ASC") };
             if let Some(after) = filter.after_id {
                 values.push(Box::new(after));
-                clauses.push(format!("id > ?{}", values.len()));
+                clauses.push(format!("id {beyond} ?{}", values.len()));
             }
             let filter_sql = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
             values.push(Box::new(filter.limit as i64));
@@ -621,10 +622,11 @@ impl JobStore for SqliteStore {
             // fit the byte bound.
             let sql = format!(
                 "WITH page AS (SELECT id, length(payload) + coalesce(length(result), 0) + length(CAST(errors AS BLOB)) AS size \
-                   FROM jobs {filter_sql} ORDER BY id LIMIT ?{limit} + 1), \
-                 fitting AS (SELECT id, row_number() OVER (ORDER BY id) AS n, sum(size) OVER (ORDER BY id) - size AS before FROM page) \
+                   FROM jobs {filter_sql} ORDER BY id {order} LIMIT ?{limit} + 1), \
+                 fitting AS (SELECT id, row_number() OVER (ORDER BY id {order}) AS n, \
+                   sum(size) OVER (ORDER BY id {order}) - size AS before FROM page) \
                  SELECT {}, (SELECT count(*) FROM page) FROM jobs \
-                 WHERE id IN (SELECT id FROM fitting WHERE before < ?{} AND n <= ?{limit}) ORDER BY id",
+                 WHERE id IN (SELECT id FROM fitting WHERE before < ?{} AND n <= ?{limit}) ORDER BY id {order}",
                 columns!(),
                 values.len()
             );

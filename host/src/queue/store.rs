@@ -183,8 +183,11 @@ pub struct ListFilter {
     pub state: Option<JobState>,
     pub kind: Option<String>,
     pub queue: Option<String>,
-    /// Only jobs with a larger id (the previous page's last id).
+    /// Oldest first: only jobs with a larger id (the previous page's last
+    /// id). Newest first: only jobs with a smaller one.
     pub after_id: Option<JobId>,
+    /// Newest (largest id) first instead of oldest first.
+    pub newest_first: bool,
     pub limit: usize,
     /// The page ends at the first job that brings the stored bytes it
     /// holds (payload, result, errors) to this many: however large each
@@ -197,7 +200,7 @@ pub const DEFAULT_PAGE_BYTES: u64 = 8 << 20;
 
 impl Default for ListFilter {
     fn default() -> Self {
-        Self { state: None, kind: None, queue: None, after_id: None, limit: 100, max_bytes: DEFAULT_PAGE_BYTES }
+        Self { state: None, kind: None, queue: None, after_id: None, newest_first: false, limit: 100, max_bytes: DEFAULT_PAGE_BYTES }
     }
 }
 
