@@ -362,6 +362,21 @@ fn jobs_list_is_a_table_newest_first_with_paging() {
     assert_eq!(kiln(&["jobs", "list", "--state", "cancelled"]), "no jobs\n");
     let (status, body) = host.get("/jobs?order=sideways");
     assert_eq!(status, 400, "{body}");
+
+    // Every dead job at once.
+    let more_dead: Vec<i64> =
+        (0..2).map(|_| host.enqueue(json!({"kind": "send-email", "payload": {"to": "nobody", "subject": "x"}}))).collect();
+    for id in &more_dead {
+        host.wait_for(*id, "dead");
+    }
+    let answer: Value = serde_json::from_str(&kiln(&["jobs", "retry", "--all-dead", "--kind", "send-email"])).unwrap();
+    assert_eq!((answer["retried"].as_u64(), answer["more"].as_bool()), (Some(3), Some(false)), "{answer}");
+    for id in more_dead.iter().chain([&dead]) {
+        eventually("each runs again", || host.job(*id)["attempt"] == 2);
+        assert_eq!(host.wait_for(*id, "dead")["errors"].as_array().unwrap().len(), 2);
+    }
+    let (status, body) = host.post("/jobs/retry?state=completed", &json!(null));
+    assert_eq!(status, 400, "only dead jobs are retried in bulk: {body}");
 }
 
 #[test]

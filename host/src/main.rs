@@ -131,8 +131,18 @@ enum JobsCommand {
     },
     /// Show one job.
     Show { id: i64 },
-    /// Run a dead or cancelled job again.
-    Retry { id: i64 },
+    /// Run a dead or cancelled job again (or, with --all-dead, every dead job).
+    Retry {
+        /// The job to retry.
+        #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
+        id: Option<i64>,
+        /// Retry every dead job (of --kind, if given).
+        #[arg(long)]
+        all_dead: bool,
+        /// With --all-dead: only dead jobs of this kind.
+        #[arg(long, requires = "all_dead")]
+        kind: Option<String>,
+    },
     /// Cancel a job (a running one is asked to stop, then interrupted).
     Cancel { id: i64 },
 }
@@ -367,7 +377,11 @@ fn jobs(client: &ApiClient, command: JobsCommand) -> anyhow::Result<ExitCode> {
             }
         }
         JobsCommand::Show { id } => client.get(&format!("/jobs/{id}"))?,
-        JobsCommand::Retry { id } => client.post(&format!("/jobs/{id}/retry"), None)?,
+        JobsCommand::Retry { id: Some(id), .. } => client.post(&format!("/jobs/{id}/retry"), None)?,
+        JobsCommand::Retry { id: None, kind, .. } => {
+            let query = kind.map(|k| format!("&kind={k}")).unwrap_or_default();
+            client.post(&format!("/jobs/retry?state=dead{query}"), None)?
+        }
         JobsCommand::Cancel { id } => client.post(&format!("/jobs/{id}/cancel"), None)?,
     };
     print_json(&answer);

@@ -52,6 +52,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/jobs", post(enqueue).get(list_jobs))
         .route("/jobs/{id}", get(get_job))
+        .route("/jobs/retry", post(retry_many))
         .route("/jobs/{id}/retry", post(retry_job))
         .route("/jobs/{id}/cancel", post(cancel_job))
         .route("/queues", get(list_queues))
@@ -199,6 +200,59 @@ async fn retry_job(State(state): State<AppState>, Path(id): Path<String>) -> Res
     state.dispatcher.wake(&job.queue);
     tracing::info!(kind = %job.kind, job = job.id, attempt = job.attempt, max_attempts = job.max_attempts, "job retried by hand");
     Ok(Json(JobView::from(&job)))
+}
+
+/// The most jobs one `POST /jobs/retry` retries; `more` says to call again.
+pub const MAX_BULK_RETRY: usize = 10_000;
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryManyQuery {
+    state: String,
+    kind: Option<String>,
+    queue: Option<String>,
+}
+
+/// `POST /jobs/retry?state=dead[&kind=K][&queue=Q]`: retries every dead job
+/// (of a kind, a queue), up to MAX_BULK_RETRY a call: `{"retried": N,
+/// "more": bool}`. A job whose unique key another job took meanwhile is
+/// left dead and counted in `skipped`.
+async fn retry_many(State(state): State<AppState>, query: Result<Query<RetryManyQuery>, QueryRejection>) -> Result<Json<serde_json::Value>, AppError> {
+    let Query(q) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
+    if q.state != "dead" {
+        return Err(AppError::BadRequest(format!("bulk retry takes state=dead, not {:?}", q.state)));
+    }
+    let store = state.dispatcher.store();
+    let (mut retried, mut skipped, mut after, mut more) = (0usize, 0usize, None, true);
+    let mut queues = std::collections::BTreeSet::new();
+    while more && retried + skipped < MAX_BULK_RETRY {
+        let filter = ListFilter {
+            state: Some(JobState::Dead),
+            kind: q.kind.clone(),
+            queue: q.queue.clone(),
+            after_id: after,
+            limit: MAX_PAGE.min(MAX_BULK_RETRY - retried - skipped),
+            ..ListFilter::default()
+        };
+        let page = store.list(filter).await?;
+        more = page.more;
+        after = page.jobs.last().map(|j| j.id);
+        for job in &page.jobs {
+            match store.retry_by_hand(job.id).await {
+                Ok(job) => {
+                    retried += 1;
+                    queues.insert(job.queue);
+                }
+                Err(crate::queue::StoreError::UniqueConflict { .. } | crate::queue::StoreError::InvalidState { .. }) => skipped += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    for queue in &queues {
+        state.dispatcher.wake(queue);
+    }
+    tracing::info!(retried, skipped, kind = q.kind.as_deref().unwrap_or("any"), "dead jobs retried by hand");
+    Ok(Json(serde_json::json!({ "retried": retried, "skipped": skipped, "more": more })))
 }
 
 async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, AppError> {
