@@ -228,6 +228,23 @@ fn plugin_new_scaffolds_a_crate_that_builds_tests_and_runs() {
     assert_eq!(report["outcome"], "ok", "{report}");
     assert_eq!(report["output"], json!({"greeting": "Hello, Ada!"}));
     assert_eq!(report["plugin"]["name"], "hello-job");
+
+    // The hint `kiln plugin new` printed, followed literally from where it
+    // was run, with `kiln` on the PATH.
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    let hint: Vec<&str> = printed.lines().skip_while(|l| !l.starts_with("next, build and run it:")).skip(1).map(str::trim).collect();
+    assert_eq!(hint.len(), 3, "{printed}");
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_kiln")).parent().unwrap();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let mut sh = std::process::Command::new("sh");
+    sh.arg("-ec").arg(hint.join("\n")).current_dir(dir.path()).env("PATH", path).env("CARGO_TARGET_DIR", &target);
+    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_MAKEFLAGS", "RUSTC_WRAPPER"] {
+        sh.env_remove(var);
+    }
+    let followed = sh.output().unwrap();
+    let out = String::from_utf8_lossy(&followed.stdout);
+    assert!(followed.status.success(), "the hint failed: {}\n{out}", String::from_utf8_lossy(&followed.stderr));
+    assert!(out.contains("Hello, Ada!"), "{out}");
 }
 
 #[test]

@@ -471,8 +471,11 @@ fn new_plugin(name: &str, path: Option<PathBuf>, sdk: Option<PathBuf>) -> anyhow
     for file in &files {
         println!("created {}", file.display());
     }
-    println!("\nbuild it:  cd {} && {}", dir.display(), plugin::scaffold::BUILD_COMMAND);
-    println!("run it:    kiln run {} --payload '{{\"name\": \"Ada\"}}'", dir.display());
+    // Commands that work when followed literally, one after another.
+    println!("\nnext, build and run it:");
+    println!("  cd {}", dir.display());
+    println!("  {}", plugin::scaffold::BUILD_COMMAND);
+    println!("  kiln run . --payload '{{\"name\": \"Ada\"}}'");
     Ok(ExitCode::SUCCESS)
 }
 

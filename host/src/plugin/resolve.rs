@@ -23,9 +23,11 @@ impl PluginFiles {
 /// - a `.wasm` file (its manifest is a `plugin.toml` beside it, if any);
 /// - a plugin directory: `plugin.toml` and one `.wasm`;
 /// - a plugin's source directory (`plugin.toml` and `Cargo.toml`, no
-///   `.wasm`): resolved to the newest built component of that crate, in a
-///   `target/wasm32-wasip2/{release,debug}` above it, under `$CARGO_TARGET_DIR`,
-///   or in one of `plugin_dirs`;
+///   `.wasm`): resolved to the newest component the crate's own build made
+///   (a `target/wasm32-wasip2/{release,debug}` above it, or under
+///   `$CARGO_TARGET_DIR`); only with no build of its own, to the plugin of
+///   that name in one of `plugin_dirs` (a deployed copy, never preferred
+///   to the author's build however new);
 /// - a plugin's name: `DIR/NAME` for the first of `plugin_dirs` that has it.
 pub fn resolve(plugin: &str, plugin_dirs: &[PathBuf]) -> Result<PluginFiles, PluginError> {
     let path = Path::new(plugin);
@@ -81,21 +83,20 @@ fn resolve_dir(dir: &Path, plugin_dirs: &[PathBuf]) -> Result<PluginFiles, Plugi
     let crate_name = crate_name(&cargo_toml)?;
     let plugin_name = super::Manifest::load(&manifest)?.name;
     let file = format!("{}.wasm", crate_name.replace('-', "_"));
-    let mut candidates: Vec<PathBuf> = dir
+    let mut own_builds: Vec<PathBuf> = dir
         .ancestors()
         .flat_map(|a| ["release", "debug"].map(|p| a.join("target/wasm32-wasip2").join(p).join(&file)))
         .collect();
     // A target directory set for all builds (CARGO_TARGET_DIR) is where cargo put it.
     if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
         let target = dir.join(target);
-        candidates.extend(["release", "debug"].map(|p| target.join("wasm32-wasip2").join(p).join(&file)));
+        own_builds.extend(["release", "debug"].map(|p| target.join("wasm32-wasip2").join(p).join(&file)));
     }
-    candidates.extend(plugin_dirs.iter().map(|d| d.join(&plugin_name).join(format!("{plugin_name}.wasm"))));
-    let newest = candidates
-        .into_iter()
-        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-        .max_by_key(|(modified, _)| *modified);
-    match newest {
+    let deployed = plugin_dirs.iter().map(|d| d.join(&plugin_name).join(format!("{plugin_name}.wasm")));
+    let newest = |paths: &mut dyn Iterator<Item = PathBuf>| {
+        paths.filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p))).max_by_key(|(modified, _)| *modified)
+    };
+    match newest(&mut own_builds.into_iter()).or_else(|| newest(&mut deployed.into_iter())) {
         Some((_, wasm)) => Ok(PluginFiles { manifest: Some(manifest), wasm }),
         None => Err(PluginError::NotFound {
             what: format!("built component for the source directory {}", dir.display()),
@@ -116,4 +117,36 @@ fn crate_name(cargo_toml: &Path) -> Result<String, PluginError> {
         .and_then(|n| n.as_str())
         .map(str::to_string)
         .ok_or_else(|| not_found("no [package] name".to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    fn write_aged(path: &Path, age: Duration) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"\0asm").unwrap();
+        std::fs::File::options().write(true).open(path).unwrap().set_modified(SystemTime::now() - age).unwrap();
+    }
+
+    #[test]
+    fn a_source_directory_resolves_to_its_own_build_before_a_newer_deployed_copy() {
+        let root = tempfile::tempdir().unwrap();
+        let src = root.path().join("my-plugin");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("Cargo.toml"), "[package]\nname = \"my-plugin\"\nversion = \"0.1.0\"\n").unwrap();
+        std::fs::write(src.join(MANIFEST_FILE), "name = \"my-plugin\"\nversion = \"0.1.0\"\n").unwrap();
+        let deployed_dir = root.path().join("plugins");
+        let deployed = deployed_dir.join("my-plugin/my-plugin.wasm");
+        write_aged(&deployed, Duration::from_secs(1));
+        let dirs = [deployed_dir];
+        assert_eq!(resolve(&src.display().to_string(), &dirs).unwrap().wasm, deployed, "no build of its own yet");
+        let own = src.join("target/wasm32-wasip2/debug/my_plugin.wasm");
+        write_aged(&own, Duration::from_secs(3600));
+        assert_eq!(resolve(&src.display().to_string(), &dirs).unwrap().wasm, own, "its own build, though older");
+        let release = src.join("target/wasm32-wasip2/release/my_plugin.wasm");
+        write_aged(&release, Duration::from_secs(60));
+        assert_eq!(resolve(&src.display().to_string(), &dirs).unwrap().wasm, release, "the newest of its own builds");
+    }
 }
