@@ -311,14 +311,27 @@ fn the_cli_talks_to_the_api() {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         (out.status.code(), stdout, String::from_utf8_lossy(&out.stderr).into_owned())
     };
-    let (code, out, err) = kiln(&["enqueue", "echo", "--payload", r#"{"via":"cli"}"#]);
+    let (code, out, err) = kiln(&["enqueue", "echo", "--payload", r#"{"via":"cli"}"#, "--json"]);
     assert_eq!(code, Some(0), "{err}");
-    let id = serde_json::from_str::<Value>(&out).unwrap()["id"].as_i64().unwrap();
+    let id = serde_json::from_str::<Value>(&out).unwrap_or_else(|e| panic!("{e}: {out:?} {err}"))["id"].as_i64().unwrap();
     host.wait_for(id, "completed");
-    let (_, out, _) = kiln(&["jobs", "show", &id.to_string()]);
+    let (_, out, _) = kiln(&["jobs", "show", &id.to_string(), "--json"]);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["result"], json!({"via": "cli"}));
+    // For a person: one line naming the new job, a summary, a table.
+    let (_, out, _) = kiln(&["enqueue", "echo", "--payload", "7"]);
+    let second: i64 = out.strip_prefix("enqueued job ").and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(out.contains(&format!("kiln jobs show {second}")), "{out}");
+    host.wait_for(second, "completed");
+    let (_, out, _) = kiln(&["jobs", "show", &second.to_string()]);
+    assert!(out.starts_with(&format!("job {second}: echo (queue default), completed, attempt 1/")), "{out}");
+    assert!(out.contains("payload   7") && out.contains("result    7"), "{out}");
+    let (_, out, _) = kiln(&["queues", "list"]);
+    let rows: Vec<&str> = out.lines().collect();
+    assert!(rows[0].starts_with("QUEUE") && rows[0].contains("COMPLETED") && rows[0].contains("OLDEST WAITING"), "{out}");
+    assert!(rows[1].starts_with("default") && rows[1].contains(" 2 "), "two completed jobs: {out}");
     let (_, out, _) = kiln(&["jobs", "list", "--state", "completed", "--json"]);
-    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["jobs"].as_array().unwrap().len(), 1, "--json keeps the API's page");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["jobs"].as_array().unwrap().len(), 2, "--json keeps the API's page");
     assert_eq!(kiln(&["queues", "pause", "default"]).0, Some(0));
     assert_eq!(host.get("/queues").1["queues"][0]["paused"], true);
     assert_eq!(kiln(&["queues", "resume", "default"]).0, Some(0));

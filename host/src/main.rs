@@ -92,18 +92,24 @@ struct EnqueueArgs {
     /// The payload: JSON text, or @FILE.
     #[arg(long)]
     payload: Option<String>,
+    /// The queue to put it in [default: default].
     #[arg(long)]
     queue: Option<String>,
+    /// Higher runs first [default: 0].
     #[arg(long)]
     priority: Option<i32>,
-    /// A job with this key already waiting or done makes this a no-op.
+    /// A job with this key already waiting or done makes this a no-op (at most 512 bytes).
     #[arg(long)]
     unique_key: Option<String>,
+    /// Runs before it is dead-lettered, 1–1000 [default: the plugin's].
     #[arg(long)]
     max_attempts: Option<u32>,
-    /// Run no earlier than this RFC 3339 time.
+    /// Run no earlier than this RFC 3339 time, with an offset (2030-01-01T09:00:00+02:00).
     #[arg(long)]
     at: Option<String>,
+    /// Print the API's JSON answer instead of a line (for scripts).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -129,8 +135,13 @@ enum JobsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show one job.
-    Show { id: i64 },
+    /// Show one job: its state, payload, result and every error.
+    Show {
+        id: i64,
+        /// Print the API's JSON instead (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a dead or cancelled job again (or, with --all-dead, every dead job).
     Retry {
         /// The job to retry.
@@ -149,8 +160,12 @@ enum JobsCommand {
 
 #[derive(Subcommand, Debug)]
 enum QueuesCommand {
-    /// List the queues and whether they are paused.
-    List,
+    /// List the queues: concurrency, paused, jobs by state, oldest wait.
+    List {
+        /// Print the API's JSON instead of a table (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop claiming jobs from a queue.
     Pause { name: String },
     /// Claim jobs from a queue again.
@@ -355,7 +370,16 @@ fn enqueue(client: &ApiClient, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     if let Some(max_attempts) = args.max_attempts {
         job["max_attempts"] = max_attempts.into();
     }
-    print_json(&client.post("/jobs", Some(&job))?);
+    let answer = client.post("/jobs", Some(&job))?;
+    if args.json {
+        print_json(&answer);
+    } else {
+        let id = &answer["id"];
+        match answer["created"].as_bool() {
+            Some(false) => println!("job {id} already holds that unique key ({}, {}); nothing new was enqueued", answer["kind"].as_str().unwrap_or("?"), answer["state"].as_str().unwrap_or("?")),
+            _ => println!("enqueued job {id} ({}, {}): kiln jobs show {id}", answer["kind"].as_str().unwrap_or("?"), answer["state"].as_str().unwrap_or("?")),
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -376,7 +400,11 @@ fn jobs(client: &ApiClient, command: JobsCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
         }
-        JobsCommand::Show { id } => client.get(&format!("/jobs/{id}"))?,
+        JobsCommand::Show { id, json: true } => client.get(&format!("/jobs/{id}"))?,
+        JobsCommand::Show { id, json: false } => {
+            print!("{}", job_summary(&client.get(&format!("/jobs/{id}"))?));
+            return Ok(ExitCode::SUCCESS);
+        }
         JobsCommand::Retry { id: Some(id), .. } => client.post(&format!("/jobs/{id}/retry"), None)?,
         JobsCommand::Retry { id: None, kind, .. } => {
             let query = kind.map(|k| format!("&kind={k}")).unwrap_or_default();
@@ -386,6 +414,61 @@ fn jobs(client: &ApiClient, command: JobsCommand) -> anyhow::Result<ExitCode> {
     };
     print_json(&answer);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Rows as columns padded to their widest cell.
+fn table(rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// One job for a person: what it is, where it stands, what it held and returned.
+fn job_summary(job: &serde_json::Value) -> String {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".to_string(),
+        other => other.to_string(),
+    };
+    let cut = |s: String| if s.chars().count() > 200 { format!("{}… ({} bytes)", s.chars().take(200).collect::<String>(), s.len()) } else { s };
+    let mut out = format!(
+        "job {}: {} (queue {}), {}, attempt {}/{}\n",
+        job["id"], text(&job["kind"]), text(&job["queue"]), text(&job["state"]), job["attempt"], job["max_attempts"]
+    );
+    for (label, key) in [("created", "created_at"), ("due", "scheduled_at"), ("last run", "attempted_at"), ("finished", "finalized_at")] {
+        if !job[key].is_null() {
+            out.push_str(&format!("  {label:<9} {}\n", text(&job[key])));
+        }
+    }
+    out.push_str(&format!("  payload   {}\n  result    {}\n", cut(text(&job["payload"])), cut(text(&job["result"]))));
+    for error in job["errors"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  error     attempt {} ({}, {}): {}\n", error["attempt"], text(&error["outcome"]), text(&error["at"]), cut(text(&error["message"]))));
+    }
+    out
+}
+
+/// `GET /queues` as a table.
+fn queue_table(answer: &serde_json::Value) -> String {
+    let states = ["available", "scheduled", "running", "retryable", "completed", "cancelled", "dead"];
+    let mut header = vec!["QUEUE".to_string(), "CONCURRENCY".to_string(), "PAUSED".to_string()];
+    header.extend(states.iter().map(|s| s.to_ascii_uppercase()));
+    header.push("OLDEST WAITING".to_string());
+    let mut rows = vec![header];
+    for q in answer["queues"].as_array().into_iter().flatten() {
+        let mut row = vec![q["name"].as_str().unwrap_or("?").to_string(), q["concurrency"].to_string(), q["paused"].to_string()];
+        row.extend(states.iter().map(|s| q["jobs"][s].to_string()));
+        row.push(match q["oldest_waiting_ms"].as_u64() {
+            Some(ms) => humantime::format_duration(Duration::from_millis(ms - ms % 1000)).to_string(),
+            None => "-".to_string(),
+        });
+        rows.push(row);
+    }
+    table(&rows)
 }
 
 /// A page of `GET /jobs` as a table, with how to get the next page.
@@ -408,13 +491,7 @@ fn job_table(page: &serde_json::Value, now: i64) -> String {
             error,
         ]);
     }
-    let widths: Vec<usize> = (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for row in &rows {
-        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
+    let mut out = table(&rows);
     if rows.len() == 1 {
         out = "no jobs\n".to_string();
     }
@@ -426,7 +503,11 @@ fn job_table(page: &serde_json::Value, now: i64) -> String {
 
 fn queues(client: &ApiClient, command: QueuesCommand) -> anyhow::Result<ExitCode> {
     let answer = match command {
-        QueuesCommand::List => client.get("/queues")?,
+        QueuesCommand::List { json: true } => client.get("/queues")?,
+        QueuesCommand::List { json: false } => {
+            print!("{}", queue_table(&client.get("/queues")?));
+            return Ok(ExitCode::SUCCESS);
+        }
         QueuesCommand::Pause { name } => client.post(&format!("/queues/{name}/pause"), None)?,
         QueuesCommand::Resume { name } => client.post(&format!("/queues/{name}/resume"), None)?,
     };
