@@ -302,15 +302,17 @@ fn bad_config_and_a_file_that_is_not_a_database_are_refused() {
     assert_eq!(std::fs::read(dir.database()).unwrap(), garbage, "the file is untouched");
 }
 
+/// The `kiln` CLI against `host`'s API: exit code, stdout, stderr.
+fn cli(host: &crate::host::Host, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = crate::support::kiln().args(args).env("KILN_API", &host.url).output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 #[test]
 fn the_cli_talks_to_the_api() {
     let dir = HostDir::new(FAST);
     let host = dir.start();
-    let kiln = |args: &[&str]| {
-        let out = crate::support::kiln().args(args).env("KILN_API", &host.url).output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        (out.status.code(), stdout, String::from_utf8_lossy(&out.stderr).into_owned())
-    };
+    let kiln = |args: &[&str]| cli(&host, args);
     let (code, out, err) = kiln(&["enqueue", "echo", "--payload", r#"{"via":"cli"}"#, "--json"]);
     assert_eq!(code, Some(0), "{err}");
     let id = serde_json::from_str::<Value>(&out).unwrap_or_else(|e| panic!("{e}: {out:?} {err}"))["id"].as_i64().unwrap();
@@ -348,9 +350,9 @@ fn jobs_list_is_a_table_newest_first_with_paging() {
     let dir = HostDir::new(FAST);
     let host = dir.start();
     let kiln = |args: &[&str]| {
-        let out = crate::support::kiln().args(args).env("KILN_API", &host.url).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let (code, stdout, stderr) = cli(&host, args);
+        assert_eq!(code, Some(0), "{stderr}");
+        stdout
     };
     let dead = host.enqueue(json!({"kind": "send-email", "payload": {"to": "not-an-address", "subject": "x"}}));
     host.wait_for(dead, "dead");
