@@ -65,7 +65,7 @@ impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(_) => AppError::NotFound(e.to_string()),
-            StoreError::InvalidState { .. } | StoreError::UniqueConflict { .. } | StoreError::StaleLease { .. } => {
+            StoreError::InvalidState { .. } | StoreError::UniqueConflict { .. } | StoreError::StaleLease { .. } | StoreError::Kept { .. } => {
                 AppError::Conflict(e.to_string())
             }
             StoreError::Unavailable(_) => AppError::Unavailable(e.to_string()),

@@ -264,6 +264,38 @@ pub async fn a_dead_job_retried_by_hand_runs_again(store: &dyn JobStore, _clock:
     assert!(matches!(e, StoreError::InvalidState { state: JobState::Completed, .. }), "{e}");
 }
 
+pub async fn dead_and_cancelled_jobs_are_deleted_by_hand_and_nothing_else(store: &dyn JobStore, _clock: &ManualClock) {
+    let keyed = NewJob { unique_key: Some("invoice-7".into()), ..new_job("email") };
+    store.insert(keyed.clone()).await.unwrap();
+    let dead = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    store.discard(dead.lease(), err(1, "bad")).await.unwrap();
+    let waiting = store.insert(new_job("email")).await.unwrap().job.id;
+    let cancelled = store.insert(new_job("email")).await.unwrap().job.id;
+    store.cancel(cancelled).await.unwrap();
+
+    let deleted = store.delete_by_hand(dead.id).await.unwrap();
+    assert_eq!((deleted.id, deleted.state, deleted.errors.len()), (dead.id, JobState::Dead, 1), "it answers the job as it was");
+    assert!(store.get(dead.id).await.unwrap().is_none(), "gone");
+    assert!(matches!(store.delete_by_hand(dead.id).await.unwrap_err(), StoreError::NotFound(_)));
+    assert!(store.insert(keyed).await.unwrap().created, "its unique key is free again");
+    store.delete_by_hand(cancelled).await.unwrap();
+    let e = store.delete_by_hand(waiting).await.unwrap_err();
+    assert!(matches!(e, StoreError::InvalidState { state: JobState::Available, action: "delete", .. }), "{e}");
+    assert!(store.get(waiting).await.unwrap().is_some(), "a waiting job stays");
+
+    // A schedule's newest tick says where the schedule is: kept; older ones go.
+    let tick = |t: i64| NewJob { unique_key: Some(schedule_key("report", t)), ..new_job("report") };
+    let old = store.insert(tick(1_000)).await.unwrap().job.id;
+    let newest = store.insert(tick(2_000)).await.unwrap().job.id;
+    for id in [old, newest] {
+        store.cancel(id).await.unwrap();
+    }
+    let e = store.delete_by_hand(newest).await.unwrap_err();
+    assert!(matches!(e, StoreError::Kept { .. }), "{e}");
+    store.delete_by_hand(old).await.unwrap();
+    assert_eq!(store.schedule_state("report").await.unwrap().last_tick, Some(2_000));
+}
+
 pub async fn list_filters_and_pages(store: &dyn JobStore, _clock: &ManualClock) {
     for i in 0..6 {
         let kind = if i % 2 == 0 { "even" } else { "odd" };
@@ -446,6 +478,7 @@ macro_rules! conformance_tests {
             cancel_pending_running_and_final_jobs,
             a_requested_cancel_wins_over_retry_snooze_and_rescue,
             a_dead_job_retried_by_hand_runs_again,
+            dead_and_cancelled_jobs_are_deleted_by_hand_and_nothing_else,
             list_filters_and_pages,
             a_paused_queue_is_not_claimed,
             finish_many_applies_each_valid_transition,

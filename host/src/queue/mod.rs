@@ -17,5 +17,5 @@ pub use sqlite::SqliteStore;
 pub use store::{
     ClaimParams, DEFAULT_PAGE_BYTES, DEFAULT_QUEUE, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, ListFilter, LoopClaim,
     LoopLease, LoopSave, LoopState, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, schedule_key,
-    schedule_key_range, tick_of_key,
+    SCHEDULE_TICK_KEPT, schedule_key_range, schedule_tick_key, tick_of_key,
 };

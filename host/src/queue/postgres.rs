@@ -20,7 +20,7 @@ use super::clock::SharedClock;
 use super::job::{AttemptError, Job, JobId, JobState, Lease, Millis};
 use super::store::{
     ClaimParams, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, ListFilter, LoopClaim, LoopLease, LoopSave,
-    LoopState, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, schedule_key_range, tick_of_key,
+    LoopState, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, SCHEDULE_TICK_KEPT, schedule_key_range, schedule_tick_key, tick_of_key,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -757,6 +757,30 @@ impl JobStore for PostgresStore {
             return Err(pg_error(e));
         }
         let job = get_job(&tx, id).await?.ok_or(StoreError::NotFound(id))?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(job)
+    }
+
+    async fn delete_by_hand(&self, id: JobId) -> Result<Job, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        tx.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&id]).await.map_err(pg_error)?;
+        let job = get_job(&tx, id).await?.ok_or(StoreError::NotFound(id))?;
+        if !matches!(job.state, JobState::Dead | JobState::Cancelled) {
+            return Err(StoreError::InvalidState { id, state: job.state, action: "delete" });
+        }
+        if let Some(key) = schedule_tick_key(&job) {
+            let (start, end) = schedule_key_range(&job.kind);
+            let newest: Option<String> = tx
+                .query_one("SELECT max(unique_key) FROM jobs WHERE kind = $1 AND unique_key >= $2 AND unique_key < $3", &[&job.kind, &start, &end])
+                .await
+                .map_err(pg_error)?
+                .get(0);
+            if newest.as_deref() == Some(key) {
+                return Err(StoreError::Kept { id, reason: SCHEDULE_TICK_KEPT });
+            }
+        }
+        tx.execute("DELETE FROM jobs WHERE id = $1", &[&id]).await.map_err(pg_error)?;
         tx.commit().await.map_err(pg_error)?;
         Ok(job)
     }

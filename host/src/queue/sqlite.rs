@@ -11,7 +11,7 @@ use super::clock::SharedClock;
 use super::job::{AttemptError, Job, JobId, JobState, Lease, Millis};
 use super::store::{
     ClaimParams, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, ListFilter, LoopClaim, LoopLease, LoopSave,
-    LoopState, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, schedule_key_range, tick_of_key,
+    LoopState, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, SCHEDULE_TICK_KEPT, schedule_key_range, schedule_tick_key, tick_of_key,
 };
 use async_trait::async_trait;
 use rusqlite::types::Null;
@@ -584,6 +584,27 @@ impl JobStore for SqliteStore {
                 }
             })?;
             get_job(tx, id)?.ok_or(StoreError::NotFound(id))
+        })
+        .await
+    }
+
+    async fn delete_by_hand(&self, id: JobId) -> Result<Job, StoreError> {
+        self.write(move |tx, _| {
+            let job = get_job(tx, id)?.ok_or(StoreError::NotFound(id))?;
+            if !matches!(job.state, JobState::Dead | JobState::Cancelled) {
+                return Err(StoreError::InvalidState { id, state: job.state, action: "delete" });
+            }
+            if let Some(key) = schedule_tick_key(&job) {
+                let (start, end) = schedule_key_range(&job.kind);
+                let newest: Option<String> = tx
+                    .query_row("SELECT max(unique_key) FROM jobs WHERE kind = ?1 AND unique_key >= ?2 AND unique_key < ?3", params![job.kind, start, end], |r| r.get(0))
+                    .map_err(db_error)?;
+                if newest.as_deref() == Some(key) {
+                    return Err(StoreError::Kept { id, reason: SCHEDULE_TICK_KEPT });
+                }
+            }
+            tx.execute("DELETE FROM jobs WHERE id = ?1", [id]).map_err(db_error)?;
+            Ok(job)
         })
         .await
     }

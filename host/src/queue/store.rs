@@ -123,6 +123,15 @@ pub fn schedule_key_range(kind: &str) -> (String, String) {
     (format!("schedule:{kind}:"), format!("schedule:{kind};"))
 }
 
+/// Why a schedule's newest tick is not deleted by hand.
+pub const SCHEDULE_TICK_KEPT: &str = "it is its schedule's newest tick, which is how the schedule knows where it got to";
+
+/// The job's unique key, when it is one of its kind's schedule ticks.
+pub fn schedule_tick_key(job: &Job) -> Option<&str> {
+    let (start, end) = schedule_key_range(&job.kind);
+    job.unique_key.as_deref().filter(|k| (start.as_str()..end.as_str()).contains(k))
+}
+
 /// The tick time inside a schedule key.
 pub fn tick_of_key(key: &str) -> Option<Millis> {
     key.rsplit(':').next()?.parse().ok()
@@ -238,6 +247,9 @@ pub enum StoreError {
     StaleLease { id: JobId, token: i64 },
     #[error("job {id} is {state}; cannot {action} it")]
     InvalidState { id: JobId, state: JobState, action: &'static str },
+    /// A job the store keeps although it was asked to delete it.
+    #[error("job {id} is kept: {reason}")]
+    Kept { id: JobId, reason: &'static str },
     #[error("job {existing} already holds unique key {key:?}")]
     UniqueConflict { key: String, existing: JobId },
     /// The fencing rule for loops: another host (or a newer run here) took it.
@@ -323,6 +335,11 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// on (attempt numbers never repeat in its errors); a job that used all
     /// its attempts gets one more, as in Oban and River.
     async fn retry_by_hand(&self, id: JobId) -> Result<Job, StoreError>;
+
+    /// Deletes a dead or cancelled job (its errors go with it), and returns
+    /// it as it was. A schedule's newest tick is kept ([`StoreError::Kept`]):
+    /// it is how the schedule knows which tick it got to.
+    async fn delete_by_hand(&self, id: JobId) -> Result<Job, StoreError>;
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError>;
 
