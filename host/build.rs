@@ -7,7 +7,8 @@
 //! The layout is
 //! `target/<profile>/plugins/` for examples, `target/<profile>/test-plugins/`
 //! for the misbehaving test plugins. Their paths become constants in
-//! `kiln::plugin::built` (the pattern of wasmtime's `test-programs`).
+//! `kiln::plugin::built` (the pattern of wasmtime's `test-programs`), and
+//! the examples' files are built into the binary as `EXAMPLE_SEED`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -101,6 +102,9 @@ fn main() {
         writeln!(constants, "/// The assembled `{}` plugin directory (`plugins/testing/{}`).", w.plugin_name, w.plugin_name).unwrap();
         writeln!(constants, "pub const {}: &str = {:?};", w.plugin_name.replace('-', "_").to_uppercase(), dir.display().to_string()).unwrap();
     }
+    // The examples are built into the binary too: the seed of a new host's
+    // plugins directory, so an installed `kiln` needs no source checkout.
+    let mut seed = String::from("/// The example plugins, built into the binary (see `plugin::seed`).\npub const EXAMPLE_SEED: &[super::seed::SeedPlugin] = &[\n");
     for (group, dest) in [("examples", "plugins"), ("testing", "test-plugins")] {
         let dest_dir = profile_dir.join(dest);
         writeln!(constants, "/// Directory of the built `plugins/{group}` plugins, one folder each.").unwrap();
@@ -111,6 +115,16 @@ fn main() {
             let wasm = wasm_dir.join(format!("{}.wasm", c.crate_name.replace('-', "_")));
             copy_if_changed(&wasm, &plugin_dir.join(format!("{}.wasm", c.plugin_name)));
             copy_if_changed(&c.source_dir.join("plugin.toml"), &plugin_dir.join("plugin.toml"));
+            if group == "examples" {
+                writeln!(
+                    seed,
+                    "    super::seed::SeedPlugin {{ name: {:?}, manifest: include_str!({:?}), wasm: include_bytes!({:?}) }},",
+                    c.plugin_name,
+                    plugin_dir.join("plugin.toml").display().to_string(),
+                    plugin_dir.join(format!("{}.wasm", c.plugin_name)).display().to_string()
+                )
+                .unwrap();
+            }
             writeln!(constants, "/// The built `{}` plugin directory (`plugins/{group}/{}`).", c.plugin_name, c.plugin_name).unwrap();
             writeln!(
                 constants,
@@ -121,6 +135,8 @@ fn main() {
             .unwrap();
         }
     }
+    seed.push_str("];\n");
+    constants.push_str(&seed);
     std::fs::write(out_dir.join("built_plugins.rs"), constants).unwrap();
 }
 

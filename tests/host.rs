@@ -99,26 +99,7 @@ impl HostDir {
 
     /// Starts `kiln serve` and waits until its API listens.
     pub fn start(&self) -> Host {
-        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(self.path().join("stderr.log")).unwrap();
-        let mut child = self.command().stdout(Stdio::piped()).stderr(stderr).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(url) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(url.to_string());
-                }
-            }
-        });
-        let url = rx.recv_timeout(PATIENCE).unwrap_or_else(|_| panic!("kiln serve did not start; stderr:\n{}", self.stderr()));
-        // A fresh connection per request: a kept-alive one can be closed by
-        // the server just as the next request goes out on it (CI once saw
-        // "Peer disconnected" on the request after a body-less POST), and
-        // ureq does not retry. Loopback connections cost next to nothing.
-        let agent: ureq::Agent =
-            ureq::Agent::config_builder().http_status_as_error(false).max_idle_connections(0).build().into();
-        Host { child: Some(child), url, agent, log: self.path().join("stderr.log") }
+        Host::spawn(self.command(), &self.path().join("stderr.log"))
     }
 
     pub fn stderr(&self) -> String {
@@ -134,6 +115,33 @@ pub struct Host {
 }
 
 impl Host {
+    /// Starts `serve` (a `kiln serve` command), its stderr appended to
+    /// `log`, and waits until its API listens.
+    pub fn spawn(mut serve: Command, log: &Path) -> Host {
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let mut child = serve.stdout(Stdio::piped()).stderr(stderr).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(url.to_string());
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("kiln serve did not start; stderr:\n{}", std::fs::read_to_string(log).unwrap_or_default()));
+        // A fresh connection per request: a kept-alive one can be closed by
+        // the server just as the next request goes out on it (CI once saw
+        // "Peer disconnected" on the request after a body-less POST), and
+        // ureq does not retry. Loopback connections cost next to nothing.
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().http_status_as_error(false).max_idle_connections(0).build().into();
+        Host { child: Some(child), url, agent, log: log.to_path_buf() }
+    }
+
     fn answer(mut response: ureq::http::Response<ureq::Body>) -> (u16, Value) {
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap();

@@ -156,23 +156,33 @@ fn deploy_list_rollback_and_remove_from_the_command_line() {
     assert_eq!(code, 2);
     assert!(stderr.contains("manifest names plugin \"echo\" but it was deployed as \"other\""), "{stderr}");
 
-    let (code, body, stderr) = cli(&host, &["plugin", "deploy", v2_dir]);
+    let (code, body, stderr) = cli(&host, &["plugin", "deploy", v2_dir, "--json"]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!((body["version"].as_str(), body["changed"].as_bool()), (Some("2.0.0"), Some(true)));
-    let (_, again, _) = cli(&host, &["plugin", "deploy", v2_dir]);
+    let (_, again, _) = cli(&host, &["plugin", "deploy", v2_dir, "--json"]);
     assert_eq!(again["changed"], false, "the same version again changes nothing");
-    let (_, list, _) = cli(&host, &["plugin", "list"]);
+    // For a person: a line, and a table.
+    let said = kiln().arg("--api").arg(&host.url).args(["plugin", "deploy", v2_dir]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&said.stdout), "echo 2.0.0 already serves; nothing changed\n");
+    let table = kiln().arg("--api").arg(&host.url).args(["plugin", "list"]).output().unwrap();
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(table.starts_with("PLUGIN") && table.lines().any(|l| l.starts_with("echo") && l.contains("2.0.0") && l.contains("queued")), "{table}");
+    let (_, list, _) = cli(&host, &["plugin", "list", "--json"]);
     let echo = list["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "echo").unwrap().clone();
     assert_eq!(echo["version"], "2.0.0");
 
-    let (code, body, stderr) = cli(&host, &["plugin", "rollback", "echo"]);
+    let (code, body, stderr) = cli(&host, &["plugin", "rollback", "echo", "--json"]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!((body["version"].as_str(), body["previous"].as_str()), (Some("1.0.0"), Some("2.0.0")));
     assert!(std::fs::read_to_string(dir.plugins().join("echo/plugin.toml")).unwrap().contains("1.0.0"), "written back");
     let id = host.enqueue(json!({"kind": "echo", "payload": "after rollback"}));
     assert_eq!(host.wait_for(id, "completed")["plugin_version"], "1.0.0");
-    let (_, body, _) = cli(&host, &["plugin", "rollback", "echo"]);
-    assert_eq!(body["version"], "2.0.0", "rolling back again returns to the newer version");
+    let said = kiln().arg("--api").arg(&host.url).args(["plugin", "rollback", "echo"]).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&said.stdout),
+        "rolled back echo: 1.0.0 -> 2.0.0; jobs from now on run it\n",
+        "rolling back again returns to the newer version"
+    );
 
     // Removal is refused while jobs of the kind wait.
     host.post("/queues/default/pause", &json!(null));
@@ -183,7 +193,7 @@ fn deploy_list_rollback_and_remove_from_the_command_line() {
     assert_eq!(code, 2);
     assert!(stderr.contains("still has 1 pending jobs"), "{stderr}");
     assert_eq!(host.job(waiting)["state"], "available", "nothing touched");
-    let (code, body, stderr) = cli(&host, &["plugin", "remove", "echo", "--force"]);
+    let (code, body, stderr) = cli(&host, &["plugin", "remove", "echo", "--force", "--json"]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(body["removed"], true);
     assert!(host.plugin("echo").is_none());
@@ -245,6 +255,14 @@ fn plugin_new_scaffolds_a_crate_that_builds_tests_and_runs() {
     let out = String::from_utf8_lossy(&followed.stdout);
     assert!(followed.status.success(), "the hint failed: {}\n{out}", String::from_utf8_lossy(&followed.stderr));
     assert!(out.contains("Hello, Ada!"), "{out}");
+
+    // The README's next steps: deploy it to a running host, enqueue it.
+    let (_host_dir, host) = echo_host();
+    let deploy = kiln().current_dir(&crate_dir).args(["--api", &host.url, "plugin", "deploy", "."]).env("CARGO_TARGET_DIR", &target).output().unwrap();
+    assert!(deploy.status.success(), "{}", String::from_utf8_lossy(&deploy.stderr));
+    assert_eq!(String::from_utf8_lossy(&deploy.stdout), "deployed hello-job 0.1.0; jobs from now on run it\n");
+    let id = host.enqueue(json!({"kind": "hello-job", "payload": {"name": "Ada"}}));
+    assert_eq!(host.wait_for(id, "completed")["result"], json!({"greeting": "Hello, Ada!"}));
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod full_disk;
 mod host;
 mod hostile;
 mod hot_swap;
+mod install;
 mod multi_host;
 mod postgres_db;
 mod readme;

@@ -334,9 +334,17 @@ fn the_cli_talks_to_the_api() {
     assert!(rows[1].starts_with("default") && rows[1].contains(" 2 "), "two completed jobs: {out}");
     let (_, out, _) = kiln(&["jobs", "list", "--state", "completed", "--json"]);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["jobs"].as_array().unwrap().len(), 2, "--json keeps the API's page");
-    assert_eq!(kiln(&["queues", "pause", "default"]).0, Some(0));
+    let (_, out, _) = kiln(&["queues", "pause", "default"]);
+    assert_eq!(out, "queue default paused: no job of it starts until `kiln queues resume default`\n");
     assert_eq!(host.get("/queues").1["queues"][0]["paused"], true);
-    assert_eq!(kiln(&["queues", "resume", "default"]).0, Some(0));
+    let waiting = host.enqueue(json!({"kind": "echo", "payload": 1}));
+    let (_, out, _) = kiln(&["jobs", "cancel", &waiting.to_string()]);
+    assert!(out.starts_with(&format!("cancelled job {waiting} (echo, queue default): now cancelled")), "{out}");
+    let (_, out, _) = kiln(&["jobs", "retry", &waiting.to_string()]);
+    assert!(out.starts_with(&format!("retried job {waiting} (echo, queue default): now available")), "{out}");
+    let (_, out, _) = kiln(&["queues", "resume", "default", "--json"]);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"name": "default", "paused": false}));
+    host.wait_for(waiting, "completed");
     let (code, _, err) = kiln(&["enqueue", "nope"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("400 Bad Request: unknown job kind \"nope\""), "{err}");
@@ -384,7 +392,7 @@ fn jobs_list_is_a_table_newest_first_with_paging() {
     for id in &more_dead {
         host.wait_for(*id, "dead");
     }
-    let answer: Value = serde_json::from_str(&kiln(&["jobs", "retry", "--all-dead", "--kind", "send-email"])).unwrap();
+    let answer: Value = serde_json::from_str(&kiln(&["jobs", "retry", "--all-dead", "--kind", "send-email", "--json"])).unwrap();
     assert_eq!((answer["retried"].as_u64(), answer["more"].as_bool()), (Some(3), Some(false)), "{answer}");
     for id in more_dead.iter().chain([&dead]) {
         eventually("each runs again", || host.job(*id)["attempt"] == 2);
@@ -392,6 +400,22 @@ fn jobs_list_is_a_table_newest_first_with_paging() {
     }
     let (status, body) = host.post("/jobs/retry?state=completed", &json!(null));
     assert_eq!(status, 400, "only dead jobs are retried in bulk: {body}");
+
+    // Dead jobs deleted: one, then the rest at once; nothing else goes.
+    let out = kiln(&["jobs", "delete", &dead.to_string()]);
+    assert!(out.starts_with(&format!("deleted job {dead} (send-email, queue default): now dead, attempt 2/")), "{out}");
+    assert_eq!(host.get(&format!("/jobs/{dead}")).0, 404);
+    let (code, _, err) = cli(&host, &["jobs", "delete", &ids[0].to_string()]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("409") && err.contains("is completed; cannot delete it"), "{err}");
+    let (status, body) = host.delete("/jobs?state=completed");
+    assert_eq!(status, 400, "only dead jobs are deleted in bulk: {body}");
+    assert_eq!(kiln(&["jobs", "delete", "--all-dead"]), "deleted 2 dead jobs\n");
+    for id in &more_dead {
+        assert_eq!(host.get(&format!("/jobs/{id}")).0, 404);
+    }
+    assert_eq!(kiln(&["jobs", "list", "--state", "dead"]), "no jobs\n");
+    assert_eq!(host.get("/jobs?state=completed").1["jobs"].as_array().unwrap().len(), 5, "completed jobs stay");
 }
 
 #[test]

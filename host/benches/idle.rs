@@ -24,7 +24,7 @@ impl Drop for Host {
     }
 }
 
-/// The examples as `kiln serve` finds them next to the binary.
+/// The examples as the build lays them out beside the binary.
 fn examples_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_BIN_EXE_kiln")).parent().unwrap().join("plugins")
 }

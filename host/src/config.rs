@@ -28,7 +28,9 @@ pub struct Config {
     pub database_url: Option<String>,
     /// The Postgres schema Kiln's tables live in.
     pub database_schema: String,
-    /// One directory per plugin; default: the examples built with this binary.
+    /// One directory per plugin, served and deployed into; default:
+    /// `data_dir/plugins`, made with the examples built into the binary
+    /// the first time (see `plugin::seed`).
     pub plugins_dir: Option<PathBuf>,
     /// This host's name in leases; default `hostname-pid`.
     pub host_name: Option<String>,

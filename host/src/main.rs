@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use kiln::client::{ApiClient, DEFAULT_API};
+use kiln::client::{ApiClient, DEFAULT_API, render};
 use kiln::config::Config;
 use kiln::plugin::{self, ArtifactCache, CompileBudget, Compiler, LoadPolicy, Plugin};
 use kiln::sandbox::{Budget, JobInput, Outcome, PoolSize, Report, Sandbox};
@@ -26,8 +26,9 @@ struct Cli {
 
 #[derive(Args, Debug)]
 struct CommonArgs {
-    /// Where plugins are looked up by name (one directory per plugin).
-    /// Defaults to the example plugins built with this binary.
+    /// One directory per plugin. `kiln serve` serves (and deploys into) it
+    /// [default: DATA_DIR/plugins, made with the built-in examples the
+    /// first time]; `kiln run NAME` looks NAME up in it before the examples.
     #[arg(long, global = true, env = "KILN_PLUGINS_DIR")]
     plugins_dir: Option<PathBuf>,
     /// Where compiled plugins are cached [default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln].
@@ -143,19 +144,49 @@ enum JobsCommand {
         json: bool,
     },
     /// Run a dead or cancelled job again (or, with --all-dead, every dead job).
-    Retry {
-        /// The job to retry.
-        #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
-        id: Option<i64>,
-        /// Retry every dead job (of --kind, if given).
-        #[arg(long)]
-        all_dead: bool,
-        /// With --all-dead: only dead jobs of this kind.
-        #[arg(long, requires = "all_dead")]
-        kind: Option<String>,
-    },
+    Retry(PickJobs),
+    /// Delete a dead or cancelled job (or, with --all-dead, every dead job).
+    Delete(PickJobs),
     /// Cancel a job (a running one is asked to stop, then interrupted).
-    Cancel { id: i64 },
+    Cancel {
+        id: i64,
+        /// Print the API's JSON answer instead of a line (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// One job by id, or every dead job (of a kind, a queue).
+#[derive(Args, Debug)]
+struct PickJobs {
+    /// The job.
+    #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
+    id: Option<i64>,
+    /// Every dead job (of --kind and --queue, if given), up to 10,000 a call.
+    #[arg(long)]
+    all_dead: bool,
+    /// With --all-dead: only dead jobs of this kind.
+    #[arg(long, requires = "all_dead")]
+    kind: Option<String>,
+    /// With --all-dead: only dead jobs of this queue.
+    #[arg(long, requires = "all_dead")]
+    queue: Option<String>,
+    /// Print the API's JSON answer instead of a line (for scripts).
+    #[arg(long)]
+    json: bool,
+}
+
+impl PickJobs {
+    /// The query naming every dead job picked.
+    fn dead_query(&self) -> String {
+        let mut query = "state=dead".to_string();
+        for (key, value) in [("kind", &self.kind), ("queue", &self.queue)] {
+            if let Some(value) = value {
+                query.push_str(&format!("&{key}={value}"));
+            }
+        }
+        query
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -166,10 +197,20 @@ enum QueuesCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Stop claiming jobs from a queue.
-    Pause { name: String },
+    /// Stop claiming jobs from a queue (running jobs finish).
+    Pause {
+        name: String,
+        /// Print the API's JSON answer instead of a line (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
     /// Claim jobs from a queue again.
-    Resume { name: String },
+    Resume {
+        name: String,
+        /// Print the API's JSON answer instead of a line (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -191,7 +232,11 @@ enum PluginCommand {
         sdk: Option<PathBuf>,
     },
     /// List the plugins a running host serves, with their versions.
-    List,
+    List {
+        /// Print the API's JSON answer instead of a table (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
     /// Send a new version to a running host; it serves from the next job on.
     Deploy {
         /// A plugin directory, a plugin source directory, or a .wasm with a plugin.toml beside it.
@@ -199,14 +244,26 @@ enum PluginCommand {
         /// Deploy as this name [default: the manifest's]; the host refuses a mismatch.
         #[arg(long)]
         name: Option<String>,
+        /// Print the API's JSON answer instead of a line (for scripts).
+        #[arg(long)]
+        json: bool,
     },
     /// Serve the previous version of a plugin again.
-    Rollback { name: String },
+    Rollback {
+        name: String,
+        /// Print the API's JSON answer instead of a line (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop serving a plugin (refused while jobs of its kind are pending, unless --force).
     Remove {
         name: String,
+        /// Remove it even though jobs of its kind wait; they fail when claimed.
         #[arg(long)]
         force: bool,
+        /// Print the API's JSON answer instead of a line (for scripts).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -291,8 +348,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin(PluginCommand::New { name, path, sdk }) => new_plugin(&name, path, sdk),
         Command::Plugin(command) => {
             let client = ApiClient::new(&common.api);
-            let dirs = plugin_dirs(common);
-            tokio::task::spawn_blocking(move || plugins(&client, &dirs, command)).await?
+            let spec = match &command {
+                PluginCommand::Deploy { plugin, .. } => plugin.clone(),
+                _ => String::new(),
+            };
+            let lookup = plugin_lookup(common, &spec)?;
+            tokio::task::spawn_blocking(move || plugins(&client, &lookup.dirs, command)).await?
         }
         Command::Enqueue(args) => {
             let client = ApiClient::new(&common.api);
@@ -325,9 +386,8 @@ async fn serve(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<ExitCode>
     let plugins_dir = common
         .plugins_dir
         .clone()
-        .or_else(|| config.plugins_dir.clone())
-        .unwrap_or_else(|| PathBuf::from(plugin::built::EXAMPLES_DIR));
-    kiln::serve::serve(config, &plugins_dir, kiln::serve::shutdown_signal(), |address| {
+        .or_else(|| config.plugins_dir.clone());
+    kiln::serve::serve(config, plugins_dir.as_deref(), kiln::serve::shutdown_signal(), |address| {
         // The one line a supervisor or a test reads to find the API.
         println!("listening on http://{address}");
         use std::io::Write as _;
@@ -346,10 +406,6 @@ fn restore_default_sigpipe() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-}
-
-fn print_json(value: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(value).expect("JSON prints"));
 }
 
 fn enqueue(client: &ApiClient, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
@@ -371,15 +427,15 @@ fn enqueue(client: &ApiClient, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
         job["max_attempts"] = max_attempts.into();
     }
     let answer = client.post("/jobs", Some(&job))?;
-    if args.json {
-        print_json(&answer);
-    } else {
-        let id = &answer["id"];
-        match answer["created"].as_bool() {
-            Some(false) => println!("job {id} already holds that unique key ({}, {}); nothing new was enqueued", answer["kind"].as_str().unwrap_or("?"), answer["state"].as_str().unwrap_or("?")),
-            _ => println!("enqueued job {id} ({}, {}): kiln jobs show {id}", answer["kind"].as_str().unwrap_or("?"), answer["state"].as_str().unwrap_or("?")),
-        }
-    }
+    let kind_state = format!("{}, {}", answer["kind"].as_str().unwrap_or("?"), answer["state"].as_str().unwrap_or("?"));
+    let id = &answer["id"];
+    print!(
+        "{}",
+        say(args.json, &answer, || match answer["created"].as_bool() {
+            Some(false) => format!("job {id} already holds that unique key ({kind_state}); nothing new was enqueued\n"),
+            _ => format!("enqueued job {id} ({kind_state}): kiln jobs show {id}\n"),
+        })
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -393,132 +449,73 @@ fn jobs(client: &ApiClient, command: JobsCommand) -> anyhow::Result<ExitCode> {
                 }
             }
             let page = client.get(&format!("/jobs?{}", query.join("&")))?;
-            if json {
-                page
-            } else {
-                print!("{}", job_table(&page, kiln::queue::Clock::now(&kiln::queue::SystemClock)));
-                return Ok(ExitCode::SUCCESS);
+            say(json, &page, || render::job_table(&page, kiln::queue::Clock::now(&kiln::queue::SystemClock)))
+        }
+        JobsCommand::Show { id, json } => {
+            let job = client.get(&format!("/jobs/{id}"))?;
+            say(json, &job, || render::job_summary(&job))
+        }
+        JobsCommand::Retry(pick) => match pick.id {
+            Some(id) => {
+                let job = client.post(&format!("/jobs/{id}/retry"), None)?;
+                say(pick.json, &job, || render::job_action("retried", &job))
             }
+            None => {
+                let answer = client.post(&format!("/jobs/retry?{}", pick.dead_query()), None)?;
+                say(pick.json, &answer, || render::bulk_action("retried", &answer))
+            }
+        },
+        JobsCommand::Delete(pick) => match pick.id {
+            Some(id) => {
+                let job = client.delete(&format!("/jobs/{id}"))?;
+                say(pick.json, &job, || render::job_action("deleted", &job))
+            }
+            None => {
+                let answer = client.delete(&format!("/jobs?{}", pick.dead_query()))?;
+                say(pick.json, &answer, || render::bulk_action("deleted", &answer))
+            }
+        },
+        JobsCommand::Cancel { id, json } => {
+            let job = client.post(&format!("/jobs/{id}/cancel"), None)?;
+            let done = if job["state"] == "running" { "asked to stop" } else { "cancelled" };
+            say(json, &job, || render::job_action(done, &job))
         }
-        JobsCommand::Show { id, json: true } => client.get(&format!("/jobs/{id}"))?,
-        JobsCommand::Show { id, json: false } => {
-            print!("{}", job_summary(&client.get(&format!("/jobs/{id}"))?));
-            return Ok(ExitCode::SUCCESS);
-        }
-        JobsCommand::Retry { id: Some(id), .. } => client.post(&format!("/jobs/{id}/retry"), None)?,
-        JobsCommand::Retry { id: None, kind, .. } => {
-            let query = kind.map(|k| format!("&kind={k}")).unwrap_or_default();
-            client.post(&format!("/jobs/retry?state=dead{query}"), None)?
-        }
-        JobsCommand::Cancel { id } => client.post(&format!("/jobs/{id}/cancel"), None)?,
     };
-    print_json(&answer);
+    print!("{answer}");
     Ok(ExitCode::SUCCESS)
 }
 
-/// Rows as columns padded to their widest cell.
-fn table(rows: &[Vec<String>]) -> String {
-    let widths: Vec<usize> = (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for row in rows {
-        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// One job for a person: what it is, where it stands, what it held and returned.
-fn job_summary(job: &serde_json::Value) -> String {
-    let text = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".to_string(),
-        other => other.to_string(),
-    };
-    let cut = |s: String| if s.chars().count() > 200 { format!("{}… ({} bytes)", s.chars().take(200).collect::<String>(), s.len()) } else { s };
-    let mut out = format!(
-        "job {}: {} (queue {}), {}, attempt {}/{}\n",
-        job["id"], text(&job["kind"]), text(&job["queue"]), text(&job["state"]), job["attempt"], job["max_attempts"]
-    );
-    for (label, key) in [("created", "created_at"), ("due", "scheduled_at"), ("last run", "attempted_at"), ("finished", "finalized_at")] {
-        if !job[key].is_null() {
-            out.push_str(&format!("  {label:<9} {}\n", text(&job[key])));
-        }
-    }
-    out.push_str(&format!("  payload   {}\n  result    {}\n", cut(text(&job["payload"])), cut(text(&job["result"]))));
-    for error in job["errors"].as_array().into_iter().flatten() {
-        out.push_str(&format!("  error     attempt {} ({}, {}): {}\n", error["attempt"], text(&error["outcome"]), text(&error["at"]), cut(text(&error["message"]))));
-    }
-    out
-}
-
-/// `GET /queues` as a table.
-fn queue_table(answer: &serde_json::Value) -> String {
-    let states = ["available", "scheduled", "running", "retryable", "completed", "cancelled", "dead"];
-    let mut header = vec!["QUEUE".to_string(), "CONCURRENCY".to_string(), "PAUSED".to_string()];
-    header.extend(states.iter().map(|s| s.to_ascii_uppercase()));
-    header.push("OLDEST WAITING".to_string());
-    let mut rows = vec![header];
-    for q in answer["queues"].as_array().into_iter().flatten() {
-        let mut row = vec![q["name"].as_str().unwrap_or("?").to_string(), q["concurrency"].to_string(), q["paused"].to_string()];
-        row.extend(states.iter().map(|s| q["jobs"][s].to_string()));
-        row.push(match q["oldest_waiting_ms"].as_u64() {
-            Some(ms) => humantime::format_duration(Duration::from_millis(ms - ms % 1000)).to_string(),
-            None => "-".to_string(),
-        });
-        rows.push(row);
-    }
-    table(&rows)
-}
-
-/// A page of `GET /jobs` as a table, with how to get the next page.
-fn job_table(page: &serde_json::Value, now: i64) -> String {
-    let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
-    let mut rows = vec![["ID", "KIND", "QUEUE", "STATE", "ATTEMPT", "AGE", "LAST ERROR"].map(String::from).to_vec()];
-    for job in page["jobs"].as_array().into_iter().flatten() {
-        let created = job["created_at"].as_str().and_then(|t| kiln::queue::from_rfc3339(t).ok()).unwrap_or(now);
-        let age = humantime::format_duration(Duration::from_secs(((now - created).max(0) / 1000) as u64)).to_string();
-        let age = if age == "0s" { "now".to_string() } else { age.split(' ').take(2).collect::<Vec<_>>().join(" ") };
-        let error: String = job["errors"].as_array().and_then(|e| e.last()).map(|e| text(&e["message"])).unwrap_or_default();
-        let error: String = error.lines().next().unwrap_or("").chars().take(60).collect();
-        rows.push(vec![
-            job["id"].to_string(),
-            text(&job["kind"]),
-            text(&job["queue"]),
-            text(&job["state"]),
-            format!("{}/{}", job["attempt"], job["max_attempts"]),
-            age,
-            error,
-        ]);
-    }
-    let mut out = table(&rows);
-    if rows.len() == 1 {
-        out = "no jobs\n".to_string();
-    }
-    if let Some(before) = page["next_before"].as_i64() {
-        out.push_str(&format!("more: kiln jobs list --before {before}\n"));
-    }
-    out
+/// The API's JSON for scripts, or the text `human` makes of it for people.
+fn say(json: bool, answer: &serde_json::Value, human: impl FnOnce() -> String) -> String {
+    if json { format!("{}\n", serde_json::to_string_pretty(answer).expect("JSON prints")) } else { human() }
 }
 
 fn queues(client: &ApiClient, command: QueuesCommand) -> anyhow::Result<ExitCode> {
     let answer = match command {
-        QueuesCommand::List { json: true } => client.get("/queues")?,
-        QueuesCommand::List { json: false } => {
-            print!("{}", queue_table(&client.get("/queues")?));
-            return Ok(ExitCode::SUCCESS);
+        QueuesCommand::List { json } => {
+            let answer = client.get("/queues")?;
+            say(json, &answer, || render::queue_table(&answer))
         }
-        QueuesCommand::Pause { name } => client.post(&format!("/queues/{name}/pause"), None)?,
-        QueuesCommand::Resume { name } => client.post(&format!("/queues/{name}/resume"), None)?,
+        QueuesCommand::Pause { name, json } => {
+            let answer = client.post(&format!("/queues/{name}/pause"), None)?;
+            say(json, &answer, || format!("queue {name} paused: no job of it starts until `kiln queues resume {name}`\n"))
+        }
+        QueuesCommand::Resume { name, json } => {
+            let answer = client.post(&format!("/queues/{name}/resume"), None)?;
+            say(json, &answer, || format!("queue {name} resumed\n"))
+        }
     };
-    print_json(&answer);
+    print!("{answer}");
     Ok(ExitCode::SUCCESS)
 }
 
 fn plugins(client: &ApiClient, dirs: &[PathBuf], command: PluginCommand) -> anyhow::Result<ExitCode> {
     let answer = match command {
-        PluginCommand::List => client.get("/plugins")?,
-        PluginCommand::Deploy { plugin, name } => {
+        PluginCommand::List { json } => {
+            let answer = client.get("/plugins")?;
+            say(json, &answer, || render::plugin_table(&answer))
+        }
+        PluginCommand::Deploy { plugin, name, json } => {
             let files = plugin::resolve(&plugin, dirs)?;
             let manifest_path = files
                 .manifest
@@ -535,13 +532,20 @@ fn plugins(client: &ApiClient, dirs: &[PathBuf], command: PluginCommand) -> anyh
                 manifest,
                 wasm_base64: base64::engine::general_purpose::STANDARD.encode(wasm),
             })?;
-            client.put(&format!("/plugins/{name}"), &body)?
+            let answer = client.put(&format!("/plugins/{name}"), &body)?;
+            say(json, &answer, || render::deployed("deployed", &answer))
         }
-        PluginCommand::Rollback { name } => client.post(&format!("/plugins/{name}/rollback"), None)?,
-        PluginCommand::Remove { name, force } => client.delete(&format!("/plugins/{name}?force={force}"))?,
+        PluginCommand::Rollback { name, json } => {
+            let answer = client.post(&format!("/plugins/{name}/rollback"), None)?;
+            say(json, &answer, || render::deployed("rolled back", &answer))
+        }
+        PluginCommand::Remove { name, force, json } => {
+            let answer = client.delete(&format!("/plugins/{name}?force={force}"))?;
+            say(json, &answer, || format!("removed {name} {}; its versions stay archived\n", answer["version"].as_str().unwrap_or("?")))
+        }
         PluginCommand::Check { .. } | PluginCommand::New { .. } => unreachable!("handled without the API"),
     };
-    print_json(&answer);
+    print!("{answer}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -560,12 +564,28 @@ fn new_plugin(name: &str, path: Option<PathBuf>, sdk: Option<PathBuf>) -> anyhow
     Ok(ExitCode::SUCCESS)
 }
 
-fn plugin_dirs(common: &CommonArgs) -> Vec<PathBuf> {
+/// Where a plugin given by name is looked up: `--plugins-dir`, then the
+/// examples built into this binary (written out to a temporary directory
+/// only when `spec` names one), then, in a source checkout, the test
+/// plugins built beside it.
+struct PluginLookup {
+    dirs: Vec<PathBuf>,
+    _examples: Option<plugin::seed::ExamplesOnDisk>,
+}
+
+fn plugin_lookup(common: &CommonArgs, spec: &str) -> anyhow::Result<PluginLookup> {
     let mut dirs = Vec::new();
     dirs.extend(common.plugins_dir.clone());
-    dirs.push(PathBuf::from(plugin::built::EXAMPLES_DIR));
+    let in_given_dir = dirs.iter().any(|d| d.join(spec).is_dir());
+    let examples = if !in_given_dir && plugin::seed::examples().iter().any(|e| e.name == spec) && !std::path::Path::new(spec).exists() {
+        let written = plugin::seed::ExamplesOnDisk::write().context("cannot write the built-in examples to a temporary directory")?;
+        dirs.push(written.path().to_path_buf());
+        Some(written)
+    } else {
+        None
+    };
     dirs.push(PathBuf::from(plugin::built::TESTING_DIR));
-    dirs
+    Ok(PluginLookup { dirs, _examples: examples })
 }
 
 fn artifact_cache(common: &CommonArgs) -> Option<ArtifactCache> {
@@ -584,7 +604,8 @@ fn artifact_cache(common: &CommonArgs) -> Option<ArtifactCache> {
 /// Loads a plugin as a host with the default `kiln.toml` would: the same
 /// ceilings and compile budget, compiled in a child process.
 fn load(common: &CommonArgs, sandbox: &Sandbox, spec: &str) -> anyhow::Result<Plugin> {
-    let files = plugin::resolve(spec, &plugin_dirs(common))?;
+    let lookup = plugin_lookup(common, spec)?;
+    let files = plugin::resolve(spec, &lookup.dirs)?;
     let compiler = Compiler::child_process(CompileBudget::default()).context("cannot find the kiln executable to compile with")?;
     let policy = LoadPolicy { compiler: std::sync::Arc::new(compiler), ..LoadPolicy::default() };
     let plugin = plugin::load_with(sandbox, artifact_cache(common).as_ref(), &files, &policy)?;

@@ -62,7 +62,7 @@ pub fn job_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// other work starts.
 pub async fn serve(
     config: Config,
-    plugins_dir: &Path,
+    plugins_dir: Option<&Path>,
     shutdown: impl Future<Output = ()>,
     on_listening: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<()> {
@@ -71,6 +71,13 @@ pub async fn serve(
     std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
         .create(&config.data_dir)
         .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    // Unset: the host's own, in the data directory, seeded with the examples.
+    let plugins_dir = match plugins_dir {
+        Some(dir) => dir.to_path_buf(),
+        None => crate::plugin::seed::default_plugins_dir(&config.data_dir)
+            .with_context(|| format!("cannot make the plugins directory in {}", config.data_dir.display()))?,
+    };
+    let plugins_dir = plugins_dir.as_path();
     let clock: SharedClock = Arc::new(SystemClock);
     let store = open_store(&config, clock.clone()).await?;
 
@@ -81,7 +88,7 @@ pub async fn serve(
     let loading = std::time::Instant::now();
     let registry = load_registry(sandbox, &config.data_dir, plugins_dir, policy)?;
     tracing::info!(dir = %plugins_dir.display(), count = registry.snapshot().len(),
-        load_ms = loading.elapsed().as_secs_f64() * 1000.0, "plugins loaded");
+        load_ms = %format!("{:.1}", loading.elapsed().as_secs_f64() * 1000.0), "plugins loaded");
     let _watcher = watch_plugins_dir(registry.clone())
         .with_context(|| format!("cannot watch the plugins directory {}", plugins_dir.display()))?;
     let runner = Arc::new(SandboxRunner::new(registry.clone()));

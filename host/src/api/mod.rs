@@ -50,8 +50,8 @@ pub struct AppState {
 /// The API's routes, without a socket (tests can call it directly).
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/jobs", post(enqueue).get(list_jobs))
-        .route("/jobs/{id}", get(get_job))
+        .route("/jobs", post(enqueue).get(list_jobs).delete(delete_many))
+        .route("/jobs/{id}", get(get_job).delete(delete_job))
         .route("/jobs/retry", post(retry_many))
         .route("/jobs/{id}/retry", post(retry_job))
         .route("/jobs/{id}/cancel", post(cancel_job))
@@ -202,57 +202,114 @@ async fn retry_job(State(state): State<AppState>, Path(id): Path<String>) -> Res
     Ok(Json(JobView::from(&job)))
 }
 
-/// The most jobs one `POST /jobs/retry` retries; `more` says to call again.
-pub const MAX_BULK_RETRY: usize = 10_000;
+/// The most jobs one bulk call (`POST /jobs/retry`, `DELETE /jobs`) acts
+/// on; `more` says to call again.
+pub const MAX_BULK: usize = 10_000;
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RetryManyQuery {
+struct DeadJobsQuery {
     state: String,
     kind: Option<String>,
     queue: Option<String>,
 }
 
-/// `POST /jobs/retry?state=dead[&kind=K][&queue=Q]`: retries every dead job
-/// (of a kind, a queue), up to MAX_BULK_RETRY a call: `{"retried": N,
-/// "more": bool}`. A job whose unique key another job took meanwhile is
-/// left dead and counted in `skipped`.
-async fn retry_many(State(state): State<AppState>, query: Result<Query<RetryManyQuery>, QueryRejection>) -> Result<Json<serde_json::Value>, AppError> {
+/// What a bulk call did: jobs acted on, jobs left as they were (another
+/// job took the unique key, a schedule's newest tick, a job that changed
+/// meanwhile), whether dead jobs are left for another call, and the queues
+/// touched.
+struct Bulk {
+    done: usize,
+    skipped: usize,
+    more: bool,
+    queues: std::collections::BTreeSet<String>,
+}
+
+/// What a bulk call does to each dead job.
+#[derive(Debug, Clone, Copy)]
+enum BulkAction {
+    Retry,
+    Delete,
+}
+
+/// Applies `action` to every dead job the query names, up to MAX_BULK, a
+/// page at a time.
+async fn on_dead_jobs(
+    state: &AppState,
+    query: Result<Query<DeadJobsQuery>, QueryRejection>,
+    action: BulkAction,
+) -> Result<(DeadJobsQuery, Bulk), AppError> {
+    let verb = match action {
+        BulkAction::Retry => "retry",
+        BulkAction::Delete => "delete",
+    };
+    use crate::queue::StoreError;
     let Query(q) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
     if q.state != "dead" {
-        return Err(AppError::BadRequest(format!("bulk retry takes state=dead, not {:?}", q.state)));
+        return Err(AppError::BadRequest(format!("bulk {verb} takes state=dead, not {:?}", q.state)));
     }
     let store = state.dispatcher.store();
-    let (mut retried, mut skipped, mut after, mut more) = (0usize, 0usize, None, true);
-    let mut queues = std::collections::BTreeSet::new();
-    while more && retried + skipped < MAX_BULK_RETRY {
+    let mut bulk = Bulk { done: 0, skipped: 0, more: true, queues: Default::default() };
+    let mut after = None;
+    while bulk.more && bulk.done + bulk.skipped < MAX_BULK {
         let filter = ListFilter {
             state: Some(JobState::Dead),
             kind: q.kind.clone(),
             queue: q.queue.clone(),
             after_id: after,
-            limit: MAX_PAGE.min(MAX_BULK_RETRY - retried - skipped),
+            limit: MAX_PAGE.min(MAX_BULK - bulk.done - bulk.skipped),
             ..ListFilter::default()
         };
         let page = store.list(filter).await?;
-        more = page.more;
+        bulk.more = page.more;
         after = page.jobs.last().map(|j| j.id);
         for job in &page.jobs {
-            match store.retry_by_hand(job.id).await {
+            let done = match action {
+                BulkAction::Retry => store.retry_by_hand(job.id).await,
+                BulkAction::Delete => store.delete_by_hand(job.id).await,
+            };
+            match done {
                 Ok(job) => {
-                    retried += 1;
-                    queues.insert(job.queue);
+                    bulk.done += 1;
+                    bulk.queues.insert(job.queue);
                 }
-                Err(crate::queue::StoreError::UniqueConflict { .. } | crate::queue::StoreError::InvalidState { .. }) => skipped += 1,
+                Err(StoreError::UniqueConflict { .. } | StoreError::InvalidState { .. } | StoreError::Kept { .. } | StoreError::NotFound(_)) => {
+                    bulk.skipped += 1
+                }
                 Err(e) => return Err(e.into()),
             }
         }
     }
-    for queue in &queues {
+    Ok((q, bulk))
+}
+
+/// `POST /jobs/retry?state=dead[&kind=K][&queue=Q]`: retries every dead job
+/// (of a kind, a queue), up to MAX_BULK a call: `{"retried", "skipped",
+/// "more"}`. A job whose unique key another job took meanwhile is left
+/// dead and counted in `skipped`.
+async fn retry_many(State(state): State<AppState>, query: Result<Query<DeadJobsQuery>, QueryRejection>) -> Result<Json<serde_json::Value>, AppError> {
+    let (q, bulk) = on_dead_jobs(&state, query, BulkAction::Retry).await?;
+    for queue in &bulk.queues {
         state.dispatcher.wake(queue);
     }
-    tracing::info!(retried, skipped, kind = q.kind.as_deref().unwrap_or("any"), "dead jobs retried by hand");
-    Ok(Json(serde_json::json!({ "retried": retried, "skipped": skipped, "more": more })))
+    tracing::info!(retried = bulk.done, skipped = bulk.skipped, kind = q.kind.as_deref().unwrap_or("any"), "dead jobs retried by hand");
+    Ok(Json(serde_json::json!({ "retried": bulk.done, "skipped": bulk.skipped, "more": bulk.more })))
+}
+
+/// `DELETE /jobs?state=dead[&kind=K][&queue=Q]`: deletes every dead job (of
+/// a kind, a queue), up to MAX_BULK a call: `{"deleted", "skipped",
+/// "more"}`. A schedule's newest tick is kept and counted in `skipped`.
+async fn delete_many(State(state): State<AppState>, query: Result<Query<DeadJobsQuery>, QueryRejection>) -> Result<Json<serde_json::Value>, AppError> {
+    let (q, bulk) = on_dead_jobs(&state, query, BulkAction::Delete).await?;
+    tracing::info!(deleted = bulk.done, skipped = bulk.skipped, kind = q.kind.as_deref().unwrap_or("any"), "dead jobs deleted by hand");
+    Ok(Json(serde_json::json!({ "deleted": bulk.done, "skipped": bulk.skipped, "more": bulk.more })))
+}
+
+/// `DELETE /jobs/{id}`: deletes a dead or cancelled job; answers it as it was.
+async fn delete_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, AppError> {
+    let job = state.dispatcher.store().delete_by_hand(job_id(&id)?).await?;
+    tracing::info!(kind = %job.kind, job = job.id, state = job.state.as_str(), "job deleted by hand");
+    Ok(Json(JobView::from(&job)))
 }
 
 async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, AppError> {

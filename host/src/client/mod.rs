@@ -1,5 +1,7 @@
 //! A small blocking HTTP client for the API, used by the CLI's `enqueue`,
-//! `jobs`, `queues` and `plugin` commands.
+//! `jobs`, `queues` and `plugin` commands, and what they print from it.
+
+pub mod render;
 
 use anyhow::{Context as _, bail};
 

@@ -10,6 +10,7 @@ mod manifest;
 mod registry;
 mod resolve;
 pub mod scaffold;
+pub mod seed;
 pub mod trigger;
 mod watch;
 
