@@ -96,8 +96,16 @@ fn a_continuous_loop_survives_kill_9_and_resumes_from_its_stored_checkpoint() {
     let stored: Value = serde_json::from_slice(&checkpoint).unwrap();
     assert_eq!(stored, json!({"cursor": passes * 10, "passes": passes}));
 
+    // At the default log level a pass is not a line: the first is, then one in twelve.
+    let log = dir.stderr();
+    assert_eq!(log.matches("polled items").count(), 0, "{log}");
+    let info_lines = log.matches("polling: ").count() as i64;
+    assert!((1..=passes / 12 + 2).contains(&info_lines), "{info_lines} info lines for {passes} passes");
     let log_before = dir.stderr().len();
-    let host = dir.start();
+    // Each pass's line is at debug (the example logs at info once a minute).
+    let mut serve = dir.command();
+    serve.env("KILN_LOG", "info,kiln::plugin=debug");
+    let host = crate::host::Host::spawn(serve, &dir.path().join("stderr.log"));
     eventually("the loop goes on after the restart", || loop_passes(&host) >= passes as u64 + 3);
     let after = dir.stderr()[log_before..].to_string();
     let first = after.lines().find(|l| l.contains("polled items")).expect("a pass after the restart");

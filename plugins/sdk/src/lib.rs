@@ -135,6 +135,11 @@ pub mod context {
     }
 }
 
+/// Logs at debug level (hidden by the host's default log filter).
+pub fn debug(message: &str) {
+    context::log(context::LogLevel::Debug, message)
+}
+
 /// Logs at info level.
 pub fn info(message: &str) {
     context::log(context::LogLevel::Info, message)
