@@ -190,7 +190,7 @@ fn the_allowed_hosts_list_admits_a_name() {
 fn every_error_is_json_and_names_no_server_path() {
     let dir = HostDir::new(TIGHT);
     let host = dir.start();
-    for (method, path, status) in [("GET", "/nowhere", 404), ("DELETE", "/jobs", 405), ("PUT", "/healthz", 405)] {
+    for (method, path, status) in [("GET", "/nowhere", 404), ("PATCH", "/jobs", 405), ("PUT", "/healthz", 405), ("DELETE", "/jobs", 400)] {
         let (got, head, body) = raw(&host, method, path, &[], "");
         assert_eq!(got, status, "{method} {path}: {body}");
         assert!(head.contains("content-type: application/json"), "{method} {path}: {head}");

@@ -566,8 +566,9 @@ fn new_plugin(name: &str, path: Option<PathBuf>, sdk: Option<PathBuf>) -> anyhow
 
 /// Where a plugin given by name is looked up: `--plugins-dir`, then the
 /// examples built into this binary (written out to a temporary directory
-/// only when `spec` names one), then, in a source checkout, the test
-/// plugins built beside it.
+/// only when `spec` names one), then, in a source checkout, the plugins
+/// built beside the binary (what a plugin's source directory without a
+/// build of its own resolves to).
 struct PluginLookup {
     dirs: Vec<PathBuf>,
     _examples: Option<plugin::seed::ExamplesOnDisk>,
@@ -584,7 +585,7 @@ fn plugin_lookup(common: &CommonArgs, spec: &str) -> anyhow::Result<PluginLookup
     } else {
         None
     };
-    dirs.push(PathBuf::from(plugin::built::TESTING_DIR));
+    dirs.extend([plugin::built::EXAMPLES_DIR, plugin::built::TESTING_DIR].map(PathBuf::from).into_iter().filter(|d| d.is_dir()));
     Ok(PluginLookup { dirs, _examples: examples })
 }
 
