@@ -12,9 +12,10 @@
 
 use kiln::plugin::built;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
+mod served;
+
+use served::ServedHost;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -48,28 +49,8 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-struct Host {
-    child: Child,
-    url: String,
-    agent: ureq::Agent,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_host() -> Host {
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).unwrap();
-    let link = |built: &str| {
-        std::os::unix::fs::symlink(built, plugins.join(Path::new(built).file_name().unwrap())).unwrap();
-    };
-    for plugin in [
+fn start_host() -> ServedHost {
+    let plugins = [
         built::ECHO,
         built::HUGE_ERROR,
         built::HUGE_LOG,
@@ -87,51 +68,14 @@ fn start_host() -> Host {
         built::GREEDY_MANIFEST,
         built::MIN_MEMORY,
         built::SLOW_COMPILE,
-    ] {
-        link(plugin);
-    }
-    std::fs::write(dir.path().join("kiln.toml"), "poll_interval_ms = 100\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .current_dir(dir.path())
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", "data", "--plugins-dir", "plugins", "--config", "kiln.toml"])
-        .env("KILN_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut url = String::new();
-    for line in BufReader::new(stdout).lines() {
-        if let Some(found) = line.unwrap().strip_prefix("listening on ") {
-            url = found.to_string();
-            break;
-        }
-    }
-    assert!(!url.is_empty(), "kiln serve did not start");
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_idle_connections(0).build().into();
-    let host = Host { child, url, agent, _dir: dir };
-    let started = Instant::now();
-    while host.get("/readyz").0 != 200 {
-        assert!(started.elapsed() < Duration::from_secs(120), "the host never became ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    host
+    ];
+    ServedHost::start("poll_interval_ms = 100\n", &plugins.map(Path::new))
 }
 
-impl Host {
-    fn get(&self, path: &str) -> (u16, Value) {
-        let mut response = self.agent.get(&format!("{}{path}", self.url)).call().unwrap();
-        let status = response.status().as_u16();
-        (status, serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null))
-    }
-
-    fn enqueue(&self, kind: &str, payload: &Value) -> i64 {
-        let mut response =
-            self.agent.post(&format!("{}/jobs", self.url)).send_json(json!({"kind": kind, "payload": payload, "max_attempts": 1})).unwrap();
-        assert_eq!(response.status(), 201, "enqueue {kind}");
-        let body: Value = serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
-        body["id"].as_i64().unwrap()
-    }
+fn enqueue(host: &ServedHost, kind: &str, payload: &Value) -> i64 {
+    let (status, body) = host.post("/jobs", &json!({"kind": kind, "payload": payload, "max_attempts": 1}));
+    assert_eq!(status, 201, "enqueue {kind}: {body}");
+    body["id"].as_i64().unwrap()
 }
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
@@ -148,7 +92,7 @@ fn millis(text: &Value) -> i64 {
 
 /// Runs the echo stream for `duration`, with `hostile` enqueued on its own
 /// schedule; returns each echo job's latency in milliseconds.
-fn phase(host: &Host, duration: Duration, hostile: Option<&Case>) -> Vec<i64> {
+fn phase(host: &ServedHost, duration: Duration, hostile: Option<&Case>) -> Vec<i64> {
     let started = Instant::now();
     let mut echo_ids = Vec::new();
     let mut next_hostile = started;
@@ -156,11 +100,11 @@ fn phase(host: &Host, duration: Duration, hostile: Option<&Case>) -> Vec<i64> {
     while started.elapsed() < duration {
         if let Some(case) = hostile {
             if Instant::now() >= next_hostile {
-                host.enqueue(case.kind, &case.payload);
+                enqueue(host, case.kind, &case.payload);
                 next_hostile += case.every;
             }
         }
-        echo_ids.push(host.enqueue("echo", &json!({"n": echo_ids.len()})));
+        echo_ids.push(enqueue(host, "echo", &json!({"n": echo_ids.len()})));
         std::thread::sleep(gap);
     }
     echo_ids
@@ -187,7 +131,7 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let seconds = if quick { 2 } else { 6 };
     let host = start_host();
-    let pid = host.child.id();
+    let pid = host.pid();
     std::thread::sleep(Duration::from_secs(1));
     let idle_kib = rss_kib(pid, "VmRSS:");
 

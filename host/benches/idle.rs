@@ -7,56 +7,30 @@
 //! Run: `cargo bench --bench idle` (add `-- --quick` for a short run).
 //! Variants alternate round by round; figures are medians over rounds.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod served;
+
+use served::ServedHost;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-struct Host {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The examples as the build lays them out beside the binary.
-fn examples_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_kiln")).parent().unwrap().join("plugins")
+fn examples() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_BIN_EXE_kiln")).parent().unwrap().join("plugins");
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect()
 }
 
-fn start(with_refused: bool) -> Host {
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).unwrap();
-    for entry in std::fs::read_dir(examples_dir()).unwrap() {
-        let entry = entry.unwrap();
-        std::os::unix::fs::symlink(entry.path(), plugins.join(entry.file_name())).unwrap();
-    }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .current_dir(dir.path())
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", "data", "--plugins-dir", "plugins"])
-        .env("KILN_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    assert!(lines.any(|l| l.unwrap().starts_with("listening on ")), "kiln serve did not start");
+fn start(with_refused: bool) -> ServedHost {
+    let examples = examples();
+    let host = ServedHost::start("", &examples.iter().map(PathBuf::as_path).collect::<Vec<_>>());
     // Start-up plugins (the warm-up) and the first schedule tick settle.
     std::thread::sleep(Duration::from_secs(3));
     if with_refused {
-        let broken = plugins.join("broken");
+        let broken = host.plugins_dir().join("broken");
         std::fs::create_dir(&broken).unwrap();
         std::fs::write(broken.join("plugin.toml"), "name = \"broken\"\nversion = 1\n").unwrap();
         std::thread::sleep(Duration::from_secs(1));
     }
-    Host { child, _dir: dir }
+    host
 }
 
 /// utime + stime of the whole process, in seconds.
@@ -84,8 +58,8 @@ struct Sample {
     fds: usize,
 }
 
-fn measure(host: &Host, window: Duration) -> Sample {
-    let pid = host.child.id();
+fn measure(host: &ServedHost, window: Duration) -> Sample {
+    let pid = host.pid();
     let (cpu, read, at) = (cpu_seconds(pid), read_bytes(pid), Instant::now());
     std::thread::sleep(window);
     let elapsed = at.elapsed().as_secs_f64();

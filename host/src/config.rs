@@ -67,6 +67,19 @@ pub struct QueueSettings {
     /// into the queue (API, CLI) but runs none; other hosts on the same
     /// Postgres run them.
     pub concurrency: usize,
+    /// Jobs that run at once while the queue's runs are light (each under
+    /// 10 million fuel and 8 MiB); at least `concurrency`. Unset: the
+    /// same as `concurrency`, except for the default queue of a config that
+    /// names no queues (128 per core, at most 512).
+    #[serde(default)]
+    pub light_concurrency: Option<usize>,
+}
+
+impl QueueSettings {
+    /// The most of its jobs that may run at once, light or not.
+    pub fn widest(&self) -> usize {
+        self.light_concurrency.unwrap_or(self.concurrency).max(self.concurrency)
+    }
 }
 
 /// The default listen address: loopback only; exposing the API is a choice.
@@ -92,7 +105,11 @@ impl Default for Config {
             ceilings: Ceilings::default(),
             compile: CompileBudget::default(),
             http: HttpLimits::default(),
-            queues: d.queues.into_iter().map(|q| (q.name, QueueSettings { concurrency: q.concurrency })).collect(),
+            queues: d
+                .queues
+                .into_iter()
+                .map(|q| (q.name, QueueSettings { concurrency: q.concurrency, light_concurrency: Some(q.light_concurrency) }))
+                .collect(),
         }
     }
 }
@@ -122,7 +139,15 @@ impl Config {
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse { path: origin.into(), source })?;
+        let mut config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse { path: origin.into(), source })?;
+        // A file that names no queues gets the default queue, whose light
+        // concurrency is the host's to fit into a smaller instance pool.
+        if config.queues == Config::default().queues {
+            let instances = config.max_instances as usize;
+            for q in config.queues.values_mut() {
+                q.light_concurrency = q.light_concurrency.map(|light| light.min(instances).max(q.concurrency));
+            }
+        }
         config.validate(origin)?;
         Ok(config)
     }
@@ -152,8 +177,13 @@ impl Config {
         if self.max_instances == 0 || self.max_instances > MAX_INSTANCES_CEILING {
             return invalid("max_instances", &format!("is {}, must be between 1 and {MAX_INSTANCES_CEILING}", self.max_instances));
         }
+        for (name, q) in &self.queues {
+            if q.light_concurrency.is_some_and(|light| light < q.concurrency) {
+                return invalid(&format!("queues.{name}.light_concurrency"), &format!("must be at least its concurrency ({})", q.concurrency));
+            }
+        }
         // Every job in flight holds a sandbox instance from the engine's pool.
-        let total: usize = self.queues.values().map(|q| q.concurrency).sum();
+        let total: usize = self.queues.values().map(QueueSettings::widest).sum();
         let instances = self.max_instances as usize;
         if total > instances {
             return invalid(
@@ -201,7 +231,11 @@ impl Config {
     pub fn dispatcher(&self) -> DispatcherConfig {
         DispatcherConfig {
             host: self.host_name.clone().unwrap_or_else(dispatcher::default_host_name),
-            queues: self.queues.iter().map(|(name, q)| QueueConfig { name: name.clone(), concurrency: q.concurrency }).collect(),
+            queues: self
+                .queues
+                .iter()
+                .map(|(name, q)| QueueConfig { name: name.clone(), concurrency: q.concurrency, light_concurrency: q.widest() })
+                .collect(),
             claim_batch: self.claim_batch,
             finish_batch: dispatcher::DEFAULT_FINISH_BATCH,
             lease: Duration::from_millis(self.lease_ms),
@@ -232,7 +266,16 @@ mod tests {
         let c = Config::parse("listen = \"0.0.0.0:9000\"\nlease_ms = 2000\n[queues.mail]\nconcurrency = 3\n", "k").unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.dispatcher().lease, Duration::from_secs(2));
-        assert_eq!(c.dispatcher().queues, vec![QueueConfig { name: "mail".into(), concurrency: 3 }]);
+        assert_eq!(c.dispatcher().queues, vec![QueueConfig::fixed("mail", 3)], "a queue named in the config runs as wide as it says");
+        let c = Config::parse("[queues.mail]\nconcurrency = 3\nlight_concurrency = 40\n", "k").unwrap();
+        assert_eq!(c.dispatcher().queues[0].light_concurrency, 40);
+        let e = Config::parse("[queues.mail]\nconcurrency = 3\nlight_concurrency = 2\n", "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("`queues.mail.light_concurrency` must be at least its concurrency (3)"), "{e}");
+        let default = &Config::default().dispatcher().queues[0];
+        assert!(default.light_concurrency > default.concurrency, "the default queue widens for light jobs: {default:?}");
+        let pool = default.concurrency + 4;
+        let small = Config::parse(&format!("max_instances = {pool}\n"), "k").unwrap();
+        assert_eq!(small.dispatcher().queues[0].light_concurrency, pool, "the default queue fits a smaller pool");
     }
 
     #[test]
@@ -263,6 +306,8 @@ concurrency = 489
         assert!(e.contains("kiln.toml") && e.contains("`queues`") && e.contains("adds up to 1001, more than the 1000"), "{e}");
         let e = Config::parse("max_instances = 8\n[queues.a]\nconcurrency = 9\n", "kiln.toml").unwrap_err().to_string();
         assert!(e.contains("adds up to 9, more than the 8 sandbox instances"), "{e}");
+        let e = Config::parse("max_instances = 8\n[queues.a]\nconcurrency = 2\nlight_concurrency = 9\n", "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("adds up to 9, more than the 8 sandbox instances"), "light concurrency counts: {e}");
         let e = Config::parse("max_instances = 0\n", "kiln.toml").unwrap_err().to_string();
         assert!(e.contains("`max_instances` is 0"), "{e}");
     }

@@ -183,7 +183,7 @@ async fn wake_latency(url: &str, runner: Arc<dyn Runner>, samples: usize, same_h
     let (tx, mut rx) = mpsc::unbounded_channel();
     let timed = Arc::new(Timed { inner: runner.clone(), started: tx });
     let b = Dispatcher::new(store_b, timed, DispatcherConfig { host: "b".into(), ..config(8) }, clock.clone(), Arc::new(Metrics::new()));
-    let front = DispatcherConfig { host: "a".into(), queues: vec![QueueConfig { name: "default".into(), concurrency: 0 }], ..config(1) };
+    let front = DispatcherConfig { host: "a".into(), queues: vec![QueueConfig::fixed("default", 0)], ..config(1) };
     let a = Dispatcher::new(store_a, runner, front, clock, Arc::new(Metrics::new()));
     let jobs_runtime = kiln::serve::job_runtime().unwrap();
     b.run_jobs_on(jobs_runtime.handle().clone());

@@ -343,6 +343,7 @@ async fn list_queues(State(state): State<AppState>) -> Result<Json<serde_json::V
         queues.push(serde_json::json!({
             "name": q.name,
             "concurrency": q.concurrency,
+            "light_concurrency": q.light_concurrency,
             "paused": paused,
             "jobs": by_state,
             "oldest_waiting_ms": oldest_due.map(|at| now - at),

@@ -10,16 +10,18 @@ use super::runner::{Ran, Runner};
 use crate::queue::{
     ClaimParams, Finish, HeartbeatParams, Inserted, Job, JobId, JobStore, Lease, NewJob, SharedClock, StoreError, Transition,
 };
-use crate::sandbox::{JobInput, StopSignal};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use crate::sandbox::{JobInput, Outcome, StopSignal};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-/// Jobs claimed per round trip: enough to amortise the claim's transaction
-/// over many jobs, small enough that one host does not hoard a queue.
-pub const DEFAULT_CLAIM_BATCH: usize = 64;
+/// The most jobs one claim takes: enough to amortise the claim's
+/// transaction over many short jobs. A host does not hoard with it: a
+/// claim takes only as many as the queue has free slots (its width), plus
+/// what those slots get through in [`LOOKAHEAD`].
+pub const DEFAULT_CLAIM_BATCH: usize = 256;
 /// Transitions written per transaction, for the same reason.
 pub const DEFAULT_FINISH_BATCH: usize = 256;
 /// A lease outlives a host by this much: a dead host's jobs come back
@@ -34,6 +36,9 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// before claiming, so claims come in batches instead of one job per
 /// transaction. An idle queue claims at once.
 pub const CLAIM_COOLDOWN: Duration = Duration::from_millis(1);
+/// A queue claims ahead of its free slots at most what they get through in
+/// this long (see `queue_loop`): the most a job claimed ahead waits here.
+pub const LOOKAHEAD: Duration = Duration::from_millis(20);
 /// The finisher's first wait before writing a batch again while the store
 /// is unreachable; it doubles each time.
 pub const FINISH_RETRY_DELAY: Duration = Duration::from_millis(50);
@@ -54,7 +59,35 @@ pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
 pub struct QueueConfig {
     pub name: String,
     pub concurrency: usize,
+    /// How many run at once while the queue's runs are light (see
+    /// [`LIGHT_RUN_FUEL`]); at least `concurrency`.
+    pub light_concurrency: usize,
 }
+
+impl QueueConfig {
+    /// A queue that runs `concurrency` jobs at once, light or not.
+    pub fn fixed(name: impl Into<String>, concurrency: usize) -> Self {
+        Self { name: name.into(), concurrency, light_concurrency: concurrency }
+    }
+}
+
+/// Jobs of the default queue that run at once, per core: room for a few
+/// CPU-bound jobs each, so a long one is not time-sliced past its timeout.
+pub const DEFAULT_CONCURRENCY_PER_CORE: usize = 4;
+/// ... and per core while its runs are light: enough jobs in flight that
+/// the cores stay busy through each short job's claim, start and finish.
+pub const DEFAULT_LIGHT_CONCURRENCY_PER_CORE: usize = 128;
+/// The default queue's light concurrency is at most this (half the
+/// default instance pool), however many cores.
+pub const MAX_DEFAULT_LIGHT_CONCURRENCY: usize = 512;
+/// A run is light when it uses less fuel than this (a few milliseconds of
+/// CPU) and less memory than [`LIGHT_RUN_MEMORY`]: many such runs at once
+/// cost the host little, and none of them is slowed past its budget.
+pub const LIGHT_RUN_FUEL: u64 = 10_000_000;
+pub const LIGHT_RUN_MEMORY: u64 = 8 << 20;
+/// A queue widens to its light concurrency after this many light runs in a
+/// row; one run that is not light narrows it again at once.
+pub const LIGHT_STREAK: u32 = 32;
 
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
@@ -76,7 +109,11 @@ impl Default for DispatcherConfig {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             host: default_host_name(),
-            queues: vec![QueueConfig { name: crate::queue::DEFAULT_QUEUE.into(), concurrency: cores * 4 }],
+            queues: vec![QueueConfig {
+                name: crate::queue::DEFAULT_QUEUE.into(),
+                concurrency: cores * DEFAULT_CONCURRENCY_PER_CORE,
+                light_concurrency: (cores * DEFAULT_LIGHT_CONCURRENCY_PER_CORE).min(MAX_DEFAULT_LIGHT_CONCURRENCY),
+            }],
             claim_batch: DEFAULT_CLAIM_BATCH,
             finish_batch: DEFAULT_FINISH_BATCH,
             lease: DEFAULT_LEASE,
@@ -275,7 +312,16 @@ impl Dispatcher {
         };
         tasks.spawn(rescuer.run(self.inner.stopping.subscribe(), held, move || wake.iter().for_each(|w| w.notify_one())));
         tasks.spawn(super::triggers::supervise(self.clone(), self.inner.runner.changes(), self.inner.stopping.subscribe()));
-        let queues: Vec<String> = self.inner.config.queues.iter().map(|q| format!("{} (concurrency {})", q.name, q.concurrency)).collect();
+        let queues: Vec<String> = self
+            .inner
+            .config
+            .queues
+            .iter()
+            .map(|q| match q.light_concurrency > q.concurrency {
+                true => format!("{} (concurrency {}, {} while its jobs are light)", q.name, q.concurrency, q.light_concurrency),
+                false => format!("{} (concurrency {})", q.name, q.concurrency),
+            })
+            .collect();
         tracing::info!(host = %self.inner.config.host, queues = %queues.join(", "), "dispatcher started");
         Running { tasks }
     }
@@ -462,33 +508,175 @@ impl Inner {
     }
 }
 
+/// A job claimed ahead of a free slot: registered as running (so it is
+/// beaten, and a cancel or shutdown finds it), started once a slot frees.
+struct ClaimedAhead {
+    job: Job,
+    stop: StopSignal,
+    counted: InFlight,
+}
+
+/// What a queue's recent runs cost: how long they took (a moving
+/// average, each run weighing 1/8), which sizes how far ahead of its free
+/// slots it claims; and how many light runs came in a row, which decides
+/// how wide it runs.
+#[derive(Debug, Default)]
+struct RunPace {
+    nanos: AtomicU64,
+    light_streak: AtomicU32,
+}
+
+impl RunPace {
+    fn record(&self, took: Duration, report: &crate::sandbox::Report) {
+        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let old = self.nanos.load(Ordering::Relaxed);
+        let new = if old == 0 { sample } else { old - old / 8 + sample / 8 };
+        self.nanos.store(new.max(1), Ordering::Relaxed);
+        // A run that hit a budget is not light, whatever it used: a timeout
+        // may be the width itself slicing the cores too thin.
+        let over_budget = matches!(report.outcome, Outcome::TimedOut | Outcome::OutOfFuel | Outcome::OutOfMemory);
+        if report.fuel_used < LIGHT_RUN_FUEL && report.peak_memory_bytes < LIGHT_RUN_MEMORY && !over_budget {
+            let streak = self.light_streak.load(Ordering::Relaxed);
+            self.light_streak.store(streak.saturating_add(1).min(LIGHT_STREAK), Ordering::Relaxed);
+        } else {
+            self.light_streak.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// How many of `queue`'s jobs may run at once now.
+    fn width(&self, queue: &QueueConfig) -> usize {
+        if self.light_streak.load(Ordering::Relaxed) >= LIGHT_STREAK { queue.light_concurrency } else { queue.concurrency }
+    }
+
+    /// Jobs worth claiming ahead for `slots` slots: what they get through
+    /// in [`LOOKAHEAD`] at the pace seen so far, at most `cap`; none
+    /// before a run has been seen.
+    fn ahead(&self, slots: usize, cap: usize) -> usize {
+        let nanos = self.nanos.load(Ordering::Relaxed);
+        if nanos == 0 {
+            return 0;
+        }
+        let per_slot = u64::try_from(LOOKAHEAD.as_nanos()).unwrap_or(u64::MAX) / nanos;
+        per_slot.saturating_mul(slots as u64).min(cap as u64) as usize
+    }
+}
+
+/// Keeps `want` of a queue's slots back: takes free ones now (the rest
+/// come back as runs end, through [`held_back`]), or gives back what is
+/// over.
+fn hold_back(slots: &Arc<Semaphore>, held: &mut Option<OwnedSemaphorePermit>, want: usize) {
+    let have = held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+    if have > want {
+        if let Some(held) = held.as_mut() {
+            drop(held.split(have - want));
+        }
+    } else if have < want {
+        let take = (want - have).min(slots.available_permits());
+        if take == 0 {
+            return;
+        }
+        if let Ok(more) = slots.clone().try_acquire_many_owned(take as u32) {
+            match held {
+                Some(held) => held.merge(more),
+                None => *held = Some(more),
+            }
+        }
+    }
+}
+
+/// A slot that came free while the queue holds fewer back than it wants:
+/// kept back (`None`); otherwise it is the caller's to use.
+fn held_back(held: &mut Option<OwnedSemaphorePermit>, want: usize, slot: OwnedSemaphorePermit) -> Option<OwnedSemaphorePermit> {
+    if held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits) >= want {
+        return Some(slot);
+    }
+    match held {
+        Some(held) => held.merge(slot),
+        None => *held = Some(slot),
+    }
+    None
+}
+
+/// One queue on this host: claims jobs and starts each in a free slot.
+///
+/// Claims are where a short job's time goes (one write transaction each),
+/// so a queue claims in batches, and for short jobs ahead of its free
+/// slots: up to what its slots get through in [`LOOKAHEAD`] at the pace of
+/// its recent runs (at most `claim_batch`), topped up once half of that is
+/// left. A queue whose jobs take a second never claims ahead, so its jobs
+/// never wait here behind one another while another host has free slots.
+///
+/// A queue runs `concurrency` jobs at once, and `light_concurrency` after
+/// [`LIGHT_STREAK`] light runs in a row (under [`LIGHT_RUN_FUEL`] and
+/// [`LIGHT_RUN_MEMORY`] each): short jobs need many in flight to keep the
+/// cores busy, while CPU-heavy ones at that width would be time-sliced
+/// past their timeouts. The slots over the current width are held back.
 async fn queue_loop(inner: Arc<Inner>, queue: QueueConfig) {
-    let slots = Arc::new(Semaphore::new(queue.concurrency));
+    let slots = Arc::new(Semaphore::new(queue.light_concurrency.max(queue.concurrency)));
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    let hold = |width: usize| queue.light_concurrency.max(queue.concurrency) - width;
     let wake = inner.wake[&queue.name].clone();
     let mut stopping = inner.stopping.subscribe();
+    let runtime = Dispatcher { inner: inner.clone() }.job_runtime();
+    let pace = Arc::new(RunPace::default());
+    let mut ahead: VecDeque<ClaimedAhead> = VecDeque::new();
+    // The last claim found fewer jobs than it asked for: claim again only
+    // once what was claimed ahead has started.
+    let mut drained = false;
+    let start = |claimed: ClaimedAhead, slot: OwnedSemaphorePermit| {
+        runtime.spawn(run_job(inner.clone(), claimed.job, claimed.stop, slot, claimed.counted, pace.clone()));
+    };
     loop {
         if *stopping.borrow() {
             break;
         }
-        let mut permits: OwnedSemaphorePermit = tokio::select! {
-            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
-            _ = stopping.changed() => break,
-        };
-        let batch = inner.config.claim_batch.min(queue.concurrency).max(1);
-        let enough = (batch / 4).max(1);
-        if 1 + slots.available_permits() < enough {
-            let more = tokio::time::timeout(CLAIM_COOLDOWN, slots.clone().acquire_many_owned((enough - 1) as u32)).await;
-            if let Ok(Ok(more)) = more {
-                permits.merge(more);
-            }
+        let width = pace.width(&queue);
+        hold_back(&slots, &mut held, hold(width));
+        while !ahead.is_empty() {
+            let Ok(slot) = slots.clone().try_acquire_owned() else { break };
+            start(ahead.pop_front().expect("not empty"), slot);
         }
-        let extra = slots.available_permits().min(batch.saturating_sub(permits.num_permits()));
-        if extra > 0 {
-            if let Ok(more) = slots.clone().try_acquire_many_owned(extra as u32) {
-                permits.merge(more);
+        let target = pace.ahead(width, inner.config.claim_batch);
+        if !ahead.is_empty() && (drained || ahead.len() > target / 2) {
+            let slot = tokio::select! {
+                slot = slots.clone().acquire_owned() => slot.expect("semaphore never closed"),
+                _ = stopping.changed() => break,
+            };
+            if let Some(slot) = held_back(&mut held, hold(pace.width(&queue)), slot) {
+                start(ahead.pop_front().expect("not empty"), slot);
             }
+            continue;
         }
-        let wanted = permits.num_permits();
+        // Free slots are claimed for only when nothing claimed ahead waits
+        // (those go first, in the order they were claimed).
+        let mut permits: Option<OwnedSemaphorePermit> = None;
+        if ahead.is_empty() {
+            drained = false;
+            let first = tokio::select! {
+                permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                _ = stopping.changed() => break,
+            };
+            // Narrowed while it waited: the slot is held back instead.
+            let Some(mut first) = held_back(&mut held, hold(pace.width(&queue)), first) else { continue };
+            let batch = inner.config.claim_batch.min(width).max(1);
+            let enough = (batch / 4).max(1);
+            if target == 0 && 1 + slots.available_permits() < enough {
+                let more = tokio::time::timeout(CLAIM_COOLDOWN, slots.clone().acquire_many_owned((enough - 1) as u32)).await;
+                if let Ok(Ok(more)) = more {
+                    first.merge(more);
+                }
+            }
+            hold_back(&slots, &mut held, hold(pace.width(&queue)));
+            let extra = slots.available_permits().min(batch.saturating_sub(first.num_permits()));
+            if extra > 0 {
+                if let Ok(more) = slots.clone().try_acquire_many_owned(extra as u32) {
+                    first.merge(more);
+                }
+            }
+            permits = Some(first);
+        }
+        let for_slots = permits.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+        let wanted = for_slots + target.saturating_sub(ahead.len());
         // Counted before the check, so shutdown either stops this claim
         // here or waits for it to hand its jobs on.
         let claiming = inner.begin();
@@ -513,8 +701,12 @@ async fn queue_loop(inner: Arc<Inner>, queue: QueueConfig) {
                 continue;
             }
         };
+        drained = jobs.len() < wanted;
         if jobs.is_empty() {
             drop((permits, claiming));
+            if !ahead.is_empty() {
+                continue;
+            }
             let until_due = match inner.store.next_due(&queue.name).await {
                 Ok(Some(at)) => Duration::from_millis((at - inner.clock.now()).max(1) as u64),
                 _ => inner.config.poll_interval,
@@ -547,24 +739,40 @@ async fn queue_loop(inner: Arc<Inner>, queue: QueueConfig) {
         for job in &stopped {
             inner.put_back(job);
         }
-        let runtime = Dispatcher { inner: inner.clone() }.job_runtime();
         for (job, stop) in starting {
-            let permit = permits.split(1).expect("one permit per claimed job");
-            runtime.spawn(run_job(inner.clone(), job, stop, permit, inner.begin()));
+            let claimed = ClaimedAhead { job, stop, counted: inner.begin() };
+            match permits.as_mut().and_then(|p| p.split(1)) {
+                Some(slot) => start(claimed, slot),
+                None => ahead.push_back(claimed),
+            }
         }
         drop(claiming);
         // Permits for jobs the claim did not find are dropped here.
     }
+    // Stopping: what was claimed ahead goes back unstarted, at its place.
+    if !ahead.is_empty() {
+        tracing::info!(queue = %queue.name, jobs = ahead.len(), "putting the jobs claimed ahead back unstarted");
+    }
+    for claimed in ahead.drain(..) {
+        inner.running.lock().expect("poisoned").remove(&claimed.job.id);
+        inner.put_back(&claimed.job);
+    }
     tracing::info!(queue = %queue.name, "queue loop stopped");
 }
 
-async fn run_job(inner: Arc<Inner>, job: Job, stop: StopSignal, _slot: OwnedSemaphorePermit, _counted: InFlight) {
+async fn run_job(inner: Arc<Inner>, job: Job, stop: StopSignal, _slot: OwnedSemaphorePermit, _counted: InFlight, pace: Arc<RunPace>) {
     let lease = job.lease();
     // Stopped between the claim and this start: never started at all.
     let stopped = inner.running.lock().expect("poisoned").get(&job.id).and_then(|r| r.reason);
-    if stopped == Some(StopReason::Shutdown) || job.cancel_requested {
+    if stopped == Some(StopReason::LeaseLost) {
         inner.running.lock().expect("poisoned").remove(&job.id);
-        if job.cancel_requested {
+        tracing::warn!(job = job.id, "lease lost before the job started; another host has it, nothing written");
+        return;
+    }
+    let cancelled = job.cancel_requested || stopped == Some(StopReason::CancelRequested);
+    if stopped == Some(StopReason::Shutdown) || cancelled {
+        inner.running.lock().expect("poisoned").remove(&job.id);
+        if cancelled {
             let error = crate::queue::AttemptError {
                 attempt: job.attempt,
                 at: inner.clock.now(),
@@ -600,7 +808,9 @@ async fn run_job(inner: Arc<Inner>, job: Job, stop: StopSignal, _slot: OwnedSema
     };
     let started = inner.clock.now();
     inner.metrics.job_started(&job.kind, started - job.scheduled_at);
+    let began = std::time::Instant::now();
     let Ran { report, version } = inner.runner.run(&input, &stop).await;
+    pace.record(began.elapsed(), &report);
     let reason = inner.running.lock().expect("poisoned").remove(&job.id).and_then(|r| r.reason);
     inner.metrics.job_finished(&job.kind, &report);
     let policy = kind.map(|k| k.retry).unwrap_or_default();
@@ -754,5 +964,252 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
             }
             Err(e) => tracing::error!("heartbeat failed: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::Trigger;
+    use crate::queue::{JobState, SqliteStore, SystemClock};
+    use crate::sandbox::{Budget, Report};
+
+    fn ran(fuel: u64, memory: u64) -> Report {
+        Report { fuel_used: fuel, peak_memory_bytes: memory, ..Report::without_cost(Outcome::Ok(Vec::new())) }
+    }
+    use crate::worker::runner::KindInfo;
+    use async_trait::async_trait;
+
+    #[test]
+    fn nothing_is_claimed_ahead_before_a_run_is_seen_or_for_slow_jobs() {
+        let pace = RunPace::default();
+        assert_eq!(pace.ahead(8, 256), 0, "no run seen yet");
+        pace.record(Duration::from_millis(1), &ran(0, 0));
+        assert_eq!(pace.ahead(8, 256), 8 * 20, "what 8 slots do in 20 ms at 1 ms a job");
+        assert_eq!(pace.ahead(8, 64), 64, "capped at the claim batch");
+        let slow = RunPace::default();
+        slow.record(Duration::from_millis(500), &ran(0, 0));
+        assert_eq!(slow.ahead(512, 256), 0, "a job of half a second is never claimed ahead");
+        // The average follows the jobs: after a run of slow ones, no lookahead.
+        for _ in 0..40 {
+            pace.record(Duration::from_millis(100), &ran(0, 0));
+        }
+        assert_eq!(pace.ahead(8, 256), 0);
+    }
+
+    #[test]
+    fn a_queue_widens_after_a_streak_of_light_runs_and_narrows_at_one_heavy_run() {
+        let queue = QueueConfig { name: "q".into(), concurrency: 8, light_concurrency: 128 };
+        let pace = RunPace::default();
+        assert_eq!(pace.width(&queue), 8, "nothing seen yet: narrow");
+        for _ in 0..LIGHT_STREAK - 1 {
+            pace.record(Duration::from_micros(50), &ran(40_000, 1 << 20));
+        }
+        assert_eq!(pace.width(&queue), 8);
+        pace.record(Duration::from_micros(50), &ran(40_000, 1 << 20));
+        assert_eq!(pace.width(&queue), 128);
+        pace.record(Duration::from_micros(50), &ran(LIGHT_RUN_FUEL, 1 << 20));
+        assert_eq!(pace.width(&queue), 8, "one CPU-heavy run narrows it");
+        for _ in 0..LIGHT_STREAK {
+            pace.record(Duration::from_micros(50), &ran(40_000, 1 << 20));
+        }
+        pace.record(Duration::from_micros(50), &ran(40_000, LIGHT_RUN_MEMORY));
+        assert_eq!(pace.width(&queue), 8, "so does one memory-heavy run");
+        for _ in 0..LIGHT_STREAK {
+            pace.record(Duration::from_micros(50), &ran(40_000, 1 << 20));
+        }
+        pace.record(Duration::from_millis(100), &Report::without_cost(Outcome::TimedOut));
+        assert_eq!(pace.width(&queue), 8, "and one that timed out, however little it used");
+    }
+
+    /// Runs `quick` jobs at once, `heavy` ones at once but reporting
+    /// heavy fuel, and `blocker` jobs once released; remembers what ran
+    /// and how many ran at once at most.
+    #[derive(Debug, Default)]
+    struct TestRunner {
+        ran: Mutex<Vec<String>>,
+        release: Notify,
+        released: AtomicBool,
+        running: AtomicUsize,
+        most_at_once: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Runner for TestRunner {
+        fn kind(&self, _kind: &str) -> Option<KindInfo> {
+            Some(KindInfo { version: "1".into(), retry: Default::default(), budget: Budget::default(), trigger: Trigger::Queued })
+        }
+        fn kinds(&self) -> Vec<String> {
+            vec!["quick".into(), "blocker".into()]
+        }
+        fn stop_signal(&self) -> StopSignal {
+            StopSignal::standalone()
+        }
+        async fn run(&self, input: &JobInput, _stop: &StopSignal) -> Ran {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_at_once.fetch_max(now, Ordering::SeqCst);
+            if input.kind == "blocker" {
+                let released = self.release.notified();
+                if !self.released.load(Ordering::SeqCst) {
+                    released.await;
+                }
+            }
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            self.ran.lock().unwrap().push(input.id.clone());
+            let mut report = Report::without_cost(Outcome::Ok(input.payload.clone()));
+            if input.kind == "heavy" {
+                report.fuel_used = LIGHT_RUN_FUEL;
+            }
+            Ran { report, version: Some("1".into()) }
+        }
+    }
+
+    fn job(kind: &str) -> NewJob {
+        NewJob {
+            kind: kind.into(),
+            queue: crate::queue::DEFAULT_QUEUE.into(),
+            priority: 0,
+            payload: b"1".to_vec(),
+            max_attempts: 3,
+            scheduled_at: None,
+            unique_key: None,
+        }
+    }
+
+    /// A blocker and `n` quick jobs behind it, in one transaction (so no
+    /// claim sees the blocker alone).
+    async fn insert_behind_a_blocker(store: &SqliteStore, n: usize) -> (JobId, Vec<JobId>) {
+        let jobs = std::iter::once(job("blocker")).chain((0..n).map(|_| job("quick"))).collect();
+        let ids: Vec<JobId> = store.insert_many(jobs).await.unwrap().iter().map(|i| i.job.id).collect();
+        (ids[0], ids[1..].to_vec())
+    }
+
+    async fn state_of(store: &SqliteStore, id: JobId) -> JobState {
+        store.get(id).await.unwrap().unwrap().state
+    }
+
+    async fn run_to_completion(store: &SqliteStore, dispatcher: &Dispatcher, jobs: Vec<NewJob>) {
+        let ids: Vec<JobId> = store.insert_many(jobs).await.unwrap().iter().map(|i| i.job.id).collect();
+        dispatcher.wake(crate::queue::DEFAULT_QUEUE);
+        for id in ids {
+            while state_of(store, id).await != JobState::Completed {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn light_jobs_run_wider_than_heavy_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("kiln.db"), Arc::new(SystemClock)).unwrap());
+        let runner = Arc::new(TestRunner::default());
+        let config = DispatcherConfig {
+            queues: vec![QueueConfig { name: crate::queue::DEFAULT_QUEUE.into(), concurrency: 2, light_concurrency: 6 }],
+            ..DispatcherConfig::default()
+        };
+        let dispatcher = Dispatcher::new(store.clone(), runner.clone(), config, Arc::new(SystemClock), Arc::new(Metrics::new()));
+        let running = dispatcher.start();
+        let blockers_at_once = async |runner: &TestRunner| {
+            runner.released.store(false, Ordering::SeqCst);
+            runner.most_at_once.store(0, Ordering::SeqCst);
+            let ids: Vec<JobId> = store.insert_many((0..10).map(|_| job("blocker")).collect()).await.unwrap().iter().map(|i| i.job.id).collect();
+            dispatcher.wake(crate::queue::DEFAULT_QUEUE);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let most = runner.most_at_once.load(Ordering::SeqCst);
+            runner.released.store(true, Ordering::SeqCst);
+            runner.release.notify_waiters();
+            for id in ids {
+                while state_of(&store, id).await != JobState::Completed {
+                    runner.release.notify_waiters();
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            most
+        };
+        assert_eq!(blockers_at_once(&runner).await, 2, "before any light streak: as wide as its concurrency");
+        run_to_completion(&store, &dispatcher, (0..LIGHT_STREAK).map(|_| job("quick")).collect()).await;
+        assert_eq!(blockers_at_once(&runner).await, 6, "after a streak of light runs: its light concurrency");
+        run_to_completion(&store, &dispatcher, vec![job("heavy")]).await;
+        assert_eq!(blockers_at_once(&runner).await, 2, "one heavy run: narrow again");
+        dispatcher.shutdown().await;
+        running.stopped().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn short_jobs_are_claimed_ahead_and_a_cancel_or_shutdown_still_reaches_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("kiln.db"), Arc::new(SystemClock)).unwrap());
+        let runner = Arc::new(TestRunner::default());
+        let config = DispatcherConfig {
+            queues: vec![QueueConfig::fixed(crate::queue::DEFAULT_QUEUE, 1)],
+            ..DispatcherConfig::default()
+        };
+        let dispatcher = Dispatcher::new(store.clone(), runner.clone(), config, Arc::new(SystemClock), Arc::new(Metrics::new()));
+        let running = dispatcher.start();
+        // A quick run first: the queue learns its pace.
+        let warm = store.insert(job("quick")).await.unwrap().job.id;
+        while state_of(&store, warm).await != JobState::Completed {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // One slot, held by a blocker: the quick jobs behind it are claimed ahead.
+        let (blocker, quick) = insert_behind_a_blocker(&store, 10).await;
+        dispatcher.wake(crate::queue::DEFAULT_QUEUE);
+        let claimed = || async {
+            let mut n = 0;
+            for id in &quick {
+                n += usize::from(state_of(&store, *id).await == JobState::Running);
+            }
+            n
+        };
+        let started = std::time::Instant::now();
+        while claimed().await < quick.len() {
+            assert!(started.elapsed() < Duration::from_secs(10), "the quick jobs were not claimed ahead of the one slot");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(state_of(&store, blocker).await, JobState::Running);
+        // A cancel reaches a job claimed ahead: it never runs.
+        let cancelled = dispatcher.cancel(quick[0]).await.unwrap();
+        assert!(cancelled.cancel_requested);
+        runner.released.store(true, Ordering::SeqCst);
+        runner.release.notify_waiters();
+        for id in &quick[1..] {
+            while state_of(&store, *id).await != JobState::Completed {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        assert_eq!(state_of(&store, quick[0]).await, JobState::Cancelled);
+        assert!(!runner.ran.lock().unwrap().contains(&quick[0].to_string()), "the cancelled job never ran");
+
+        // Shutdown with jobs claimed ahead: they go back, unstarted. (Quick
+        // runs first, so the pace forgets the blocker's long one.)
+        let warm: Vec<JobId> = store.insert_many((0..40).map(|_| job("quick")).collect()).await.unwrap().iter().map(|i| i.job.id).collect();
+        dispatcher.wake(crate::queue::DEFAULT_QUEUE);
+        for id in warm {
+            while state_of(&store, id).await != JobState::Completed {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        runner.released.store(false, Ordering::SeqCst);
+        let (blocker, behind) = insert_behind_a_blocker(&store, 10).await;
+        dispatcher.wake(crate::queue::DEFAULT_QUEUE);
+        let started = std::time::Instant::now();
+        while state_of(&store, *behind.last().unwrap()).await != JobState::Running {
+            assert!(started.elapsed() < Duration::from_secs(10), "not claimed ahead");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let stopping = tokio::spawn({
+            let dispatcher = dispatcher.clone();
+            async move { dispatcher.shutdown().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        runner.released.store(true, Ordering::SeqCst);
+        runner.release.notify_waiters();
+        stopping.await.unwrap();
+        running.stopped().await;
+        for id in &behind {
+            let job = store.get(*id).await.unwrap().unwrap();
+            assert_eq!((job.state, job.attempt), (JobState::Available, 0), "job {id} went back unstarted");
+        }
+        assert_ne!(state_of(&store, blocker).await, JobState::Running);
     }
 }

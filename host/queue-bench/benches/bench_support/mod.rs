@@ -76,7 +76,7 @@ pub fn percentile(v: &mut [f64], p: f64) -> f64 {
 /// claim batch.
 pub fn config(concurrency: usize) -> DispatcherConfig {
     DispatcherConfig {
-        queues: vec![QueueConfig { name: "default".into(), concurrency }],
+        queues: vec![QueueConfig::fixed("default", concurrency)],
         lease: Duration::from_secs(60),
         ..DispatcherConfig::default()
     }
