@@ -293,3 +293,19 @@ fn a_plugin_directory_is_read_once_per_change_not_for_ever() {
     assert_eq!(log.matches("to=1.0.1").count(), 1, "echo 1.0.1 was swapped in once:\n{log}");
     assert!(idle_reads < 1 << 20, "an idle host read {idle_reads} bytes in 2 s: it is reloading its plugins");
 }
+
+#[test]
+fn a_deploy_importing_an_ungranted_capability_is_refused_naming_it_and_nothing_changes() {
+    let (dir, host) = echo_host();
+    let wasm = std::fs::read(wasm_of(built::HTTP_IMPORT)).unwrap();
+    let (status, body) = host.put("/plugins/http-import", &deploy_body("name = \"http-import\"\nversion = \"1\"\n", &wasm));
+    assert_eq!(status, 400, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("imports `wasi:http/outgoing-handler@0.2.6` (outbound HTTP)") && error.contains("`[capabilities] http`"), "{error}");
+    assert!(host.plugin("http-import").is_none());
+    assert!(!dir.plugins().join("http-import").exists(), "nothing written");
+    // Under an existing name too: the serving version stays.
+    let (status, _) = host.put("/plugins/echo", &deploy_body(&echo_manifest("9.0.0"), &wasm));
+    assert_eq!(status, 400);
+    assert_eq!(host.plugin("echo").unwrap()["version"], "1.0.0");
+}

@@ -186,7 +186,8 @@ fn plugin_check_accepts_a_good_plugin_without_running_it() {
 }
 
 /// Test plugins a host must refuse at load (the hostile suite's).
-const REFUSED_AT_LOAD: &[&str] = &["wrong-world", "greedy-manifest", "nested-instances", "many-memories", "many-tables", "min-memory"];
+const REFUSED_AT_LOAD: &[&str] =
+    &["wrong-world", "greedy-manifest", "nested-instances", "many-memories", "many-tables", "min-memory", "http-import"];
 /// Refused or not by how fast this machine compiles it against the default
 /// 10 s budget (8–14 s here): `tests/hostile.rs` checks it with a 1 s budget.
 const DEPENDS_ON_THE_MACHINE: &[&str] = &["slow-compile"];
@@ -209,4 +210,17 @@ fn every_repository_plugin_passes_check_except_those_made_to_be_refused() {
             assert_eq!(out.status.success(), expect_ok, "{}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
         }
     }
+}
+
+#[test]
+fn an_http_import_is_refused_naming_the_import_and_the_manifest_key() {
+    // What wasmtime would say is "resource implementation is missing",
+    // blamed on the world; the host names the capability instead.
+    let out = kiln().args(["plugin", "check", built::HTTP_IMPORT]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("imports `wasi:http/outgoing-handler@0.2.6` (outbound HTTP): a capability, granted per plugin by `[capabilities] http` in plugin.toml"),
+        "{err}"
+    );
 }

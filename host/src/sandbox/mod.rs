@@ -92,11 +92,41 @@ impl std::fmt::Debug for JobComponent {
     }
 }
 
+/// The WASI 0.2 packages linked for every plugin: what a Rust, Python or
+/// JavaScript guest's standard library imports. The sandbox's context
+/// behind them holds no files, environment or network.
+const LINKED_WASI: &[&str] = &["wasi:cli/", "wasi:clocks/", "wasi:filesystem/", "wasi:io/", "wasi:random/", "wasi:sockets/"];
+/// Kiln's own interfaces every plugin may import.
+const LINKED_KILN: &[&str] = &["kiln:worker/context", "kiln:worker/types"];
+/// Imports that are capabilities (the package or interface, what it is,
+/// and the manifest key that grants it).
+const CAPABILITY_IMPORTS: &[(&str, &str, &str)] = &[
+    ("wasi:http/", "outbound HTTP", "http"),
+    ("wasi:keyvalue/", "key-value state", "kv"),
+    ("wasi:config/", "configuration and secrets", "config"),
+    ("kiln:worker/enqueue", "enqueueing jobs", "enqueue"),
+];
+
+/// Whether the host links `import` (an interface name, `@version` optional).
+fn check_import(import: &str) -> Result<(), PrepareError> {
+    let unversioned = import.split('@').next().unwrap_or(import);
+    if LINKED_WASI.iter().any(|p| unversioned.starts_with(p)) || LINKED_KILN.contains(&unversioned) {
+        return Ok(());
+    }
+    match CAPABILITY_IMPORTS.iter().find(|(name, _, _)| unversioned.starts_with(name)) {
+        Some(&(_, what, key)) => Err(PrepareError::CapabilityNotOffered { import: import.to_string(), what, key }),
+        None => Err(PrepareError::UnknownImport { import: import.to_string() }),
+    }
+}
+
 /// Why a component cannot run as a job.
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
-    #[error("imports `{import}`, which this host does not provide (not in {WORLD}, or not granted)")]
+    #[error("imports `{import}`, which this host does not provide (not in {WORLD}, nor WASI 0.2's cli, clocks, filesystem, io, random or sockets)")]
     UnknownImport { import: String },
+    /// An import that is a capability, granted per plugin by a manifest key.
+    #[error("imports `{import}` ({what}): a capability, granted per plugin by `[capabilities] {key}` in plugin.toml, which this host does not offer yet")]
+    CapabilityNotOffered { import: String, what: &'static str, key: &'static str },
     #[error("does not implement {WORLD}: {reason}")]
     WrongWorld { reason: String },
     #[error("needs {needs} linear memories at once, more than this host's pool of {pool} memory slots")]
@@ -167,9 +197,7 @@ impl Sandbox {
     pub fn prepare(&self, component: &Component) -> Result<JobComponent, PrepareError> {
         let ty = component.component_type();
         for (import, _) in ty.imports(&self.engine) {
-            if !self.provides(import) {
-                return Err(PrepareError::UnknownImport { import: import.to_string() });
-            }
+            check_import(import)?;
         }
         let wrong_world = |e: wasmtime::Error| PrepareError::WrongWorld { reason: format!("{e:#}") };
         let instance_pre = self.linker.instantiate_pre(component).map_err(wrong_world)?;
@@ -190,10 +218,6 @@ impl Sandbox {
         Ok(JobComponent { pre: instance_pre, run, needs: PoolNeeds { memories }, min_memory_bytes })
     }
 
-    fn provides(&self, import: &str) -> bool {
-        let unversioned = import.split('@').next().unwrap_or(import);
-        unversioned.starts_with("wasi:") || unversioned == "kiln:worker/context" || unversioned == "kiln:worker/types"
-    }
 
     /// Runs one iteration of `plugin` on `job` in a fresh store and instance,
     /// enforcing `budget`; `stop` cancels or interrupts it from outside.
@@ -324,5 +348,31 @@ fn classify_error(error: &wasmtime::Error, state: &IterationState) -> Outcome {
             let text = format!("{error:#}");
             Outcome::Trapped { trap: None, message: plugin_text::bounded(&text, text.len(), MAX_ERROR_MESSAGE_BYTES) }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imports_are_wasi_0_2_kiln_or_a_named_capability() {
+        for linked in ["wasi:cli/stdout@0.2.6", "wasi:io/streams@0.2.0", "wasi:sockets/tcp@0.2.6", "kiln:worker/context@0.1.0", "kiln:worker/types"] {
+            assert!(check_import(linked).is_ok(), "{linked}");
+        }
+        let e = check_import("wasi:http/outgoing-handler@0.2.6").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "imports `wasi:http/outgoing-handler@0.2.6` (outbound HTTP): a capability, granted per plugin by `[capabilities] http` in plugin.toml, which this host does not offer yet"
+        );
+        for (import, key) in [("wasi:keyvalue/store@0.2.0-draft", "`[capabilities] kv`"), ("wasi:config/store@0.2.0-rc.1", "`[capabilities] config`"), ("kiln:worker/enqueue", "`[capabilities] enqueue`")] {
+            let e = check_import(import).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(import), "{e}");
+        }
+        // A name that only looks like WASI is no WASI the host links.
+        let e = check_import("wasi:nn/inference@0.2.0").unwrap_err().to_string();
+        assert!(e.starts_with("imports `wasi:nn/inference@0.2.0`, which this host does not provide"), "{e}");
+        assert!(check_import("wasi:clix/run").is_err());
+        assert!(check_import("kiln:worker/context-extra").is_err());
     }
 }
