@@ -108,9 +108,8 @@ struct EnqueueArgs {
     /// Run no earlier than this RFC 3339 time, with an offset (2030-01-01T09:00:00+02:00).
     #[arg(long)]
     at: Option<String>,
-    /// Print the API's JSON answer instead of a line (for scripts).
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    json: JsonOutput,
 }
 
 #[derive(Subcommand, Debug)]
@@ -132,16 +131,14 @@ enum JobsCommand {
         /// The next page: only jobs older than this id (the previous page says which).
         #[arg(long)]
         before: Option<i64>,
-        /// Print the API's JSON page instead of a table (for scripts).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: JsonOutput,
     },
     /// Show one job: its state, payload, result and every error.
     Show {
         id: i64,
-        /// Print the API's JSON instead (for scripts).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: JsonOutput,
     },
     /// Run a dead or cancelled job again (or, with --all-dead, every dead job).
     Retry(PickJobs),
@@ -150,10 +147,17 @@ enum JobsCommand {
     /// Cancel a job (a running one is asked to stop, then interrupted).
     Cancel {
         id: i64,
-        /// Print the API's JSON answer instead of a line (for scripts).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: JsonOutput,
     },
+}
+
+/// `--json`, on every command that talks to the API.
+#[derive(Args, Debug, Clone, Copy)]
+struct JsonOutput {
+    /// Print the API's JSON answer instead of the text for people (for scripts).
+    #[arg(long = "json")]
+    on: bool,
 }
 
 /// One job by id, or every dead job (of a kind, a queue).
@@ -171,9 +175,8 @@ struct PickJobs {
     /// With --all-dead: only dead jobs of this queue.
     #[arg(long, requires = "all_dead")]
     queue: Option<String>,
-    /// Print the API's JSON answer instead of a line (for scripts).
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    json: JsonOutput,
 }
 
 impl PickJobs {
@@ -193,23 +196,20 @@ impl PickJobs {
 enum QueuesCommand {
     /// List the queues: concurrency, paused, jobs by state, oldest wait.
     List {
-        /// Print the API's JSON instead of a table (for scripts).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: JsonOutput,
     },
     /// Stop claiming jobs from a queue (running jobs finish).
     Pause {
         name: String,
-        /// Print the API's JSON answer instead of a line (for scripts).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: JsonOutput,
     },
     /// Claim jobs from a queue again.
     Resume {
         name: String,
-        /// Print the API's JSON answer instead of a line (for scripts).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: JsonOutput,
     },
 }
 
@@ -233,9 +233,8 @@ enum PluginCommand {
     },
     /// List the plugins a running host serves, with their versions.
     List {
-        /// Print the API's JSON answer instead of a table (for scripts).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: JsonOutput,
     },
     /// Send a new version to a running host; it serves from the next job on.
     Deploy {
@@ -244,16 +243,14 @@ enum PluginCommand {
         /// Deploy as this name [default: the manifest's]; the host refuses a mismatch.
         #[arg(long)]
         name: Option<String>,
-        /// Print the API's JSON answer instead of a line (for scripts).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: JsonOutput,
     },
     /// Serve the previous version of a plugin again.
     Rollback {
         name: String,
-        /// Print the API's JSON answer instead of a line (for scripts).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: JsonOutput,
     },
     /// Stop serving a plugin (refused while jobs of its kind are pending, unless --force).
     Remove {
@@ -261,9 +258,8 @@ enum PluginCommand {
         /// Remove it even though jobs of its kind wait; they fail when claimed.
         #[arg(long)]
         force: bool,
-        /// Print the API's JSON answer instead of a line (for scripts).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: JsonOutput,
     },
 }
 
@@ -486,8 +482,8 @@ fn jobs(client: &ApiClient, command: JobsCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// The API's JSON for scripts, or the text `human` makes of it for people.
-fn say(json: bool, answer: &serde_json::Value, human: impl FnOnce() -> String) -> String {
-    if json { format!("{}\n", serde_json::to_string_pretty(answer).expect("JSON prints")) } else { human() }
+fn say(json: JsonOutput, answer: &serde_json::Value, human: impl FnOnce() -> String) -> String {
+    if json.on { format!("{}\n", serde_json::to_string_pretty(answer).expect("JSON prints")) } else { human() }
 }
 
 fn queues(client: &ApiClient, command: QueuesCommand) -> anyhow::Result<ExitCode> {

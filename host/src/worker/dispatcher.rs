@@ -1088,13 +1088,20 @@ mod tests {
         store.get(id).await.unwrap().unwrap().state
     }
 
+    /// Waits (at most 10 s) until job `id` is in `state`.
+    async fn wait_until(store: &SqliteStore, id: JobId, state: JobState) {
+        let started = std::time::Instant::now();
+        while state_of(store, id).await != state {
+            assert!(started.elapsed() < Duration::from_secs(10), "job {id} never became {state:?}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     async fn run_to_completion(store: &SqliteStore, dispatcher: &Dispatcher, jobs: Vec<NewJob>) {
         let ids: Vec<JobId> = store.insert_many(jobs).await.unwrap().iter().map(|i| i.job.id).collect();
         dispatcher.wake(crate::queue::DEFAULT_QUEUE);
         for id in ids {
-            while state_of(store, id).await != JobState::Completed {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+            wait_until(store, id, JobState::Completed).await;
         }
     }
 
@@ -1148,9 +1155,7 @@ mod tests {
         let running = dispatcher.start();
         // A quick run first: the queue learns its pace.
         let warm = store.insert(job("quick")).await.unwrap().job.id;
-        while state_of(&store, warm).await != JobState::Completed {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_until(&store, warm, JobState::Completed).await;
         // One slot, held by a blocker: the quick jobs behind it are claimed ahead.
         let (blocker, quick) = insert_behind_a_blocker(&store, 10).await;
         dispatcher.wake(crate::queue::DEFAULT_QUEUE);
@@ -1173,30 +1178,18 @@ mod tests {
         runner.released.store(true, Ordering::SeqCst);
         runner.release.notify_waiters();
         for id in &quick[1..] {
-            while state_of(&store, *id).await != JobState::Completed {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            wait_until(&store, *id, JobState::Completed).await;
         }
         assert_eq!(state_of(&store, quick[0]).await, JobState::Cancelled);
         assert!(!runner.ran.lock().unwrap().contains(&quick[0].to_string()), "the cancelled job never ran");
 
         // Shutdown with jobs claimed ahead: they go back, unstarted. (Quick
         // runs first, so the pace forgets the blocker's long one.)
-        let warm: Vec<JobId> = store.insert_many((0..40).map(|_| job("quick")).collect()).await.unwrap().iter().map(|i| i.job.id).collect();
-        dispatcher.wake(crate::queue::DEFAULT_QUEUE);
-        for id in warm {
-            while state_of(&store, id).await != JobState::Completed {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
+        run_to_completion(&store, &dispatcher, (0..40).map(|_| job("quick")).collect()).await;
         runner.released.store(false, Ordering::SeqCst);
         let (blocker, behind) = insert_behind_a_blocker(&store, 10).await;
         dispatcher.wake(crate::queue::DEFAULT_QUEUE);
-        let started = std::time::Instant::now();
-        while state_of(&store, *behind.last().unwrap()).await != JobState::Running {
-            assert!(started.elapsed() < Duration::from_secs(10), "not claimed ahead");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_until(&store, *behind.last().unwrap(), JobState::Running).await;
         let stopping = tokio::spawn({
             let dispatcher = dispatcher.clone();
             async move { dispatcher.shutdown().await }
