@@ -62,16 +62,29 @@ fn three_hosts_share_100_000_jobs_and_a_killed_hosts_jobs_come_back_within_the_l
     // Kill host C while it holds leases, about a third of the way through.
     let c_name = format!("%-{}", c.pid());
     wait_for_count(&db, "a third of the jobs", "SELECT count(*) FROM jobs WHERE state = 'completed'", JOBS / 3, PATIENCE * 4);
-    eventually("host C running jobs", || {
-        db.count(&format!("SELECT count(*) FROM jobs WHERE state = 'running' AND leased_by LIKE '{c_name}'")) > 0
-    });
-    c.kill9();
+    // Freeze C, and kill it only at a moment it holds leases: between two
+    // claims a host running short jobs may hold none.
+    let held_by_c = || -> Vec<(i64, i64)> {
+        db.query(&format!("SELECT id, lease_token FROM jobs WHERE state = 'running' AND leased_by LIKE '{c_name}'"))
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    };
+    let c_pid = i32::try_from(c.pid()).unwrap();
+    let started = Instant::now();
+    let orphans = loop {
+        // SAFETY: signals a child process this test started and still owns.
+        unsafe { libc::kill(c_pid, libc::SIGSTOP) };
+        let held = held_by_c();
+        if !held.is_empty() {
+            c.kill9();
+            break held;
+        }
+        unsafe { libc::kill(c_pid, libc::SIGCONT) };
+        assert!(started.elapsed() < PATIENCE, "host C never held a lease");
+        std::thread::sleep(Duration::from_millis(5));
+    };
     let killed_at = now_ms();
-    let orphans: Vec<(i64, i64)> = db
-        .query(&format!("SELECT id, lease_token FROM jobs WHERE state = 'running' AND leased_by LIKE '{c_name}'"))
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
     assert!(!orphans.is_empty(), "host C held leases when it was killed");
 
     wait_for_count(&db, "every job completed", "SELECT count(*) FROM jobs WHERE state = 'completed'", JOBS, PATIENCE * 10);
