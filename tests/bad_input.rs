@@ -108,9 +108,23 @@ fn a_manifest_with_a_zero_or_negative_limit_is_refused() {
 
 #[test]
 fn a_manifest_asking_for_an_unknown_capability_is_refused() {
-    let (dir, _) = plugin_dir(&echo_wasm(), Some(&format!("{GOOD_HEAD}capabilities = [\"filesystem\"]\n")));
+    let (dir, _) = plugin_dir(&echo_wasm(), Some(&format!("{GOOD_HEAD}[capabilities]\nfilesystem = [\"/\"]\n")));
     let err = check(dir.path());
-    assert!(err.contains("unknown capability \"filesystem\""), "{err}");
+    assert!(err.contains("unknown field `filesystem`") && err.contains("`http`, `kv`, `config`"), "{err}");
+    // The array form of earlier manifests names the table it became.
+    let (dir, _) = plugin_dir(&echo_wasm(), Some(&format!("{GOOD_HEAD}capabilities = [\"kv\"]\n")));
+    let err = check(dir.path());
+    assert!(err.contains("capabilities") && err.contains("line 3"), "{err}");
+    for (entry, problem) in [
+        ("http = [\"*\"]", "a bare `*` would grant the whole network"),
+        ("http = [\"https://api.example.com/v1\"]", "an origin has no path"),
+        ("kv = [\"../other\"]", "is not a store name"),
+        ("enqueue = [\"\"]", "is not a job kind"),
+    ] {
+        let (dir, _) = plugin_dir(&echo_wasm(), Some(&format!("{GOOD_HEAD}[capabilities]\n{entry}\n")));
+        let err = check(dir.path());
+        assert!(err.contains(problem) && err.contains("plugin.toml"), "{entry}: {err}");
+    }
 }
 
 #[test]

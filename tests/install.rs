@@ -9,7 +9,7 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const EXAMPLES: [&str; 5] = ["cleanup", "echo", "poller", "send-email", "warmup"];
+const EXAMPLES: [&str; 6] = ["cleanup", "echo", "fan-out", "poller", "send-email", "warmup"];
 
 /// `kiln serve` of the copy at `bin`, run from `cwd`, on `data`, with no
 /// plugins directory named anywhere.

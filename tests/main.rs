@@ -4,7 +4,9 @@
 
 mod bad_clients;
 mod bad_input;
+mod capabilities;
 mod chaos;
+mod enqueue;
 mod full_disk;
 mod host;
 mod hostile;

@@ -3,6 +3,7 @@
 //! default; `kiln serve` flags and `KILN_*` environment variables override.
 
 use crate::api::HttpLimits;
+use crate::capability::{ConfigValueError, ConfigValues, HostCapabilities, HostPolicy, SecretSource};
 use crate::plugin::{Ceilings, CompileBudget};
 use crate::worker::dispatcher::{self, DispatcherConfig, QueueConfig};
 use serde::Deserialize;
@@ -53,6 +54,14 @@ pub struct Config {
     pub http: HttpLimits,
     /// Named queues and their concurrency on this host.
     pub queues: BTreeMap<String, QueueSettings>,
+    /// What any plugin on this host may be granted: `allow_http`, `kv_stores`.
+    pub capabilities: HostPolicy,
+    /// Values of the config keys plugins name (`wasi:config/store`).
+    #[serde(rename = "config")]
+    pub config_values: BTreeMap<String, String>,
+    /// Where the secrets' values are (`{ env = "VAR" }` or `{ file = "PATH" }`),
+    /// read once at start and never written anywhere.
+    pub secrets: BTreeMap<String, SecretSource>,
 }
 
 /// The largest pool `max_instances` may ask for: each instance reserves
@@ -110,6 +119,9 @@ impl Default for Config {
                 .into_iter()
                 .map(|q| (q.name, QueueSettings { concurrency: q.concurrency, light_concurrency: Some(q.light_concurrency) }))
                 .collect(),
+            capabilities: HostPolicy::default(),
+            config_values: BTreeMap::new(),
+            secrets: BTreeMap::new(),
         }
     }
 }
@@ -206,7 +218,25 @@ impl Config {
         if self.max_payload_bytes > crate::sandbox::DEFAULT_MAX_PAYLOAD_BYTES * 16 {
             return invalid("max_payload_bytes", "must be at most 16 MiB");
         }
+        if let Some((key, problem)) = self.capabilities.problem() {
+            return invalid(key, &problem);
+        }
+        // The values themselves: secrets are read only at start, by `capabilities()`.
+        let placeholders = self.secrets.keys().map(|k| (k.clone(), "-".to_string())).collect();
+        if let Err(ConfigValueError::Invalid { table, key, problem }) = ConfigValues::from_values(self.config_values.clone(), placeholders) {
+            return invalid(&format!("{table}.{key}"), &problem);
+        }
         Ok(())
+    }
+
+    /// What plugins on this host may be granted, with the secrets read
+    /// from where `[secrets]` says they are.
+    pub fn capabilities(&self) -> Result<HostCapabilities, ConfigValueError> {
+        Ok(HostCapabilities {
+            policy: self.capabilities.clone(),
+            config: ConfigValues::resolve(&self.config_values, &self.secrets)?,
+            queues: Some(self.queues.keys().cloned().collect()),
+        })
     }
 
     /// Checks `database_url` and `database_schema` (also after a flag or
@@ -323,6 +353,28 @@ concurrency = 489
         assert!(e.contains("cpus") && e.contains("line 2"), "{e}");
         let e = Config::parse("[compile]\nconcurrent = 0\n", "kiln.toml").unwrap_err().to_string();
         assert!(e.contains("`compile.concurrent` must be greater than zero"), "{e}");
+    }
+
+    #[test]
+    fn capabilities_config_and_secrets_parse_and_are_checked() {
+        let c = Config::parse(
+            "[capabilities]\nallow_http = [\"http://127.0.0.1:*\"]\n[config]\nmail_api_url = \"http://127.0.0.1:8025/send\"\n[secrets]\nmail_api_key = { env = \"KILN_TEST_MAIL_KEY_SURELY_UNSET\" }\ntoken = { file = \"/run/secrets/token\" }\n",
+            "kiln.toml",
+        )
+        .unwrap();
+        assert_eq!(c.capabilities.allow_http[0].to_string(), "http://127.0.0.1:*");
+        assert_eq!(c.capabilities.kv_stores, ["default"], "the default store exists unless the file says otherwise");
+        assert_eq!(c.secrets["token"], SecretSource::File("/run/secrets/token".into()));
+        let e = c.capabilities().unwrap_err().to_string();
+        assert!(e.contains("`secrets.mail_api_key` names environment variable KILN_TEST_MAIL_KEY_SURELY_UNSET"), "{e}");
+        let e = Config::parse("[capabilities]\nallow_http = [\"*\"]\n", "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("kiln.toml") && e.contains("line 2") && e.contains("bare `*`"), "{e}");
+        let e = Config::parse("[secrets]\nk = { vault = \"x\" }\n", "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("vault") && e.contains("line 2"), "{e}");
+        let e = Config::parse("[config]\nk = \"v\"\n[secrets]\nk = { env = \"K\" }\n", "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("`secrets.k` is in [config] too"), "{e}");
+        let e = Config::parse("[capabilities]\nkv_stores = [\"Nope\"]\n", "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("`capabilities.kv_stores`"), "{e}");
     }
 
     #[test]

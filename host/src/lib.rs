@@ -6,6 +6,8 @@
 //! - [`sandbox`]: how ONE iteration runs — the shared engine, the linker,
 //!   the per-iteration store, budgets, and the [`sandbox::Outcome`]. Knows
 //!   wasmtime, nothing of queues.
+//! - [`capability`]: what a plugin may be lent for one iteration (outbound
+//!   HTTP, kv, config and secrets, enqueueing), granted per plugin version.
 //! - [`plugin`]: what a plugin is — component + manifest, validation
 //!   against the `kiln:worker/job` world, the on-disk artifact cache.
 //! - [`queue`]: durable jobs — the [`queue::JobStore`] trait and its
@@ -21,6 +23,7 @@
 //! and calls into these.
 
 pub mod api;
+pub mod capability;
 pub mod client;
 pub mod config;
 pub mod plugin;

@@ -3,6 +3,7 @@
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use kiln::client::{ApiClient, DEFAULT_API, render};
+use kiln::capability::{ConfigValues, Grants, HostCapabilities};
 use kiln::config::Config;
 use kiln::plugin::{self, ArtifactCache, CompileBudget, Compiler, LoadPolicy, Plugin};
 use kiln::sandbox::{Budget, JobInput, Outcome, PoolSize, Report, Sandbox};
@@ -215,10 +216,13 @@ enum QueuesCommand {
 
 #[derive(Subcommand, Debug)]
 enum PluginCommand {
-    /// Validate a plugin (manifest and component) without running it.
+    /// Validate a plugin (manifest and component) without running it, and
+    /// say what it imports and what it would be granted.
     Check {
         /// A .wasm file, a plugin directory, a plugin source directory, or a plugin name.
         plugin: String,
+        #[command(flatten)]
+        grants: GrantArgs,
     },
     /// Write a new plugin crate: manifest, SDK dependency, a job function, a test.
     New {
@@ -283,9 +287,48 @@ struct RunArgs {
     /// Wall-clock budget in milliseconds [default: the manifest's].
     #[arg(long)]
     timeout_ms: Option<u64>,
+    #[command(flatten)]
+    grants: GrantArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// What `kiln run` and `kiln plugin check` allow, the way a host's
+/// `kiln.toml` would: the plugin gets what its manifest asks for of it.
+#[derive(Args, Debug, Default)]
+struct GrantArgs {
+    /// A config value the plugin may read if its manifest names KEY
+    /// (`[capabilities] config`); repeatable.
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = key_value)]
+    config: Vec<(String, String)>,
+    /// A secret, read like a config value and redacted wherever Kiln writes
+    /// text; repeatable.
+    #[arg(long = "secret", value_name = "KEY=VALUE", value_parser = key_value)]
+    secrets: Vec<(String, String)>,
+}
+
+fn key_value(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((key, value)) => Ok((key.to_string(), value.to_string())),
+        None => Err(format!("{arg:?} is not KEY=VALUE")),
+    }
+}
+
+impl GrantArgs {
+    /// The host these flags describe.
+    fn host(&self) -> anyhow::Result<HostCapabilities> {
+        let mut plain = std::collections::BTreeMap::new();
+        for (key, value) in &self.config {
+            anyhow::ensure!(plain.insert(key.clone(), value.clone()).is_none(), "--config {key} is given twice");
+        }
+        let mut secrets = std::collections::BTreeMap::new();
+        for (key, value) in &self.secrets {
+            anyhow::ensure!(secrets.insert(key.clone(), value.clone()).is_none(), "--secret {key} is given twice");
+        }
+        let config = ConfigValues::from_values(plain, secrets).map_err(|e| anyhow::anyhow!("--config/--secret {e}"))?;
+        Ok(HostCapabilities { config, ..HostCapabilities::default() })
+    }
 }
 
 fn main() -> ExitCode {
@@ -340,7 +383,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(common, args).await,
         Command::Serve(args) => serve(common, args).await,
-        Command::Plugin(PluginCommand::Check { plugin }) => check(common, &plugin),
+        Command::Plugin(PluginCommand::Check { plugin, grants }) => check(common, &plugin, &grants),
         Command::Plugin(PluginCommand::New { name, path, sdk }) => new_plugin(&name, path, sdk),
         Command::Plugin(command) => {
             let client = ApiClient::new(&common.api);
@@ -598,21 +641,23 @@ fn artifact_cache(common: &CommonArgs) -> Option<ArtifactCache> {
     Some(ArtifactCache::new(dir))
 }
 
-/// Loads a plugin as a host with the default `kiln.toml` would: the same
-/// ceilings and compile budget, compiled in a child process.
-fn load(common: &CommonArgs, sandbox: &Sandbox, spec: &str) -> anyhow::Result<Plugin> {
+/// Loads a plugin as a host with the default `kiln.toml` and what `host`
+/// allows would: the same ceilings and compile budget, compiled in a
+/// child process.
+fn load(common: &CommonArgs, sandbox: &Sandbox, spec: &str, host: HostCapabilities) -> anyhow::Result<Plugin> {
     let lookup = plugin_lookup(common, spec)?;
     let files = plugin::resolve(spec, &lookup.dirs)?;
     let compiler = Compiler::child_process(CompileBudget::default()).context("cannot find the kiln executable to compile with")?;
-    let policy = LoadPolicy { compiler: std::sync::Arc::new(compiler), ..LoadPolicy::default() };
+    let policy = LoadPolicy { compiler: std::sync::Arc::new(compiler), capabilities: std::sync::Arc::new(host), ..LoadPolicy::default() };
     let plugin = plugin::load_with(sandbox, artifact_cache(common).as_ref(), &files, &policy)?;
     plugin.keep_artifact();
     Ok(plugin)
 }
 
-fn check(common: &CommonArgs, spec: &str) -> anyhow::Result<ExitCode> {
+fn check(common: &CommonArgs, spec: &str, grants: &GrantArgs) -> anyhow::Result<ExitCode> {
     let sandbox = Sandbox::with_pool(PoolSize::for_one_run())?;
-    let plugin = load(common, &sandbox, spec)?;
+    let host = grants.host()?;
+    let plugin = load(common, &sandbox, spec, host.clone())?;
     let m = &plugin.manifest;
     println!("ok: {} {} implements {}", m.name, m.version, kiln::sandbox::WORLD);
     println!("  component: {} (sha256 {})", plugin.wasm_path.display(), plugin.wasm_sha256);
@@ -621,14 +666,44 @@ fn check(common: &CommonArgs, spec: &str) -> anyhow::Result<ExitCode> {
         m.limits.fuel, m.limits.memory_mib, m.limits.timeout_ms, m.limits.output_bytes, m.retry.max_attempts
     );
     println!("  trigger: {}", m.trigger.describe());
+    println!("  imports: {}", plugin.component.imports().join(", "));
+    print!("{}", capability_lines(plugin.component.grants(), &host));
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a plugin asks for of each capability and what it is granted, one line each.
+fn capability_lines(grants: &Grants, host: &HostCapabilities) -> String {
+    let asked = &grants.asked;
+    if asked.is_empty() {
+        return "  capabilities: none asked\n".to_string();
+    }
+    let list = |items: Vec<String>| if items.is_empty() { "nothing".to_string() } else { items.join(", ") };
+    let names = |items: &[String]| items.to_vec();
+    let origins = |items: &[kiln::capability::HttpOrigin]| items.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let mut config_granted: Vec<String> =
+        grants.config_keys.iter().map(|k| if host.config.is_secret(k) { format!("{k} (secret)") } else { k.clone() }).collect();
+    if !grants.config_missing.is_empty() {
+        config_granted.push(format!("no value here for {}", grants.config_missing.join(", ")));
+    }
+    let mut out = "  capabilities:\n".to_string();
+    for (key, asked, granted) in [
+        ("http", origins(&asked.http), origins(&grants.http)),
+        ("kv", names(&asked.kv), names(&grants.kv)),
+        ("config", names(&asked.config), config_granted),
+        ("enqueue", names(&asked.enqueue), names(&grants.enqueue)),
+    ] {
+        if !asked.is_empty() {
+            out.push_str(&format!("    {key:<8} asks {}; granted {}\n", list(asked), list(granted)));
+        }
+    }
+    out
 }
 
 async fn run(common: &CommonArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let payload = text_or_file(args.payload, "--payload")?;
     let checkpoint = args.checkpoint.map(|c| text_or_file(c, "--checkpoint")).transpose()?;
     let sandbox = Sandbox::with_pool(PoolSize::for_one_run())?;
-    let plugin = load(common, &sandbox, &args.plugin)?;
+    let plugin = load(common, &sandbox, &args.plugin, args.grants.host()?)?;
     let mut budget: Budget = plugin.manifest.budget();
     if let Some(fuel) = args.fuel {
         anyhow::ensure!(fuel > 0, "--fuel must be greater than zero");
@@ -705,12 +780,32 @@ fn report_json(plugin: &Plugin, report: &Report) -> serde_json::Value {
         "progress": report.progress,
         "logs": logs,
         "log_bytes_dropped": report.log_bytes_dropped,
+        "enqueued": report.enqueued.iter().map(child_json).collect::<Vec<_>>(),
         "plugin": {
             "name": plugin.manifest.name,
             "version": plugin.manifest.version,
             "sha256": plugin.wasm_sha256,
             "artifact_cache": format!("{:?}", plugin.cache).to_lowercase(),
         },
+    })
+}
+
+/// A job the run enqueued, as `kiln run --json` reports it (nothing is
+/// inserted: `kiln run` has no queue).
+fn child_json(child: &kiln::capability::ChildJob) -> serde_json::Value {
+    let (delay_ms, scheduled_at) = match child.due {
+        Some(kiln::capability::Due::After(d)) => (Some(d.as_millis() as u64), None),
+        Some(kiln::capability::Due::At(at)) => (None, Some(kiln::queue::to_rfc3339(at))),
+        None => (None, None),
+    };
+    serde_json::json!({
+        "kind": child.kind,
+        "payload": output_value(&child.payload),
+        "queue": child.queue.as_deref().unwrap_or(kiln::queue::DEFAULT_QUEUE),
+        "priority": child.priority.unwrap_or(0),
+        "delay_ms": delay_ms,
+        "scheduled_at": scheduled_at,
+        "unique_key": child.unique_key,
     })
 }
 
@@ -727,5 +822,10 @@ fn print_report(report: &Report) {
     println!("duration:    {:.3} ms", report.duration.as_secs_f64() * 1000.0);
     if report.log_bytes_dropped > 0 {
         println!("logs:        {} bytes dropped past the per-run cap", report.log_bytes_dropped);
+    }
+    if !report.enqueued.is_empty() {
+        let mut kinds: Vec<&str> = report.enqueued.iter().map(|c| c.kind.as_str()).collect();
+        kinds.dedup();
+        println!("enqueued:    {} jobs ({}); a host inserts them when the run completes ok", report.enqueued.len(), kinds.join(", "));
     }
 }

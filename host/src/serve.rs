@@ -84,7 +84,8 @@ pub async fn serve(
     let sandbox = Arc::new(Sandbox::with_pool(PoolSize::for_instances(config.max_instances))?);
     // Compiles run in child processes of this binary, killed past their budget.
     let compiler = Compiler::child_process(config.compile.clone()).context("cannot find the kiln executable to compile with")?;
-    let policy = LoadPolicy { ceilings: config.ceilings.clone(), compiler: Arc::new(compiler) };
+    let capabilities = config.capabilities().context("cannot read the values behind [config] and [secrets]")?;
+    let policy = LoadPolicy { ceilings: config.ceilings.clone(), compiler: Arc::new(compiler), capabilities: Arc::new(capabilities) };
     let loading = std::time::Instant::now();
     let registry = load_registry(sandbox, &config.data_dir, plugins_dir, policy)?;
     tracing::info!(dir = %plugins_dir.display(), count = registry.snapshot().len(),
@@ -116,7 +117,12 @@ pub async fn serve(
         () = &mut shutdown => None,
     };
     let running = match started {
-        Some(Ok(_)) => {
+        Some(Ok(runs)) => {
+            for run in runs {
+                if let Err(e) = dispatcher.insert_children(run.enqueued).await {
+                    tracing::error!(plugin = %run.plugin, "the jobs this start-up plugin enqueued were not stored: {e}");
+                }
+            }
             readiness.send_replace(None);
             Some(dispatcher.start())
         }

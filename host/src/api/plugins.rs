@@ -52,6 +52,15 @@ fn loop_json(l: &LoopState) -> serde_json::Value {
 
 /// `GET /plugins`: every live plugin, its trigger, its archived versions
 /// (newest first, the serving one marked) and, for loops, where the loop is.
+/// What a plugin asked for and what it was granted (config keys, never values).
+fn capabilities_json(g: &crate::capability::Grants) -> serde_json::Value {
+    let origins = |o: &[crate::capability::HttpOrigin]| o.iter().map(ToString::to_string).collect::<Vec<_>>();
+    serde_json::json!({
+        "asked": { "http": origins(&g.asked.http), "kv": g.asked.kv, "config": g.asked.config, "enqueue": g.asked.enqueue },
+        "granted": { "http": origins(&g.http), "kv": g.kv, "config": g.config_keys, "enqueue": g.enqueue },
+    })
+}
+
 pub async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
     let loops = state.dispatcher.store().loops().await?;
     let registry = state.registry.clone();
@@ -76,6 +85,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Valu
                         "timeout_ms": budget.timeout.as_millis() as u64,
                         "output_bytes": budget.max_output_bytes,
                     },
+                    "capabilities": capabilities_json(p.component.grants()),
                     "versions": registry.versions(&m.name).iter().map(version_json).collect::<Vec<_>>(),
                     "loop": loops.iter().find(|l| l.name == m.name).map(loop_json),
                 })

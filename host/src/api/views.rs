@@ -39,6 +39,8 @@ pub struct JobView {
     pub finalized_at: Option<String>,
     /// The plugin version that ran the latest attempt.
     pub plugin_version: Option<String>,
+    /// The job whose successful run enqueued this one.
+    pub parent_id: Option<i64>,
     pub leased_by: Option<String>,
     pub cancel_requested: bool,
 }
@@ -88,6 +90,7 @@ impl From<&Job> for JobView {
             attempted_at: job.attempted_at.map(to_rfc3339),
             finalized_at: job.finalized_at.map(to_rfc3339),
             plugin_version: job.plugin_version.clone(),
+            parent_id: job.parent_id,
             leased_by: job.leased_by.clone(),
             cancel_requested: job.cancel_requested,
         }

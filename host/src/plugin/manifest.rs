@@ -2,6 +2,7 @@
 //! Strict: an unknown key or a wrong type is an error naming it and its line.
 
 use super::trigger::{Trigger, TriggerTable};
+use crate::capability;
 use crate::sandbox::{self, Budget};
 use serde::Deserialize;
 use std::path::Path;
@@ -9,10 +10,6 @@ use std::time::Duration;
 
 /// The manifest's file name inside a plugin directory.
 pub const MANIFEST_FILE: &str = "plugin.toml";
-
-/// Capabilities a manifest may ask for. None exist yet: each will be its own
-/// WIT interface, linked only for plugins granted it.
-pub const KNOWN_CAPABILITIES: &[&str] = &[];
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,9 +24,11 @@ pub struct Manifest {
     pub limits: Limits,
     #[serde(default)]
     pub retry: RetryPolicy,
-    /// Host capabilities the plugin asks for; nothing by default.
+    /// The `[capabilities]` table: what the plugin asks to be granted
+    /// (outbound HTTP, kv stores, config keys, kinds to enqueue); nothing
+    /// by default. The host grants the part it allows.
     #[serde(default)]
-    pub capabilities: Vec<String>,
+    pub capabilities: capability::Request,
     /// The `[trigger.*]` table as written; [`Manifest::trigger`] is what it means.
     #[serde(default, rename = "trigger")]
     pub trigger_table: TriggerTable,
@@ -127,7 +126,7 @@ impl Manifest {
             description: String::new(),
             limits: Limits::default(),
             retry: RetryPolicy::default(),
-            capabilities: Vec::new(),
+            capabilities: capability::Request::default(),
             trigger_table: TriggerTable::default(),
             trigger: Trigger::Queued,
         }
@@ -166,9 +165,8 @@ impl Manifest {
         if self.retry.initial_backoff_ms > self.retry.max_backoff_ms {
             return invalid("retry.initial_backoff_ms", "must not exceed retry.max_backoff_ms".into());
         }
-        if let Some(unknown) = self.capabilities.iter().find(|c| !KNOWN_CAPABILITIES.contains(&c.as_str())) {
-            let known = if KNOWN_CAPABILITIES.is_empty() { "none yet".to_string() } else { KNOWN_CAPABILITIES.join(", ") };
-            return invalid("capabilities", format!("names unknown capability {unknown:?} (known: {known})"));
+        if let Some((field, problem)) = self.capabilities.problem() {
+            return invalid(field, problem);
         }
         Ok(())
     }
@@ -187,10 +185,8 @@ impl Manifest {
 
 /// 1-64 characters of a-z, 0-9, `-` or `_`, starting with a letter.
 pub fn is_valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    name.len() <= 64
-        && chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    // A plugin's name is its jobs' kind: one rule, kept with the grants that name kinds.
+    capability::is_kind_name(name)
 }
 
 #[cfg(test)]
@@ -250,8 +246,14 @@ mod tests {
     #[test]
     fn bad_names_and_capabilities_are_refused() {
         assert!(parse("name = \"Bad Name\"\nversion = \"1\"\n").unwrap_err().to_string().contains("`name`"));
-        let err = parse("name = \"a\"\nversion = \"1\"\ncapabilities = [\"kv\"]\n").unwrap_err().to_string();
-        assert!(err.contains("unknown capability \"kv\""), "{err}");
+        let err = parse("name = \"a\"\nversion = \"1\"\n[capabilities]\nfiles = [\"/\"]\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `files`") && err.contains("line 4"), "{err}");
+        let err = parse("name = \"a\"\nversion = \"1\"\n[capabilities]\nhttp = [\"https://ok.example\", \"ftp://x\"]\n").unwrap_err().to_string();
+        assert!(err.contains("\"ftp://x\" is not an origin") && err.contains("line 4"), "{err}");
+        let err = parse("name = \"a\"\nversion = \"1\"\n[capabilities]\nenqueue = [\"Send Email\"]\n").unwrap_err().to_string();
+        assert!(err.contains("`capabilities.enqueue` \"Send Email\" is not a job kind"), "{err}");
+        let m = parse("name = \"a\"\nversion = \"1\"\n[capabilities]\nconfig = [\"mail_api_url\"]\nkv = [\"default\"]\n").unwrap();
+        assert_eq!((m.capabilities.config.as_slice(), m.capabilities.kv.as_slice()), (&["mail_api_url".to_string()][..], &["default".to_string()][..]));
     }
 
     #[test]

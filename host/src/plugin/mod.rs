@@ -18,7 +18,7 @@ pub use artifact_cache::{ArtifactCache, CacheUse, PendingArtifact, sha256_hex};
 pub use ceilings::Ceilings;
 pub use compiler::{CompileBudget, CompileError, Compiler, CompilerProcess};
 pub use manifest::{
-    DEFAULT_MAX_ATTEMPTS, KNOWN_CAPABILITIES, Limits, MANIFEST_FILE, MAX_ATTEMPTS, MAX_BACKOFF_MS, Manifest, ManifestError,
+    DEFAULT_MAX_ATTEMPTS, Limits, MANIFEST_FILE, MAX_ATTEMPTS, MAX_BACKOFF_MS, Manifest, ManifestError,
     RetryPolicy,
 };
 pub use registry::{DeployError, Deployed, Registry, Source, VersionInfo};
@@ -26,6 +26,7 @@ pub use resolve::{PluginFiles, resolve};
 pub use trigger::Trigger;
 pub use watch::watch_plugins_dir;
 
+use crate::capability::{Grants, HostCapabilities};
 use crate::sandbox::{JobComponent, PrepareError, Sandbox};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -62,11 +63,13 @@ impl Plugin {
 }
 
 /// What a host lets a plugin be when it loads one: the ceilings its
-/// manifest must stay under, and the compiler (with its budget).
+/// manifest must stay under, the compiler (with its budget), and what it
+/// may be granted of the host's capabilities.
 #[derive(Debug, Clone, Default)]
 pub struct LoadPolicy {
     pub ceilings: Ceilings,
     pub compiler: Arc<Compiler>,
+    pub capabilities: Arc<HostCapabilities>,
 }
 
 /// Why a plugin cannot be loaded. Each names the file at fault.
@@ -152,7 +155,12 @@ pub fn load_with(sandbox: &Sandbox, cache: Option<&ArtifactCache>, files: &Plugi
         CompileError::Invalid(reason) => PluginError::InvalidComponent { path: path.clone(), reason },
         source => PluginError::Compile { path: path.clone(), source },
     })?;
-    let component = sandbox.prepare(&component).map_err(|source| PluginError::Prepare { path: path.clone(), source })?;
+    let grants = Grants::resolve(&manifest.capabilities, &policy.capabilities);
+    if !grants.config_missing.is_empty() {
+        tracing::warn!(plugin = %manifest.name, keys = %grants.config_missing.join(", "),
+            "the manifest names config keys this host holds no value for ([config] or [secrets] in kiln.toml); the plugin reads them as absent");
+    }
+    let component = sandbox.prepare(&component, grants).map_err(|source| PluginError::Prepare { path: path.clone(), source })?;
     let budget_bytes = manifest.budget().memory_bytes;
     if component.min_memory_bytes() > budget_bytes {
         return Err(PluginError::MemoryOverBudget { path, min_bytes: component.min_memory_bytes(), budget_bytes });

@@ -355,8 +355,8 @@ pub async fn finish_many_applies_each_valid_transition(store: &dyn JobStore, _cl
     let stale = Lease { id: jobs[1].id, token: jobs[1].lease_token - 1 };
     let results = store
         .finish_many(vec![
-            Finish::new(jobs[0].lease(), Transition::Complete { result: b"0".to_vec() }),
-            Finish::new(stale, Transition::Complete { result: b"1".to_vec() }),
+            Finish::new(jobs[0].lease(), Transition::Complete { result: b"0".to_vec(), children: vec![] }),
+            Finish::new(stale, Transition::Complete { result: b"1".to_vec(), children: vec![] }),
             Finish::new(jobs[2].lease(), Transition::Discard { error: err(1, "bad") }),
         ])
         .await
@@ -446,9 +446,52 @@ pub async fn a_loop_is_held_by_one_host_and_its_checkpoint_is_fenced(store: &dyn
 pub async fn a_finish_records_the_plugin_version(store: &dyn JobStore, _clock: &ManualClock) {
     store.insert(new_job("echo")).await.unwrap();
     let job = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
-    let finish = Finish { ran_version: Some("2.0.0".into()), ..Finish::new(job.lease(), Transition::Complete { result: vec![] }) };
+    let finish = Finish { ran_version: Some("2.0.0".into()), ..Finish::new(job.lease(), Transition::Complete { result: vec![], children: vec![] }) };
     store.finish(finish).await.unwrap();
     assert_eq!(store.get(job.id).await.unwrap().unwrap().plugin_version.as_deref(), Some("2.0.0"));
+}
+
+/// The transactional outbox: a run's children are inserted with its
+/// completion, only when its lease is current, each naming its parent.
+pub async fn a_completion_inserts_its_children_with_it_or_not_at_all(store: &dyn JobStore, clock: &ManualClock) {
+    store.insert_many(vec![new_job("fan-out"), new_job("fan-out"), new_job("fan-out")]).await.unwrap();
+    let jobs = store.claim(claim(DEFAULT_QUEUE, 3)).await.unwrap();
+    let now = clock.now_for_tests();
+    let child = |parent: &super::job::Job, n: u8| NewJob {
+        parent_id: Some(parent.id),
+        queue: "mail".into(),
+        payload: vec![b'0' + n],
+        ..new_job("send-email")
+    };
+    let later = |parent: &super::job::Job| NewJob { scheduled_at: Some(now + HOUR), unique_key: Some("once".into()), ..child(parent, 9) };
+    let stale = Lease { id: jobs[1].id, token: jobs[1].lease_token - 1 };
+    let results = store
+        .finish_many(vec![
+            Finish::new(jobs[0].lease(), Transition::Complete { result: b"a".to_vec(), children: vec![child(&jobs[0], 1), child(&jobs[0], 2), later(&jobs[0])] }),
+            // A stale completion (its lease was rescued and re-run elsewhere) inserts nothing.
+            Finish::new(stale, Transition::Complete { result: b"b".to_vec(), children: vec![child(&jobs[1], 3)] }),
+            Finish::new(jobs[2].lease(), Transition::Discard { error: err(1, "bad") }),
+        ])
+        .await
+        .unwrap();
+    assert!(results[0].is_ok() && results[1].is_err() && results[2].is_ok(), "{results:?}");
+    let children = store.list(ListFilter { kind: Some("send-email".into()), ..ListFilter::default() }).await.unwrap().jobs;
+    assert_eq!(children.iter().map(|c| c.payload.clone()).collect::<Vec<_>>(), vec![b"1".to_vec(), b"2".to_vec(), b"9".to_vec()]);
+    assert!(children.iter().all(|c| c.parent_id == Some(jobs[0].id) && c.queue == "mail" && c.max_attempts == 3), "{children:?}");
+    assert_eq!((children[0].state, children[2].state), (JobState::Available, JobState::Scheduled));
+    assert_eq!(store.get(jobs[1].id).await.unwrap().unwrap().state, JobState::Running, "the stale completion changed nothing");
+    assert_eq!(store.get(jobs[0].id).await.unwrap().unwrap().parent_id, None);
+    // A child whose unique key is held is not enqueued twice; one alone (no batch) goes in too.
+    let next = store.insert(new_job("fan-out")).await.unwrap().job;
+    let next = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().filter(|j| j.id == next.id).expect("claimed");
+    store
+        .finish(Finish::new(next.lease(), Transition::Complete { result: vec![], children: vec![later(&next), child(&next, 4)] }))
+        .await
+        .unwrap();
+    let children = store.list(ListFilter { kind: Some("send-email".into()), ..ListFilter::default() }).await.unwrap().jobs;
+    assert_eq!(children.len(), 4, "the keyed child was held already: {children:?}");
+    assert_eq!(children[3].parent_id, Some(next.id));
+    assert!(store.queues().await.unwrap().iter().any(|q| q.name == "mail"), "a child's queue is known to the store");
 }
 
 impl ManualClock {
@@ -486,6 +529,7 @@ macro_rules! conformance_tests {
             schedule_ticks_fire_once_and_carry_the_checkpoint,
             a_loop_is_held_by_one_host_and_its_checkpoint_is_fenced,
             a_finish_records_the_plugin_version,
+            a_completion_inserts_its_children_with_it_or_not_at_all,
         );
     };
     (@each $factory:ident, $attrs:tt, $($test:ident),+ $(,)?) => {

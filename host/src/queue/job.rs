@@ -129,6 +129,8 @@ pub struct Job {
     pub finalized_at: Option<Millis>,
     /// The plugin version that ran the latest attempt.
     pub plugin_version: Option<String>,
+    /// The job whose successful run enqueued this one.
+    pub parent_id: Option<JobId>,
 }
 
 impl Job {

@@ -115,6 +115,14 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
     CREATE TRIGGER jobs_inserted AFTER INSERT ON jobs
         REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION kiln_notify_inserted();
     "#,
+), (
+    2,
+    "jobs enqueued by jobs",
+    r#"
+    -- The job whose successful run enqueued this one.
+    ALTER TABLE jobs ADD COLUMN parent_id bigint;
+    CREATE INDEX jobs_parent ON jobs (parent_id) WHERE parent_id IS NOT NULL;
+    "#,
 )];
 
 // SQL fragments as macros, so each statement is one literal built at
@@ -123,9 +131,13 @@ macro_rules! columns {
     () => {
         "jobs.id, jobs.kind, jobs.queue, jobs.priority, jobs.payload, jobs.state, jobs.attempt, jobs.max_attempts, \
          jobs.scheduled_at, jobs.unique_key, jobs.errors::text, jobs.result, jobs.lease_token, jobs.leased_by, \
-         jobs.lease_expires_at, jobs.cancel_requested, jobs.created_at, jobs.attempted_at, jobs.finalized_at, jobs.plugin_version"
+         jobs.lease_expires_at, jobs.cancel_requested, jobs.created_at, jobs.attempted_at, jobs.finalized_at, jobs.plugin_version, \
+         jobs.parent_id"
     };
 }
+/// How many columns `columns!()` names: a query that adds one of its own
+/// reads it at this index.
+const JOB_COLUMNS: usize = 21;
 /// The states a claim takes jobs from (once due).
 macro_rules! waiting {
     () => {
@@ -393,6 +405,7 @@ fn job_from_row(row: &Row) -> Result<Job, StoreError> {
         attempted_at: row.try_get(17).map_err(bad)?,
         finalized_at: row.try_get(18).map_err(bad)?,
         plugin_version: row.try_get(19).map_err(bad)?,
+        parent_id: row.try_get(20).map_err(bad)?,
     })
 }
 
@@ -415,7 +428,7 @@ async fn apply_one(client: &impl GenericClient, finish: &Finish, now: Millis) ->
     let Lease { id, token } = finish.lease;
     let version = &finish.ran_version;
     let (sql, value, error): (&str, i64, Option<String>) = match &finish.transition {
-        Transition::Complete { result } => {
+        Transition::Complete { result, .. } => {
             let stmt = client
                 .prepare_cached(concat!("UPDATE jobs SET state = 'completed', result = $4, finalized_at = $5", fenced!()))
                 .await
@@ -479,7 +492,7 @@ async fn complete_batch(client: &impl GenericClient, finishes: &[&Finish], now: 
     let mut results: Vec<&[u8]> = Vec::with_capacity(finishes.len());
     let mut versions: Vec<Option<&str>> = Vec::with_capacity(finishes.len());
     for f in finishes {
-        let Transition::Complete { result } = &f.transition else { unreachable!("only completions are batched") };
+        let Transition::Complete { result, .. } = &f.transition else { unreachable!("only completions are batched") };
         ids.push(f.lease.id);
         tokens.push(f.lease.token);
         results.push(result);
@@ -503,96 +516,103 @@ async fn complete_batch(client: &impl GenericClient, finishes: &[&Finish], now: 
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// Inserts jobs in order (and the queues they name); a job whose unique
+/// key is held yields the job holding it. Keyed jobs go one statement
+/// each: call it inside a transaction when any has a key.
+async fn insert_jobs(client: &impl GenericClient, jobs: &[NewJob], now: Millis) -> Result<Vec<Inserted>, StoreError> {
+    let prepared: Vec<(String, i64)> = jobs
+        .iter()
+        .map(|j| {
+            let at = j.scheduled_at.unwrap_or(now).max(0);
+            let state = if at > now { JobState::Scheduled } else { JobState::Available };
+            (state.as_str().to_string(), at)
+        })
+        .collect();
+    if jobs.iter().all(|j| j.unique_key.is_none()) {
+        // One statement: the queues, then every job, in order.
+        let kinds: Vec<&str> = jobs.iter().map(|j| j.kind.as_str()).collect();
+        let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+        let priorities: Vec<i32> = jobs.iter().map(|j| j.priority).collect();
+        let payloads: Vec<&[u8]> = jobs.iter().map(|j| j.payload.as_slice()).collect();
+        let states: Vec<&str> = prepared.iter().map(|p| p.0.as_str()).collect();
+        let attempts: Vec<i32> = jobs.iter().map(|j| j.max_attempts as i32).collect();
+        let times: Vec<i64> = prepared.iter().map(|p| p.1).collect();
+        let parents: Vec<Option<i64>> = jobs.iter().map(|j| j.parent_id).collect();
+        let stmt = client
+            .prepare_cached(concat!(
+                "WITH touched AS (INSERT INTO queues (name, updated_at) SELECT DISTINCT unnest($2::text[]), $8::bigint \
+                 ON CONFLICT (name) DO NOTHING) \
+                 INSERT INTO jobs (kind, queue, priority, payload, state, max_attempts, scheduled_at, created_at, parent_id) \
+                 SELECT kind, queue, priority, payload, state, max_attempts, scheduled_at, $8, parent_id \
+                 FROM unnest($1::text[], $2::text[], $3::int[], $4::bytea[], $5::text[], $6::int[], $7::bigint[], $9::bigint[]) \
+                   WITH ORDINALITY AS incoming(kind, queue, priority, payload, state, max_attempts, scheduled_at, parent_id, n) \
+                 ORDER BY n RETURNING ",
+                columns!()
+            ))
+            .await
+            .map_err(pg_error)?;
+        let rows = client
+            .query(&stmt, &[&kinds, &queues, &priorities, &payloads, &states, &attempts, &times, &now, &parents])
+            .await
+            .map_err(pg_error)?;
+        let mut inserted = jobs_from_rows(&rows)?;
+        inserted.sort_by_key(|j| j.id);
+        return Ok(inserted.into_iter().map(|job| Inserted { job, created: true }).collect());
+    }
+    let mut queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+    queues.sort_unstable();
+    queues.dedup();
+    client
+        .execute("INSERT INTO queues (name, updated_at) SELECT unnest($1::text[]), $2::bigint ON CONFLICT (name) DO NOTHING", &[&queues, &now])
+        .await
+        .map_err(pg_error)?;
+    let insert = client
+        .prepare_cached(concat!(
+            "INSERT INTO jobs (kind, queue, priority, payload, state, max_attempts, scheduled_at, unique_key, created_at, parent_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT ",
+            unique_live!(),
+            " DO NOTHING RETURNING ",
+            columns!()
+        ))
+        .await
+        .map_err(pg_error)?;
+    let existing = client
+        .prepare_cached(concat!("SELECT ", columns!(), " FROM jobs WHERE unique_key = $1 AND state NOT IN ('cancelled', 'dead')"))
+        .await
+        .map_err(pg_error)?;
+    let mut inserted = Vec::with_capacity(jobs.len());
+    for (job, (state, at)) in jobs.iter().zip(&prepared) {
+        let max_attempts = job.max_attempts as i32;
+        let params: [&(dyn ToSql + Sync); 10] =
+            [&job.kind, &job.queue, &job.priority, &job.payload, state, &max_attempts, at, &job.unique_key, &now, &job.parent_id];
+        if let Some(row) = client.query_opt(&insert, &params).await.map_err(pg_error)? {
+            inserted.push(Inserted { job: job_from_row(&row)?, created: true });
+            continue;
+        }
+        // The key is held: by a job committed before this statement
+        // began, or inserted earlier in this transaction.
+        match client.query_opt(&existing, &[&job.unique_key]).await.map_err(pg_error)? {
+            Some(row) => inserted.push(Inserted { job: job_from_row(&row)?, created: false }),
+            None => {
+                return Err(StoreError::Database(format!("unique key {:?} was held and then freed while inserting; try again", job.unique_key)));
+            }
+        }
+    }
+    Ok(inserted)
+}
+
 #[async_trait]
 impl JobStore for PostgresStore {
     async fn insert_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Inserted>, StoreError> {
         let now = self.now();
         let mut client = self.client().await?;
-        let prepared: Vec<(String, i64)> = jobs
-            .iter()
-            .map(|j| {
-                let at = j.scheduled_at.unwrap_or(now).max(0);
-                let state = if at > now { JobState::Scheduled } else { JobState::Available };
-                (state.as_str().to_string(), at)
-            })
-            .collect();
         if jobs.iter().all(|j| j.unique_key.is_none()) {
-            // One statement: the queues, then every job, in order.
-            let kinds: Vec<&str> = jobs.iter().map(|j| j.kind.as_str()).collect();
-            let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
-            let priorities: Vec<i32> = jobs.iter().map(|j| j.priority).collect();
-            let payloads: Vec<&[u8]> = jobs.iter().map(|j| j.payload.as_slice()).collect();
-            let states: Vec<&str> = prepared.iter().map(|p| p.0.as_str()).collect();
-            let attempts: Vec<i32> = jobs.iter().map(|j| j.max_attempts as i32).collect();
-            let times: Vec<i64> = prepared.iter().map(|p| p.1).collect();
-            let stmt = client
-                .prepare_cached(concat!(
-                    "WITH touched AS (INSERT INTO queues (name, updated_at) SELECT DISTINCT unnest($2::text[]), $8::bigint \
-                     ON CONFLICT (name) DO NOTHING) \
-                     INSERT INTO jobs (kind, queue, priority, payload, state, max_attempts, scheduled_at, created_at) \
-                     SELECT kind, queue, priority, payload, state, max_attempts, scheduled_at, $8 \
-                     FROM unnest($1::text[], $2::text[], $3::int[], $4::bytea[], $5::text[], $6::int[], $7::bigint[]) \
-                       WITH ORDINALITY AS incoming(kind, queue, priority, payload, state, max_attempts, scheduled_at, n) \
-                     ORDER BY n RETURNING ",
-                    columns!()
-                ))
-                .await
-                .map_err(pg_error)?;
-            let rows = client
-                .query(&stmt, &[&kinds, &queues, &priorities, &payloads, &states, &attempts, &times, &now])
-                .await
-                .map_err(pg_error)?;
-            let mut inserted = jobs_from_rows(&rows)?;
-            inserted.sort_by_key(|j| j.id);
-            return Ok(inserted.into_iter().map(|job| Inserted { job, created: true }).collect());
+            return insert_jobs(&client, &jobs, now).await;
         }
         // Keyed jobs: one at a time in a transaction, so each key is checked
         // against the jobs before it.
         let tx = client.transaction().await.map_err(pg_error)?;
-        let mut queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
-        queues.sort_unstable();
-        queues.dedup();
-        tx.execute(
-            "INSERT INTO queues (name, updated_at) SELECT unnest($1::text[]), $2::bigint ON CONFLICT (name) DO NOTHING",
-            &[&queues, &now],
-        )
-        .await
-        .map_err(pg_error)?;
-        let insert = tx
-            .prepare_cached(concat!(
-                "INSERT INTO jobs (kind, queue, priority, payload, state, max_attempts, scheduled_at, unique_key, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT ",
-                unique_live!(),
-                " DO NOTHING RETURNING ",
-                columns!()
-            ))
-            .await
-            .map_err(pg_error)?;
-        let existing = tx
-            .prepare_cached(concat!("SELECT ", columns!(), " FROM jobs WHERE unique_key = $1 AND state NOT IN ('cancelled', 'dead')"))
-            .await
-            .map_err(pg_error)?;
-        let mut inserted = Vec::with_capacity(jobs.len());
-        for (job, (state, at)) in jobs.iter().zip(&prepared) {
-            let max_attempts = job.max_attempts as i32;
-            let params: [&(dyn ToSql + Sync); 9] =
-                [&job.kind, &job.queue, &job.priority, &job.payload, state, &max_attempts, at, &job.unique_key, &now];
-            if let Some(row) = tx.query_opt(&insert, &params).await.map_err(pg_error)? {
-                inserted.push(Inserted { job: job_from_row(&row)?, created: true });
-                continue;
-            }
-            // The key is held: by a job committed before this statement
-            // began, or inserted earlier in this transaction.
-            match tx.query_opt(&existing, &[&job.unique_key]).await.map_err(pg_error)? {
-                Some(row) => inserted.push(Inserted { job: job_from_row(&row)?, created: false }),
-                None => {
-                    return Err(StoreError::Database(format!(
-                        "unique key {:?} was held and then freed while inserting; try again",
-                        job.unique_key
-                    )));
-                }
-            }
-        }
+        let inserted = insert_jobs(&tx, &jobs, now).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(inserted)
     }
@@ -655,7 +675,8 @@ impl JobStore for PostgresStore {
         let mut client = self.client().await?;
         let completes: Vec<&Finish> = finishes.iter().filter(|f| matches!(f.transition, Transition::Complete { .. })).collect();
         let stale = |f: &Finish| Err(StoreError::StaleLease { id: f.lease.id, token: f.lease.token });
-        if completes.len() == finishes.len() {
+        let has_children = |f: &Finish| matches!(&f.transition, Transition::Complete { children, .. } if !children.is_empty());
+        if completes.len() == finishes.len() && !finishes.iter().any(has_children) {
             // The common case: one statement, no explicit transaction.
             let done = complete_batch(&client, &completes, now).await?;
             return Ok(finishes.iter().map(|f| if done.contains(&f.lease.id) { Ok(()) } else { stale(f) }).collect());
@@ -665,6 +686,14 @@ impl JobStore for PostgresStore {
         let ids: Vec<JobId> = finishes.iter().map(|f| f.lease.id).collect();
         tx.execute("SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE", &[&ids]).await.map_err(pg_error)?;
         let done = if completes.is_empty() { HashSet::new() } else { complete_batch(&tx, &completes, now).await? };
+        // The children of the runs completed here, in the same transaction.
+        for f in &finishes {
+            if let Transition::Complete { children, .. } = &f.transition {
+                if !children.is_empty() && done.contains(&f.lease.id) {
+                    insert_jobs(&tx, children, now).await?;
+                }
+            }
+        }
         let mut results = Vec::with_capacity(finishes.len());
         for f in &finishes {
             let applied = match f.transition {
@@ -824,7 +853,7 @@ impl JobStore for PostgresStore {
             params.len()
         );
         let rows = self.client().await?.query(&sql, &params).await.map_err(pg_error)?;
-        let matched = rows.first().map_or(0, |r| r.get::<_, i64>(20)) as usize;
+        let matched = rows.first().map_or(0, |r| r.get::<_, i64>(JOB_COLUMNS)) as usize;
         let jobs = jobs_from_rows(&rows)?;
         Ok(JobList { more: matched > jobs.len(), jobs })
     }
@@ -1050,6 +1079,11 @@ async fn listen(config: tokio_postgres::Config, channel: String, wakeups: broadc
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn job_columns_counts_the_columns_a_job_is_read_from() {
+        assert_eq!(columns!().split(',').count(), JOB_COLUMNS);
+    }
     use crate::queue::clock::{ManualClock, SystemClock};
 
     /// The URL of the Postgres to test against. Tests that call this are

@@ -81,6 +81,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     );
     "#,
     ),
+    (
+        3,
+        "jobs enqueued by jobs",
+        r#"
+    -- The job whose successful run enqueued this one.
+    ALTER TABLE jobs ADD COLUMN parent_id INTEGER;
+    CREATE INDEX jobs_parent ON jobs (parent_id) WHERE parent_id IS NOT NULL;
+    "#,
+    ),
 ];
 
 // SQL fragments as macros, so every statement below is one literal built at
@@ -89,9 +98,12 @@ macro_rules! columns {
     () => {
         "id, kind, queue, priority, payload, state, attempt, max_attempts, scheduled_at, unique_key, \
          errors, result, lease_token, leased_by, lease_expires_at, cancel_requested, created_at, attempted_at, finalized_at, \
-         plugin_version"
+         plugin_version, parent_id"
     };
 }
+/// How many columns `columns!()` names: a query that adds one of its own
+/// reads it at this index.
+const JOB_COLUMNS: usize = 21;
 /// The states a claim takes jobs from (once due).
 macro_rules! waiting {
     () => {
@@ -315,6 +327,7 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         attempted_at: row.get(17)?,
         finalized_at: row.get(18)?,
         plugin_version: row.get(19)?,
+        parent_id: row.get(20)?,
     })
 }
 
@@ -332,9 +345,16 @@ fn error_json(error: &AttemptError) -> String {
 fn apply(tx: &rusqlite::Transaction<'_>, finish: &Finish, now: Millis) -> rusqlite::Result<bool> {
     let Lease { id, token } = finish.lease;
     let changed = match &finish.transition {
-        Transition::Complete { result } => tx
-            .prepare_cached(concat!("UPDATE jobs SET state = 'completed', result = ?3, finalized_at = ?4, ", clear_lease!(), fence!()))?
-            .execute(params![id, token, result, now, Null, Null, Null, Null, finish.ran_version])?,
+        Transition::Complete { result, children } => {
+            let changed = tx
+                .prepare_cached(concat!("UPDATE jobs SET state = 'completed', result = ?3, finalized_at = ?4, ", clear_lease!(), fence!()))?
+                .execute(params![id, token, result, now, Null, Null, Null, Null, finish.ran_version])?;
+            // The run's children go in with its completion, or not at all.
+            if changed == 1 && !children.is_empty() {
+                insert_jobs(tx, children, now)?;
+            }
+            changed
+        }
         // A job whose cancel was requested (perhaps on another host, not
         // yet heard here) is not run again: cancelled instead.
         Transition::RetryAt { at, error } => tx
@@ -374,6 +394,44 @@ fn apply(tx: &rusqlite::Transaction<'_>, finish: &Finish, now: Millis) -> rusqli
     Ok(changed == 1)
 }
 
+/// Inserts jobs in order (and the queues they name); a job whose unique
+/// key is held yields the job holding it.
+fn insert_jobs(tx: &rusqlite::Transaction<'_>, jobs: &[NewJob], now: Millis) -> rusqlite::Result<Vec<Inserted>> {
+    let mut queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+    queues.sort_unstable();
+    queues.dedup();
+    for queue in queues {
+        tx.prepare_cached("INSERT OR IGNORE INTO queues (name, paused, updated_at) VALUES (?1, 0, ?2)")?.execute(params![queue, now])?;
+    }
+    let mut inserted = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        if let Some(key) = &job.unique_key {
+            let existing = tx
+                .prepare_cached(concat!("SELECT ", columns!(), " FROM jobs WHERE unique_key = ?1 AND state NOT IN ('cancelled', 'dead')"))?
+                .query_row([key], job_from_row)
+                .optional()?;
+            if let Some(job) = existing {
+                inserted.push(Inserted { job, created: false });
+                continue;
+            }
+        }
+        let scheduled_at = job.scheduled_at.unwrap_or(now).max(0);
+        let state = if scheduled_at > now { JobState::Scheduled } else { JobState::Available };
+        let row = tx
+            .prepare_cached(concat!(
+                "INSERT INTO jobs (kind, queue, priority, payload, state, max_attempts, scheduled_at, unique_key, created_at, parent_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING ",
+                columns!()
+            ))?
+            .query_row(
+                params![job.kind, job.queue, job.priority, job.payload, state.as_str(), job.max_attempts, scheduled_at, job.unique_key, now, job.parent_id],
+                job_from_row,
+            )?;
+        inserted.push(Inserted { job: row, created: true });
+    }
+    Ok(inserted)
+}
+
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
 }
@@ -381,61 +439,7 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
 #[async_trait]
 impl JobStore for SqliteStore {
     async fn insert_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Inserted>, StoreError> {
-        self.write(move |tx, now| {
-            let mut queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
-            queues.sort_unstable();
-            queues.dedup();
-            for queue in queues {
-                tx.prepare_cached("INSERT OR IGNORE INTO queues (name, paused, updated_at) VALUES (?1, 0, ?2)")
-                    .and_then(|mut s| s.execute(params![queue, now]))
-                    .map_err(db_error)?;
-            }
-            let mut inserted = Vec::with_capacity(jobs.len());
-            for job in &jobs {
-                if let Some(key) = &job.unique_key {
-                    let existing = tx
-                        .prepare_cached(concat!(
-                            "SELECT ",
-                            columns!(),
-                            " FROM jobs WHERE unique_key = ?1 AND state NOT IN ('cancelled', 'dead')"
-                        ))
-                        .and_then(|mut s| s.query_row([key], job_from_row).optional())
-                        .map_err(db_error)?;
-                    if let Some(job) = existing {
-                        inserted.push(Inserted { job, created: false });
-                        continue;
-                    }
-                }
-                let scheduled_at = job.scheduled_at.unwrap_or(now).max(0);
-                let state = if scheduled_at > now { JobState::Scheduled } else { JobState::Available };
-                let row = tx
-                    .prepare_cached(concat!(
-                        "INSERT INTO jobs (kind, queue, priority, payload, state, max_attempts, scheduled_at, unique_key, created_at) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING ",
-                        columns!()
-                    ))
-                    .and_then(|mut s| {
-                        s.query_row(
-                            params![
-                                job.kind,
-                                job.queue,
-                                job.priority,
-                                job.payload,
-                                state.as_str(),
-                                job.max_attempts,
-                                scheduled_at,
-                                job.unique_key,
-                                now
-                            ],
-                            job_from_row,
-                        )
-                    })
-                    .map_err(db_error)?;
-                inserted.push(Inserted { job: row, created: true });
-            }
-            Ok(inserted)
-        })
-        .await
+        self.write(move |tx, now| insert_jobs(tx, &jobs, now).map_err(db_error)).await
     }
 
     async fn claim(&self, p: ClaimParams) -> Result<Vec<Job>, StoreError> {
@@ -654,7 +658,7 @@ impl JobStore for SqliteStore {
             let params: Vec<&dyn ToSql> = values.iter().map(|v| v.as_ref()).collect();
             let rows: Vec<(Job, i64)> = conn
                 .prepare(&sql)
-                .and_then(|mut s| s.query_map(params.as_slice(), |r| Ok((job_from_row(r)?, r.get(20)?)))?.collect())
+                .and_then(|mut s| s.query_map(params.as_slice(), |r| Ok((job_from_row(r)?, r.get(JOB_COLUMNS)?)))?.collect())
                 .map_err(db_error)?;
             let matched = rows.first().map_or(0, |r| r.1) as usize;
             let jobs: Vec<Job> = rows.into_iter().map(|r| r.0).collect();
@@ -837,6 +841,11 @@ impl SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_columns_counts_the_columns_a_job_is_read_from() {
+        assert_eq!(columns!().split(',').count(), JOB_COLUMNS);
+    }
     use crate::queue::clock::{ManualClock, SystemClock};
 
     async fn sqlite_store() -> (Arc<dyn JobStore>, ManualClock, tempfile::TempDir) {

@@ -14,6 +14,8 @@ pub struct NewJob {
     /// `None`: due now (state `available`); a future time: `scheduled`.
     pub scheduled_at: Option<Millis>,
     pub unique_key: Option<String>,
+    /// The job whose run enqueued this one.
+    pub parent_id: Option<JobId>,
 }
 
 /// The queue every job lands in unless it names another.
@@ -29,6 +31,7 @@ impl NewJob {
             max_attempts: 1,
             scheduled_at: None,
             unique_key: None,
+            parent_id: None,
         }
     }
 }
@@ -71,8 +74,9 @@ pub struct HeartbeatResult {
 /// How a running job leaves `running`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transition {
-    /// → completed, with the result.
-    Complete { result: Vec<u8> },
+    /// → completed, with the result; the jobs the run enqueued are
+    /// inserted in the same transaction (and only if the lease is current).
+    Complete { result: Vec<u8>, children: Vec<NewJob> },
     /// → retryable until `at`, recording the error.
     RetryAt { at: Millis, error: AttemptError },
     /// → dead (the dead-letter state), recording the error.
@@ -298,7 +302,7 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// → completed.
     async fn complete(&self, lease: Lease, result: Vec<u8>) -> Result<(), StoreError> {
-        self.finish(Finish::new(lease, Transition::Complete { result })).await
+        self.finish(Finish::new(lease, Transition::Complete { result, children: Vec::new() })).await
     }
 
     /// → retryable at `at`.

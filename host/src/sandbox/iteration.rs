@@ -1,8 +1,10 @@
 //! The per-iteration scope: everything one fresh `Store` holds (WASI with
-//! nothing granted, the log, the memory accounting, the stop flags).
+//! nothing granted, the plugin version's capability grants, the log, the
+//! memory accounting, the stop flags).
 
 use super::logs::{IterationLog, LogSource};
 use super::stop::StopSignal;
+use crate::capability::{InScope, Scope};
 use std::time::Instant;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
@@ -23,6 +25,8 @@ pub(crate) enum InterruptReason {
 /// The data of one iteration's `Store`; dropped with it.
 pub(crate) struct IterationState {
     wasi: WasiCtx,
+    /// What the run was lent: its version's grants, and what it asked of them.
+    pub(crate) scope: Scope,
     table: ResourceTable,
     pub(crate) log: IterationLog,
     pub(crate) stop: StopSignal,
@@ -33,7 +37,7 @@ pub(crate) struct IterationState {
 }
 
 impl IterationState {
-    pub(crate) fn new(log: IterationLog, stop: StopSignal, deadline: Instant, memory_limit: u64) -> Self {
+    pub(crate) fn new(log: IterationLog, stop: StopSignal, deadline: Instant, memory_limit: u64, scope: Scope) -> Self {
         let mut wasi = WasiCtx::builder();
         // Nothing is granted: no preopened directories, no environment, no
         // arguments, no sockets (the address check denies every address by
@@ -45,6 +49,7 @@ impl IterationState {
             .allow_ip_name_lookup(false);
         Self {
             wasi: wasi.build(),
+            scope,
             table: ResourceTable::new(),
             log,
             stop,
@@ -63,6 +68,16 @@ impl WasiView for IterationState {
 }
 
 impl super::bindings::kiln::worker::types::Host for IterationState {}
+
+impl InScope for IterationState {
+    fn scope(&mut self) -> &mut Scope {
+        &mut self.scope
+    }
+
+    fn scope_ref(&self) -> &Scope {
+        &self.scope
+    }
+}
 
 /// Memory and table bytes of one instance, summed, against one limit.
 #[derive(Debug)]

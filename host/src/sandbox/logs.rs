@@ -2,6 +2,7 @@
 //! tagged with the job, capped per iteration so a flood cannot grow the host,
 //! and escaped so a plugin cannot write a line of the host's log itself.
 
+use crate::capability::Redactor;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,8 @@ pub struct LogLine {
 #[derive(Debug, Clone)]
 pub(crate) struct IterationLog {
     inner: Arc<Mutex<LogBuffer>>,
+    /// The plugin's secrets, replaced in every line before it is kept or printed.
+    redactor: Redactor,
 }
 
 #[derive(Debug)]
@@ -49,8 +52,9 @@ struct LogBuffer {
 }
 
 impl IterationLog {
-    pub(crate) fn new(job_id: &str, kind: &str) -> Self {
+    pub(crate) fn new(job_id: &str, kind: &str, redactor: Redactor) -> Self {
         Self {
+            redactor,
             inner: Arc::new(Mutex::new(LogBuffer {
                 job_id: job_id.to_string(),
                 kind: kind.to_string(),
@@ -66,7 +70,12 @@ impl IterationLog {
     /// Adds one line; `full_len` is the size the plugin handed over when
     /// `message` is only the prefix the host read of it.
     pub(crate) fn line(&self, source: LogSource, level: tracing::Level, message: &str, full_len: usize) {
+        let message = self.redactor.text(message);
         self.inner.lock().expect("log buffer poisoned").push(source, level, message.as_bytes(), full_len);
+    }
+
+    pub(crate) fn redactor(&self) -> &Redactor {
+        &self.redactor
     }
 
     fn write(&self, source: LogSource, bytes: &[u8]) {
@@ -80,7 +89,7 @@ impl IterationLog {
                     let mut line = std::mem::take(partial);
                     line.extend_from_slice(&rest[..end]);
                     let full_len = line.len();
-                    buf.push(source, level, &line, full_len);
+                    buf.push(source, level, &self.redactor.bytes(&line), full_len);
                     rest = &rest[end + 1..];
                 }
                 None => {
@@ -88,7 +97,7 @@ impl IterationLog {
                     rest = &[];
                     while buf.partial(source).len() >= MAX_LOG_LINE_BYTES {
                         let line: Vec<u8> = buf.partial(source).drain(..MAX_LOG_LINE_BYTES).collect();
-                        buf.push(source, level, &line, MAX_LOG_LINE_BYTES);
+                        buf.push(source, level, &self.redactor.bytes(&line), MAX_LOG_LINE_BYTES);
                     }
                 }
             }
@@ -103,7 +112,7 @@ impl IterationLog {
             if !line.is_empty() {
                 let level = if source == LogSource::Stderr { tracing::Level::WARN } else { tracing::Level::INFO };
                 let full_len = line.len();
-                buf.push(source, level, &line, full_len);
+                buf.push(source, level, &self.redactor.bytes(&line), full_len);
             }
         }
         (std::mem::take(&mut buf.lines), buf.dropped_bytes)
@@ -223,7 +232,7 @@ mod tests {
 
     #[test]
     fn splits_lines_across_writes_and_caps_the_total() {
-        let log = IterationLog::new("job-1", "test");
+        let log = IterationLog::new("job-1", "test", Redactor::default());
         log.write(LogSource::Stdout, b"hel");
         log.write(LogSource::Stdout, b"lo\nworld\npart");
         log.line(LogSource::Context, tracing::Level::INFO, "from context", 12);
@@ -244,7 +253,7 @@ mod tests {
 
     #[test]
     fn a_line_without_newline_is_cut_at_the_line_limit() {
-        let log = IterationLog::new("job-1", "test");
+        let log = IterationLog::new("job-1", "test", Redactor::default());
         log.write(LogSource::Stdout, &vec![b'z'; MAX_LOG_LINE_BYTES * 2 + 10]);
         let (lines, _) = log.finish();
         assert_eq!(lines.len(), 3);
@@ -253,14 +262,14 @@ mod tests {
 
     #[test]
     fn dropped_bytes_count_what_the_plugin_handed_over() {
-        let log = IterationLog::new("job-1", "test");
+        let log = IterationLog::new("job-1", "test", Redactor::default());
         // A 1 MiB line of which the host read only the first 4 KiB.
         log.line(LogSource::Context, tracing::Level::INFO, &"a".repeat(MAX_LOG_LINE_BYTES), 1 << 20);
         let (lines, dropped) = log.finish();
         assert_eq!(lines[0].message.len(), MAX_LOG_LINE_BYTES);
         assert_eq!(dropped, (1 << 20) - MAX_LOG_LINE_BYTES as u64);
 
-        let log = IterationLog::new("job-1", "test");
+        let log = IterationLog::new("job-1", "test", Redactor::default());
         for _ in 0..(MAX_LOG_BYTES_PER_ITERATION / MAX_LOG_LINE_BYTES) {
             log.line(LogSource::Context, tracing::Level::INFO, &"b".repeat(MAX_LOG_LINE_BYTES), MAX_LOG_LINE_BYTES);
         }
@@ -269,8 +278,19 @@ mod tests {
     }
 
     #[test]
+    fn secrets_are_redacted_in_every_source() {
+        let log = IterationLog::new("job-1", "test", Redactor::new(vec!["hunter2-key".into()]));
+        log.line(LogSource::Context, tracing::Level::INFO, "key is hunter2-key", 18);
+        log.write(LogSource::Stdout, b"stdout hunter2-");
+        log.write(LogSource::Stdout, b"key\nunterminated hunter2-key");
+        let (lines, _) = log.finish();
+        let messages: Vec<&str> = lines.iter().map(|l| l.message.as_str()).collect();
+        assert_eq!(messages, ["key is [redacted]", "stdout [redacted]", "unterminated [redacted]"], "a secret split across writes too");
+    }
+
+    #[test]
     fn a_plugin_line_cannot_start_a_host_log_line() {
-        let log = IterationLog::new("job-1", "test");
+        let log = IterationLog::new("job-1", "test", Redactor::default());
         log.line(LogSource::Context, tracing::Level::INFO, "ok\nERROR kiln::serve: forged", 28);
         log.write(LogSource::Stdout, b"a\rb\x1b[31mred\n");
         let (lines, _) = log.finish();

@@ -42,11 +42,13 @@ pub use stop::StopSignal;
 /// The WIT world plugins must target, as shown in errors.
 pub const WORLD: &str = "kiln:worker/job@0.1.0";
 
+use crate::capability::{self, Capability, Grants, ImportRefused};
 use admission::Admission;
 use bindings::{JobPre, WitJob};
 use iteration::{InterruptReason, IterationState};
 use logs::IterationLog;
 use returned::RunResult;
+use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::component::{Component, ComponentExportIndex, HasSelf, InstancePre, Linker};
 use wasmtime::{AsContext, Engine, Store, Trap, UpdateDeadline};
@@ -71,9 +73,23 @@ pub struct JobComponent {
     needs: PoolNeeds,
     /// The largest initial size of any of its memories, in bytes.
     min_memory_bytes: u64,
+    /// What this version was granted; every iteration's store serves it.
+    grants: Arc<Grants>,
+    /// The interfaces it imports, as named in the component.
+    imports: Arc<[String]>,
 }
 
 impl JobComponent {
+    /// What this version was granted of the host's capabilities.
+    pub fn grants(&self) -> &Grants {
+        &self.grants
+    }
+
+    /// The interfaces the component imports.
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+
     /// What one instance takes from the pool.
     pub fn needs(&self) -> PoolNeeds {
         self.needs
@@ -98,23 +114,16 @@ impl std::fmt::Debug for JobComponent {
 const LINKED_WASI: &[&str] = &["wasi:cli/", "wasi:clocks/", "wasi:filesystem/", "wasi:io/", "wasi:random/", "wasi:sockets/"];
 /// Kiln's own interfaces every plugin may import.
 const LINKED_KILN: &[&str] = &["kiln:worker/context", "kiln:worker/types"];
-/// Imports that are capabilities (the package or interface, what it is,
-/// and the manifest key that grants it).
-const CAPABILITY_IMPORTS: &[(&str, &str, &str)] = &[
-    ("wasi:http/", "outbound HTTP", "http"),
-    ("wasi:keyvalue/", "key-value state", "kv"),
-    ("wasi:config/", "configuration and secrets", "config"),
-    ("kiln:worker/enqueue", "enqueueing jobs", "enqueue"),
-];
 
-/// Whether the host links `import` (an interface name, `@version` optional).
-fn check_import(import: &str) -> Result<(), PrepareError> {
+/// Whether the host links `import` (an interface name, `@version` optional)
+/// for a plugin version granted `grants`.
+fn check_import(import: &str, grants: &Grants) -> Result<(), PrepareError> {
     let unversioned = import.split('@').next().unwrap_or(import);
     if LINKED_WASI.iter().any(|p| unversioned.starts_with(p)) || LINKED_KILN.contains(&unversioned) {
         return Ok(());
     }
-    match CAPABILITY_IMPORTS.iter().find(|(name, _, _)| unversioned.starts_with(name)) {
-        Some(&(_, what, key)) => Err(PrepareError::CapabilityNotOffered { import: import.to_string(), what, key }),
+    match Capability::of_import(import) {
+        Some(capability) => Ok(capability::check_import(import, capability, grants)?),
         None => Err(PrepareError::UnknownImport { import: import.to_string() }),
     }
 }
@@ -124,9 +133,9 @@ fn check_import(import: &str) -> Result<(), PrepareError> {
 pub enum PrepareError {
     #[error("imports `{import}`, which this host does not provide (not in {WORLD}, nor WASI 0.2's cli, clocks, filesystem, io, random or sockets)")]
     UnknownImport { import: String },
-    /// An import that is a capability, granted per plugin by a manifest key.
-    #[error("imports `{import}` ({what}): a capability, granted per plugin by `[capabilities] {key}` in plugin.toml, which this host does not offer yet")]
-    CapabilityNotOffered { import: String, what: &'static str, key: &'static str },
+    /// An import of a capability this plugin version is not granted.
+    #[error(transparent)]
+    Capability(#[from] ImportRefused),
     #[error("does not implement {WORLD}: {reason}")]
     WrongWorld { reason: String },
     #[error("needs {needs} linear memories at once, more than this host's pool of {pool} memory slots")]
@@ -174,6 +183,7 @@ impl Sandbox {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         bindings::kiln::worker::types::add_to_linker::<_, HasSelf<IterationState>>(&mut linker, |state| state)?;
         context::add_to_linker(&mut linker)?;
+        capability::add_to_linker(&mut linker)?;
         let ticker = engine::EpochTicker::start(engine.clone())?;
         Ok(Self { engine, linker, pool, admission: Admission::new(pool), ticker })
     }
@@ -192,12 +202,15 @@ impl Sandbox {
         StopSignal::new(self.engine.clone())
     }
 
-    /// Checks a compiled component against the world and the host's imports,
-    /// and pre-instantiates it.
-    pub fn prepare(&self, component: &Component) -> Result<JobComponent, PrepareError> {
+    /// Checks a compiled component against the world and the host's
+    /// imports (its capability imports against `grants`), and
+    /// pre-instantiates it.
+    pub fn prepare(&self, component: &Component, grants: Grants) -> Result<JobComponent, PrepareError> {
         let ty = component.component_type();
+        let mut imports = Vec::new();
         for (import, _) in ty.imports(&self.engine) {
-            check_import(import)?;
+            check_import(import, &grants)?;
+            imports.push(import.to_string());
         }
         let wrong_world = |e: wasmtime::Error| PrepareError::WrongWorld { reason: format!("{e:#}") };
         let instance_pre = self.linker.instantiate_pre(component).map_err(wrong_world)?;
@@ -215,7 +228,14 @@ impl Sandbox {
         }
         let min_memory_bytes =
             resources.and_then(|r| r.max_initial_memory_size).unwrap_or(0).saturating_mul(WASM_PAGE_BYTES);
-        Ok(JobComponent { pre: instance_pre, run, needs: PoolNeeds { memories }, min_memory_bytes })
+        Ok(JobComponent {
+            pre: instance_pre,
+            run,
+            needs: PoolNeeds { memories },
+            min_memory_bytes,
+            grants: Arc::new(grants),
+            imports: imports.into(),
+        })
     }
 
 
@@ -226,7 +246,7 @@ impl Sandbox {
     /// budget's clock starts once it has them. A stop while it waits ends
     /// it as cancelled, before anything ran.
     pub async fn run_iteration(&self, plugin: &JobComponent, job: &JobInput, budget: &Budget, stop: &StopSignal) -> Report {
-        let log = IterationLog::new(&job.id, &job.kind);
+        let log = IterationLog::new(&job.id, &job.kind, plugin.grants.redactor().clone());
         if let Err(too_large) = budget.check_payload(&job.payload) {
             return finish(Outcome::InvalidInput(too_large.to_string()), 0, 0, None, Instant::now(), &log);
         }
@@ -243,7 +263,13 @@ impl Sandbox {
         let deadline = started.checked_add(budget.timeout).unwrap_or_else(far_future);
         let mut store = Store::new(
             &self.engine,
-            IterationState::new(log.clone(), stop.clone(), deadline, budget.memory_bytes),
+            IterationState::new(
+                log.clone(),
+                stop.clone(),
+                deadline,
+                budget.memory_bytes,
+                capability::Scope::new(plugin.grants.clone(), budget.max_payload_bytes),
+            ),
         );
         store.limiter(|state| state);
         // wasmtime's own cap on what one call may copy from guest to host
@@ -292,16 +318,28 @@ impl Sandbox {
 
         let fuel_used = budget.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         let outcome = classify(end, store.as_context(), stop, budget);
-        let state = store.data();
+        let state = store.data_mut();
         let (peak, progress) = (state.memory.peak, state.progress);
+        // Effects count only for a run that completed.
+        let mut children = if outcome.is_ok() { state.scope.take_children() } else { Vec::new() };
+        let redactor = log.redactor();
+        if !redactor.is_empty() {
+            for child in &mut children {
+                child.payload = redactor.bytes(&child.payload).into_owned();
+                child.unique_key = child.unique_key.as_deref().map(|k| redactor.text(k).into_owned());
+            }
+        }
         drop(store);
-        finish(outcome, fuel_used, peak, progress, started, &log)
+        let mut report = finish(outcome, fuel_used, peak, progress, started, &log);
+        report.enqueued = children;
+        report
     }
 }
 
 fn finish(outcome: Outcome, fuel_used: u64, peak: u64, progress: Option<u8>, started: Instant, log: &IterationLog) -> Report {
     let (logs, log_bytes_dropped) = log.finish();
-    Report { outcome, fuel_used, peak_memory_bytes: peak, duration: started.elapsed(), progress, logs, log_bytes_dropped }
+    let outcome = outcome.redacted(log.redactor());
+    Report { outcome, fuel_used, peak_memory_bytes: peak, duration: started.elapsed(), progress, logs, log_bytes_dropped, enqueued: Vec::new() }
 }
 
 /// Bytes in a WebAssembly page.
@@ -356,23 +394,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn imports_are_wasi_0_2_kiln_or_a_named_capability() {
+    fn imports_are_wasi_0_2_kiln_or_a_granted_capability() {
+        let none = Grants::default();
         for linked in ["wasi:cli/stdout@0.2.6", "wasi:io/streams@0.2.0", "wasi:sockets/tcp@0.2.6", "kiln:worker/context@0.1.0", "kiln:worker/types"] {
-            assert!(check_import(linked).is_ok(), "{linked}");
+            assert!(check_import(linked, &none).is_ok(), "{linked}");
         }
-        let e = check_import("wasi:http/outgoing-handler@0.2.6").unwrap_err().to_string();
+        let e = check_import("wasi:http/outgoing-handler@0.2.6", &none).unwrap_err().to_string();
         assert_eq!(
             e,
             "imports `wasi:http/outgoing-handler@0.2.6` (outbound HTTP): a capability, granted per plugin by `[capabilities] http` in plugin.toml, which this host does not offer yet"
         );
-        for (import, key) in [("wasi:keyvalue/store@0.2.0-draft", "`[capabilities] kv`"), ("wasi:config/store@0.2.0-rc.1", "`[capabilities] config`"), ("kiln:worker/enqueue", "`[capabilities] enqueue`")] {
-            let e = check_import(import).unwrap_err().to_string();
+        let e = check_import("wasi:config/store@0.2.0-rc.1", &none).unwrap_err().to_string();
+        assert!(e.contains("which its manifest does not grant") && e.contains("`[capabilities] config`"), "{e}");
+        for (import, key) in [("wasi:keyvalue/store@0.2.0-draft", "`[capabilities] kv`"), ("kiln:worker/enqueue", "`[capabilities] enqueue`")] {
+            let e = check_import(import, &none).unwrap_err().to_string();
             assert!(e.contains(key) && e.contains(import), "{e}");
         }
         // A name that only looks like WASI is no WASI the host links.
-        let e = check_import("wasi:nn/inference@0.2.0").unwrap_err().to_string();
+        let e = check_import("wasi:nn/inference@0.2.0", &none).unwrap_err().to_string();
         assert!(e.starts_with("imports `wasi:nn/inference@0.2.0`, which this host does not provide"), "{e}");
-        assert!(check_import("wasi:clix/run").is_err());
-        assert!(check_import("kiln:worker/context-extra").is_err());
+        assert!(check_import("wasi:clix/run", &none).is_err());
+        assert!(check_import("kiln:worker/context-extra", &none).is_err());
     }
 }

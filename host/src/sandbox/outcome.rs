@@ -45,6 +45,23 @@ impl Outcome {
         }
     }
 
+    /// The outcome with a plugin's secrets replaced in everything it
+    /// carries that the host keeps: the result and the error messages.
+    pub fn redacted(self, redactor: &crate::capability::Redactor) -> Self {
+        if redactor.is_empty() {
+            return self;
+        }
+        let text = |m: String| redactor.text(&m).into_owned();
+        match self {
+            Outcome::Ok(bytes) => Outcome::Ok(redactor.bytes(&bytes).into_owned()),
+            Outcome::Retry { message, delay } => Outcome::Retry { message: text(message), delay },
+            Outcome::InvalidInput(m) => Outcome::InvalidInput(text(m)),
+            Outcome::Fatal(m) => Outcome::Fatal(text(m)),
+            Outcome::Trapped { trap, message } => Outcome::Trapped { trap, message: text(message) },
+            other => other,
+        }
+    }
+
     pub fn is_ok(&self) -> bool {
         matches!(self, Outcome::Ok(_))
     }
@@ -90,6 +107,9 @@ pub struct Report {
     pub logs: Vec<super::LogLine>,
     /// Log bytes dropped past the per-iteration cap.
     pub log_bytes_dropped: u64,
+    /// The jobs a run that completed `ok` enqueued (empty otherwise): an
+    /// effect the worker inserts with the job's completion.
+    pub enqueued: Vec<crate::capability::ChildJob>,
 }
 
 impl Report {
@@ -104,6 +124,7 @@ impl Report {
             progress: None,
             logs: Vec::new(),
             log_bytes_dropped: 0,
+            enqueued: Vec::new(),
         }
     }
 }

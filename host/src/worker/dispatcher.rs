@@ -8,7 +8,7 @@ use super::rescuer::Rescuer;
 use super::retry_policy::{StopReason, decide};
 use super::runner::{Ran, Runner};
 use crate::queue::{
-    ClaimParams, Finish, HeartbeatParams, Inserted, Job, JobId, JobStore, Lease, NewJob, SharedClock, StoreError, Transition,
+    ClaimParams, Finish, HeartbeatParams, Inserted, Job, JobId, JobStore, Lease, Millis, NewJob, SharedClock, StoreError, Transition,
 };
 use crate::sandbox::{JobInput, Outcome, StopSignal};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -374,6 +374,7 @@ impl Dispatcher {
                 max_attempts,
                 scheduled_at: r.scheduled_at,
                 unique_key: r.unique_key,
+                parent_id: None,
             });
         }
         let inserted = self.inner.store.insert_many(jobs).await?;
@@ -385,6 +386,25 @@ impl Dispatcher {
             }
         }
         Ok(inserted)
+    }
+
+    /// Inserts what a loop pass or a start-up run enqueued, and wakes their
+    /// queues. Those runs complete no job for the children to go in with:
+    /// they are inserted after the pass's checkpoint is stored (or the
+    /// start-up run ended `ok`), in a transaction of their own.
+    pub async fn insert_children(&self, children: Vec<crate::capability::ChildJob>) -> Result<(), StoreError> {
+        if children.is_empty() {
+            return Ok(());
+        }
+        let jobs = child_jobs(&self.inner, None, children, self.inner.clock.now());
+        let inserted = self.inner.store.insert_many(jobs).await?;
+        let mut woken: Vec<&str> = inserted.iter().filter(|i| i.created).map(|i| i.job.queue.as_str()).collect();
+        woken.sort_unstable();
+        woken.dedup();
+        for queue in woken {
+            self.wake(queue);
+        }
+        Ok(())
     }
 
     /// Cancels a job: a waiting one at once; a running one here sees
@@ -809,20 +829,47 @@ async fn run_job(inner: Arc<Inner>, job: Job, stop: StopSignal, _slot: OwnedSema
     let started = inner.clock.now();
     inner.metrics.job_started(&job.kind, started - job.scheduled_at);
     let began = std::time::Instant::now();
-    let Ran { report, version } = inner.runner.run(&input, &stop).await;
+    let Ran { mut report, version } = inner.runner.run(&input, &stop).await;
     pace.record(began.elapsed(), &report);
     let reason = inner.running.lock().expect("poisoned").remove(&job.id).and_then(|r| r.reason);
     inner.metrics.job_finished(&job.kind, &report);
     let policy = kind.map(|k| k.retry).unwrap_or_default();
     let now = inner.clock.now();
     match decide(&job, &report.outcome, reason, &policy, now) {
-        Some(transition) => {
+        Some(mut transition) => {
+            if let Transition::Complete { children, .. } = &mut transition {
+                *children = child_jobs(&inner, Some(job.id), std::mem::take(&mut report.enqueued), now);
+            }
             log_run_end(&job, &report, &transition);
             inner.unwritten.lock().expect("poisoned").insert(job.id, lease);
             inner.send_finish(Finish { lease, transition, ran_version: version });
         }
         None => tracing::warn!(job = job.id, "lease lost while running; another host has the job, nothing written"),
     }
+}
+
+/// The jobs a run enqueued, as the store inserts them with its completion:
+/// each names its parent, takes its kind's retry policy (the default when
+/// no plugin of that kind is loaded here: it waits for one), and is due
+/// after its delay from now, the completion.
+fn child_jobs(inner: &Inner, parent_id: Option<JobId>, children: Vec<crate::capability::ChildJob>, now: Millis) -> Vec<NewJob> {
+    use crate::capability::Due;
+    children
+        .into_iter()
+        .map(|c| NewJob {
+            max_attempts: inner.runner.kind(&c.kind).map_or(crate::plugin::DEFAULT_MAX_ATTEMPTS, |k| k.retry.max_attempts),
+            queue: c.queue.unwrap_or_else(|| crate::queue::DEFAULT_QUEUE.to_string()),
+            priority: c.priority.unwrap_or(0),
+            scheduled_at: c.due.map(|due| match due {
+                Due::After(delay) => crate::queue::millis_after(now, delay),
+                Due::At(at) => at,
+            }),
+            unique_key: c.unique_key,
+            parent_id,
+            payload: c.payload,
+            kind: c.kind,
+        })
+        .collect()
 }
 
 /// One line per run end, Sidekiq-style: what ran, how it ended, what it
@@ -907,9 +954,23 @@ async fn finisher(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>) {
         };
         match written {
             Ok(results) => {
-                for (lease, result) in leases.iter().zip(results) {
-                    if let Err(e) = result {
-                        tracing::warn!(job = lease.id, "transition refused: {e}");
+                let mut woken: Vec<&str> = Vec::new();
+                for ((lease, result), finish) in leases.iter().zip(results).zip(&finishes) {
+                    match result {
+                        Err(e) => tracing::warn!(job = lease.id, "transition refused: {e}"),
+                        // Children were inserted with the completion: wake their queues here.
+                        Ok(()) => {
+                            if let Transition::Complete { children, .. } = &finish.transition {
+                                woken.extend(children.iter().map(|c| c.queue.as_str()));
+                            }
+                        }
+                    }
+                }
+                woken.sort_unstable();
+                woken.dedup();
+                for queue in woken {
+                    if let Some(wake) = inner.wake.get(queue) {
+                        wake.notify_one();
                     }
                 }
             }
@@ -1073,6 +1134,7 @@ mod tests {
             max_attempts: 3,
             scheduled_at: None,
             unique_key: None,
+            parent_id: None,
         }
     }
 

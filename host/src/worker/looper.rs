@@ -66,7 +66,7 @@ pub(super) async fn run_loop(dispatcher: Dispatcher, name: String, trigger: Cont
                 payload: Vec::new(),
                 checkpoint: checkpoint.clone(),
             };
-            let ran = run_pass(&dispatcher, input, &mut stop, &mut lost).await;
+            let mut ran = run_pass(&dispatcher, input, &mut stop, &mut lost).await;
             if *lost.borrow() {
                 tracing::warn!(plugin = %name, "loop lease lost (another host took it); stopping here");
                 break false;
@@ -76,6 +76,9 @@ pub(super) async fn run_loop(dispatcher: Dispatcher, name: String, trigger: Cont
                     let save = LoopSave { name: name.clone(), token: lease.token, checkpoint: Some(output.clone()), lease_ms };
                     match store.save_loop(save).await {
                         Ok(()) => {
+                            if let Err(e) = dispatcher.insert_children(std::mem::take(&mut ran.report.enqueued)).await {
+                                tracing::error!(plugin = %name, "the jobs this loop pass enqueued were not stored: {e}");
+                            }
                             passes += 1;
                             failures = 0;
                             checkpoint = Some(output);

@@ -58,7 +58,8 @@ pub fn decide(job: &Job, outcome: &Outcome, stopped: Option<StopReason>, policy:
     };
     Some(match (outcome, stopped) {
         (_, Some(StopReason::LeaseLost)) => return None,
-        (Outcome::Ok(result), _) => Transition::Complete { result: result.clone() },
+        // The run's children are the caller's to add (they are its effects).
+        (Outcome::Ok(result), _) => Transition::Complete { result: result.clone(), children: Vec::new() },
         // A requested cancel wins over however else the run ended (its own
         // timeout, a trap, a retry it asked for): the job is not run again.
         (_, Some(StopReason::CancelRequested)) => Transition::Cancel { error: error() },
@@ -101,6 +102,7 @@ mod tests {
             attempted_at: None,
             finalized_at: None,
             plugin_version: None,
+            parent_id: None,
         }
     }
 

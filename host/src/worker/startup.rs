@@ -24,6 +24,8 @@ pub struct StartupRun {
     pub plugin: String,
     pub ok: bool,
     pub duration: std::time::Duration,
+    /// What an `ok` run enqueued: the caller inserts it once the store is open to work.
+    pub enqueued: Vec<crate::capability::ChildJob>,
 }
 
 /// Runs every start-up plugin the runner knows, once, on `runtime`.
@@ -40,12 +42,13 @@ pub async fn run_startup_plugins(runner: Arc<dyn Runner>, runtime: tokio::runtim
                 task_runner.run(&input, &stop).await
             })
             .await;
-        let report = match ran {
+        let mut report = match ran {
             Ok(ran) => ran.report,
             Err(e) => crate::sandbox::Report::without_cost(Outcome::Fatal(format!("the start-up task failed: {e}"))),
         };
         let ok = matches!(report.outcome, Outcome::Ok(_));
-        runs.push(StartupRun { plugin: name.clone(), ok, duration: report.duration });
+        let enqueued = std::mem::take(&mut report.enqueued);
+        runs.push(StartupRun { plugin: name.clone(), ok, duration: report.duration, enqueued });
         if ok {
             tracing::info!(plugin = %name, duration_ms = %format_args!("{:.1}", report.duration.as_secs_f64() * 1000.0), "start-up plugin finished");
             continue;

@@ -14,8 +14,12 @@
 //! Build the plugin crate (`crate-type = ["cdylib"]`) with
 //! `cargo build --release --target wasm32-wasip2`; the `.wasm` it produces is
 //! a component for the `kiln:worker/job` world. The generated WIT bindings
-//! stay inside this crate: plugin code sees only [`Job`], [`JobError`] and
-//! the [`context`] functions.
+//! stay inside this crate: plugin code sees only [`Job`], [`JobError`], the
+//! [`context`] functions and the capabilities ([`config`], [`enqueue`]).
+//!
+//! A capability works only when the plugin's manifest asks for it in
+//! `[capabilities]` and the host allows it; a plugin that calls one it is
+//! not granted is refused when it is loaded, naming the manifest key.
 
 extern crate self as kiln_sdk;
 
@@ -25,7 +29,11 @@ use std::time::Duration;
 pub mod __bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "kiln:worker/job",
+        // `job` plus every capability; the built component imports only
+        // the capabilities its code calls.
+        world: "kiln:worker/plugin",
+        // The WASI interfaces it imports (wasi:config) are generated here too.
+        generate_all,
         pub_export_macro: true,
         default_bindings_module: "kiln_sdk::__bindings",
         runtime_path: "kiln_sdk::__wit_bindgen::rt",
@@ -132,6 +140,145 @@ pub mod context {
     /// Reports progress, 0 to 100 (larger values are clamped by the host).
     pub fn progress(percent: u8, note: Option<&str>) {
         host::progress(percent, note)
+    }
+}
+
+/// Configuration and secrets (`wasi:config/store`): the values the host
+/// holds for the keys named in `[capabilities] config` of plugin.toml.
+/// Secrets read here are the host's to keep out of logs: a log line, error
+/// or result that contains one is stored with `[redacted]` in its place.
+pub mod config {
+    use super::__bindings::wasi::config::store;
+
+    /// The value of `key`; `None` when the manifest does not name it or
+    /// the host holds no value for it.
+    pub fn get(key: &str) -> Option<String> {
+        store::get(key).ok().flatten()
+    }
+
+    /// The value of `key`, or a fatal error naming it (for settings a job
+    /// cannot run without).
+    pub fn require(key: &str) -> Result<String, super::JobError> {
+        get(key).ok_or_else(|| super::JobError::fatal(format!("config key `{key}` has no value: name it in `[capabilities] config` of plugin.toml and give it a value in the host's [config] or [secrets]")))
+    }
+
+    /// Every key this plugin may read that the host holds, with its value.
+    pub fn all() -> Vec<(String, String)> {
+        store::get_all().unwrap_or_default()
+    }
+}
+
+/// Enqueueing follow-up jobs (`kiln:worker/enqueue`): only kinds named in
+/// `[capabilities] enqueue` of plugin.toml. Nothing is inserted until this
+/// run completes `ok`; then every job it enqueued goes in with the
+/// completion, naming this job as its parent. A run that fails enqueues
+/// nothing, so a retry does not enqueue twice.
+pub mod enqueue {
+    use super::__bindings::kiln::worker::enqueue as host;
+    use std::time::Duration;
+
+    /// One job to enqueue; [`Child::new`], then the builder methods.
+    #[derive(Debug, Clone)]
+    pub struct Child {
+        request: host::JobRequest,
+    }
+
+    /// Why the host refused a child.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum EnqueueError {
+        /// The manifest does not grant the kind.
+        Denied(String),
+        /// A field is out of bounds.
+        Invalid(String),
+        /// The run has enqueued as much as one run may.
+        LimitReached(String),
+    }
+
+    impl std::fmt::Display for EnqueueError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self {
+                EnqueueError::Denied(m) => write!(f, "enqueue denied: {m}"),
+                EnqueueError::Invalid(m) => write!(f, "enqueue refused: {m}"),
+                EnqueueError::LimitReached(m) => write!(f, "enqueue limit reached: {m}"),
+            }
+        }
+    }
+
+    impl std::error::Error for EnqueueError {}
+
+    impl From<EnqueueError> for super::JobError {
+        fn from(e: EnqueueError) -> Self {
+            super::JobError::fatal(e.to_string())
+        }
+    }
+
+    impl Child {
+        /// A job of `kind` with `payload` (serialised as JSON).
+        pub fn new<T: serde::Serialize>(kind: &str, payload: &T) -> Self {
+            let payload = serde_json::to_vec(payload).unwrap_or_default();
+            Self {
+                request: host::JobRequest {
+                    kind: kind.to_string(),
+                    payload,
+                    queue: None,
+                    priority: None,
+                    delay_ms: None,
+                    scheduled_at_ms: None,
+                    unique_key: None,
+                },
+            }
+        }
+
+        /// A job of `kind` whose payload is `payload` as it stands (the
+        /// host takes JSON, or nothing).
+        pub fn from_bytes(kind: &str, payload: Vec<u8>) -> Self {
+            let mut child = Self::new(kind, &());
+            child.request.payload = payload;
+            child
+        }
+
+        pub fn queue(mut self, queue: &str) -> Self {
+            self.request.queue = Some(queue.to_string());
+            self
+        }
+
+        pub fn priority(mut self, priority: i32) -> Self {
+            self.request.priority = Some(priority);
+            self
+        }
+
+        /// Run no earlier than `delay` after this run completes.
+        pub fn delay(mut self, delay: Duration) -> Self {
+            self.request.delay_ms = Some(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+            self
+        }
+
+        /// Run no earlier than this time (milliseconds since the Unix epoch).
+        pub fn at_ms(mut self, at: i64) -> Self {
+            self.request.scheduled_at_ms = Some(at);
+            self
+        }
+
+        /// A job with this key already waiting or done makes this one a no-op.
+        pub fn unique_key(mut self, key: &str) -> Self {
+            self.request.unique_key = Some(key.to_string());
+            self
+        }
+
+        /// Asks the host to enqueue it with this run's completion; returns
+        /// how many this run has enqueued so far.
+        pub fn send(self) -> Result<u32, EnqueueError> {
+            host::enqueue(&self.request).map_err(|e| match e {
+                host::EnqueueError::Denied(m) => EnqueueError::Denied(m),
+                host::EnqueueError::Invalid(m) => EnqueueError::Invalid(m),
+                host::EnqueueError::LimitReached(m) => EnqueueError::LimitReached(m),
+            })
+        }
+    }
+
+    /// Enqueues a job of `kind` with `payload`, due when this run completes.
+    pub fn job<T: serde::Serialize>(kind: &str, payload: &T) -> Result<u32, EnqueueError> {
+        Child::new(kind, payload).send()
     }
 }
 
