@@ -3,7 +3,7 @@
 //! is not granted, or what is out of bounds, is refused to the guest.
 
 use crate::host::{Host, HostDir};
-use crate::support::{built, kiln, run_json, wasm_of};
+use crate::support::{assert_each_says, built, kiln, run_json, wasm_of};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -40,10 +40,7 @@ fn kiln_run_reports_the_children_and_refuses_what_is_not_granted_or_out_of_bound
         "invalid: unique-key is 600 bytes, over the most of 512",
         "invalid: kind is 100 bytes, over the most of 64",
     ];
-    for (got, want) in results.iter().zip(expect) {
-        assert!(got.contains(want), "{got}\n  should say: {want}");
-    }
-    assert_eq!(results.len(), expect.len());
+    assert_each_says(&results, &expect);
     let enqueued = run.json["enqueued"].as_array().unwrap();
     assert_eq!(enqueued.len(), 1, "only the one child inside its grant and bounds: {enqueued:?}");
     assert_eq!(enqueued[0], json!({"kind": "echo", "payload": {"n": 1}, "queue": "mail", "priority": 0, "delay_ms": 500, "scheduled_at": null, "unique_key": "child-1"}));

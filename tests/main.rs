@@ -12,6 +12,7 @@ mod host;
 mod hostile;
 mod hot_swap;
 mod install;
+mod kv;
 mod multi_host;
 mod postgres_db;
 mod readme;

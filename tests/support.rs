@@ -68,3 +68,12 @@ pub fn wasm_of(plugin_dir: &str) -> PathBuf {
 pub fn millis(rfc3339: &str) -> i64 {
     kiln::queue::from_rfc3339(rfc3339).unwrap()
 }
+
+/// Asserts that each of `got` contains the text `want` has at its place, and
+/// that there are as many of each.
+pub fn assert_each_says(got: &[String], want: &[&str]) {
+    for (got, want) in got.iter().zip(want) {
+        assert!(got.contains(want), "{got}\n  should say: {want}");
+    }
+    assert_eq!(got.len(), want.len(), "{got:?}");
+}

@@ -54,7 +54,8 @@ pub struct Config {
     pub http: HttpLimits,
     /// Named queues and their concurrency on this host.
     pub queues: BTreeMap<String, QueueSettings>,
-    /// What any plugin on this host may be granted: `allow_http`, `kv_stores`.
+    /// What any plugin on this host may be granted: `allow_http`,
+    /// `kv_stores`, `kv_quota_bytes`.
     pub capabilities: HostPolicy,
     /// Values of the config keys plugins name (`wasi:config/store`).
     #[serde(rename = "config")]
@@ -375,6 +376,9 @@ concurrency = 489
         assert!(e.contains("`secrets.k` is in [config] too"), "{e}");
         let e = Config::parse("[capabilities]\nkv_stores = [\"Nope\"]\n", "kiln.toml").unwrap_err().to_string();
         assert!(e.contains("`capabilities.kv_stores`"), "{e}");
+        let e = Config::parse("[capabilities]\nkv_quota_bytes = 0\n", "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("`capabilities.kv_quota_bytes` must be greater than zero"), "{e}");
+        assert_eq!(Config::parse("[capabilities]\nkv_quota_bytes = 4096\n", "k").unwrap().capabilities.kv_quota_bytes, 4096);
     }
 
     #[test]

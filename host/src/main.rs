@@ -7,8 +7,10 @@ use kiln::capability::{ConfigValues, Grants, HostCapabilities};
 use kiln::config::Config;
 use kiln::plugin::{self, ArtifactCache, CompileBudget, Compiler, LoadPolicy, Plugin};
 use kiln::sandbox::{Budget, JobInput, Outcome, PoolSize, Report, Sandbox};
+use kiln::queue::{JobStore, SqliteStore, SystemClock};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Exit code for a run whose outcome was not `ok`.
@@ -306,6 +308,11 @@ struct GrantArgs {
     /// text; repeatable.
     #[arg(long = "secret", value_name = "KEY=VALUE", value_parser = key_value)]
     secrets: Vec<(String, String)>,
+    /// Keep the plugin's kv stores in this directory (`DIR/kv.db`) across
+    /// runs, as a host keeps them in its database [default: a fresh, empty
+    /// store for this run alone].
+    #[arg(long = "kv", value_name = "DIR")]
+    kv_dir: Option<PathBuf>,
 }
 
 fn key_value(arg: &str) -> Result<(String, String), String> {
@@ -488,7 +495,7 @@ fn jobs(client: &ApiClient, command: JobsCommand) -> anyhow::Result<ExitCode> {
                 }
             }
             let page = client.get(&format!("/jobs?{}", query.join("&")))?;
-            say(json, &page, || render::job_table(&page, kiln::queue::Clock::now(&kiln::queue::SystemClock)))
+            say(json, &page, || render::job_table(&page, kiln::queue::Clock::now(&SystemClock)))
         }
         JobsCommand::Show { id, json } => {
             let job = client.get(&format!("/jobs/{id}"))?;
@@ -648,7 +655,7 @@ fn load(common: &CommonArgs, sandbox: &Sandbox, spec: &str, host: HostCapabiliti
     let lookup = plugin_lookup(common, spec)?;
     let files = plugin::resolve(spec, &lookup.dirs)?;
     let compiler = Compiler::child_process(CompileBudget::default()).context("cannot find the kiln executable to compile with")?;
-    let policy = LoadPolicy { compiler: std::sync::Arc::new(compiler), capabilities: std::sync::Arc::new(host), ..LoadPolicy::default() };
+    let policy = LoadPolicy { compiler: Arc::new(compiler), capabilities: Arc::new(host), ..LoadPolicy::default() };
     let plugin = plugin::load_with(sandbox, artifact_cache(common).as_ref(), &files, &policy)?;
     plugin.keep_artifact();
     Ok(plugin)
@@ -704,6 +711,14 @@ async fn run(common: &CommonArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let checkpoint = args.checkpoint.map(|c| text_or_file(c, "--checkpoint")).transpose()?;
     let sandbox = Sandbox::with_pool(PoolSize::for_one_run())?;
     let plugin = load(common, &sandbox, &args.plugin, args.grants.host()?)?;
+    // The kv stores: a Kiln database of their own, in --kv DIR or for this run only.
+    let scratch = tempfile::tempdir().context("cannot make a directory for this run's kv store")?;
+    let kv_dir = args.grants.kv_dir.clone().unwrap_or_else(|| scratch.path().to_path_buf());
+    std::fs::create_dir_all(&kv_dir).with_context(|| format!("--kv: cannot create {}", kv_dir.display()))?;
+    let kv_store: Arc<dyn JobStore> = Arc::new(
+        SqliteStore::open(&kv_dir.join("kv.db"), Arc::new(SystemClock)).with_context(|| format!("--kv: cannot open the store in {}", kv_dir.display()))?,
+    );
+    sandbox.set_kv_backend(Arc::new(kiln::worker::StoreKv(kv_store.clone())));
     let mut budget: Budget = plugin.manifest.budget();
     if let Some(fuel) = args.fuel {
         anyhow::ensure!(fuel > 0, "--fuel must be greater than zero");
@@ -734,6 +749,11 @@ async fn run(common: &CommonArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let stop = sandbox.stop_signal();
     let report = sandbox.run_iteration(&plugin.component, &job, &budget, &stop).await;
+    // As a host would, with the run's completion: only an `ok` run has writes.
+    let writes = kiln::worker::dispatcher::kv_writes(&plugin.manifest.name, report.kv_writes.clone());
+    if !writes.is_empty() {
+        kv_store.write_kv(writes).await.context("the run's kv writes could not be stored")?;
+    }
     if args.json {
         println!("{}", report_json(&plugin, &report));
     } else {
@@ -781,6 +801,7 @@ fn report_json(plugin: &Plugin, report: &Report) -> serde_json::Value {
         "logs": logs,
         "log_bytes_dropped": report.log_bytes_dropped,
         "enqueued": report.enqueued.iter().map(child_json).collect::<Vec<_>>(),
+        "kv_writes": report.kv_writes.iter().map(kv_write_json).collect::<Vec<_>>(),
         "plugin": {
             "name": plugin.manifest.name,
             "version": plugin.manifest.version,
@@ -809,6 +830,17 @@ fn child_json(child: &kiln::capability::ChildJob) -> serde_json::Value {
     })
 }
 
+/// A kv write of the run, as `kiln run --json` reports it.
+fn kv_write_json(write: &kiln::capability::KvEffect) -> serde_json::Value {
+    use kiln::capability::kv::KvChange;
+    let (op, bytes, by) = match &write.change {
+        KvChange::Set(value) => ("set", Some(value.len()), None),
+        KvChange::Delete => ("delete", None, None),
+        KvChange::Add(delta) => ("add", None, Some(*delta)),
+    };
+    serde_json::json!({ "store": write.store, "key": write.key, "op": op, "bytes": bytes, "by": by })
+}
+
 fn print_report(report: &Report) {
     println!("outcome:     {}", report.outcome.name());
     if let Outcome::Ok(bytes) = &report.outcome {
@@ -822,6 +854,9 @@ fn print_report(report: &Report) {
     println!("duration:    {:.3} ms", report.duration.as_secs_f64() * 1000.0);
     if report.log_bytes_dropped > 0 {
         println!("logs:        {} bytes dropped past the per-run cap", report.log_bytes_dropped);
+    }
+    if !report.kv_writes.is_empty() {
+        println!("kv writes:   {} keys", report.kv_writes.len());
     }
     if !report.enqueued.is_empty() {
         let mut kinds: Vec<&str> = report.enqueued.iter().map(|c| c.kind.as_str()).collect();

@@ -82,6 +82,7 @@ pub async fn serve(
     let store = open_store(&config, clock.clone()).await?;
 
     let sandbox = Arc::new(Sandbox::with_pool(PoolSize::for_instances(config.max_instances))?);
+    sandbox.set_kv_backend(Arc::new(crate::worker::StoreKv(store.clone())));
     // Compiles run in child processes of this binary, killed past their budget.
     let compiler = Compiler::child_process(config.compile.clone()).context("cannot find the kiln executable to compile with")?;
     let capabilities = config.capabilities().context("cannot read the values behind [config] and [secrets]")?;
@@ -118,9 +119,9 @@ pub async fn serve(
     };
     let running = match started {
         Some(Ok(runs)) => {
-            for run in runs {
-                if let Err(e) = dispatcher.insert_children(run.enqueued).await {
-                    tracing::error!(plugin = %run.plugin, "the jobs this start-up plugin enqueued were not stored: {e}");
+            for mut run in runs {
+                if let Err(e) = dispatcher.apply_effects(&run.plugin, &mut run.report).await {
+                    tracing::error!(plugin = %run.plugin, "what this start-up plugin wrote to kv or enqueued was not stored: {e}");
                 }
             }
             readiness.send_replace(None);

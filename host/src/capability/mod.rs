@@ -13,8 +13,10 @@
 pub mod config;
 pub mod enqueue;
 pub mod http;
+pub mod kv;
 
 pub use enqueue::{ChildJob, Due};
+pub use kv::{KvBackend, KvEffect};
 pub use config::{ConfigValueError, ConfigValues, REDACTED, Redactor, Secret, SecretSource};
 pub use http::HttpOrigin;
 
@@ -86,6 +88,8 @@ pub struct HostPolicy {
     pub allow_http: Vec<HttpOrigin>,
     /// The kv stores that exist.
     pub kv_stores: Vec<String>,
+    /// What one plugin's store may hold, in bytes (keys and values).
+    pub kv_quota_bytes: u64,
 }
 
 /// The store every host has unless its config says otherwise.
@@ -93,12 +97,15 @@ pub const DEFAULT_KV_STORE: &str = "default";
 
 impl Default for HostPolicy {
     fn default() -> Self {
-        Self { allow_http: Vec::new(), kv_stores: vec![DEFAULT_KV_STORE.to_string()] }
+        Self { allow_http: Vec::new(), kv_stores: vec![DEFAULT_KV_STORE.to_string()], kv_quota_bytes: kv::DEFAULT_QUOTA_BYTES }
     }
 }
 
 impl HostPolicy {
     pub fn problem(&self) -> Option<(&'static str, String)> {
+        if self.kv_quota_bytes == 0 {
+            return Some(("capabilities.kv_quota_bytes", "must be greater than zero".into()));
+        }
         self.kv_stores.iter().find_map(|s| check_store_name(s).err().map(|p| ("capabilities.kv_stores", p)))
     }
 }
@@ -117,10 +124,14 @@ pub struct HostCapabilities {
 /// and the host's policy.
 #[derive(Debug, Clone, Default)]
 pub struct Grants {
+    /// The plugin's name: its kv stores live under it.
+    pub namespace: String,
     /// What the manifest asked for.
     pub asked: Request,
     pub http: Vec<HttpOrigin>,
     pub kv: Vec<String>,
+    /// What each of its stores may hold, in bytes.
+    pub kv_quota_bytes: u64,
     /// The config keys it may read that the host holds a value for.
     pub config_keys: Vec<String>,
     pub enqueue: Vec<String>,
@@ -133,8 +144,9 @@ pub struct Grants {
 }
 
 impl Grants {
-    /// The intersection of what `request` asks and what `host` allows.
-    pub fn resolve(request: &Request, host: &HostCapabilities) -> Self {
+    /// The intersection of what plugin `name`'s `request` asks and what
+    /// `host` allows.
+    pub fn resolve(name: &str, request: &Request, host: &HostCapabilities) -> Self {
         let mut http: Vec<HttpOrigin> =
             request.http.iter().flat_map(|asked| host.policy.allow_http.iter().filter_map(|allowed| asked.intersect(allowed))).collect();
         http.sort();
@@ -142,9 +154,11 @@ impl Grants {
         let kv = request.kv.iter().filter(|s| host.policy.kv_stores.contains(s)).cloned().collect();
         let (config_keys, config_missing) = request.config.iter().cloned().partition(|k| host.config.has(k));
         Self {
+            namespace: name.to_string(),
             asked: request.clone(),
             http,
             kv,
+            kv_quota_bytes: host.policy.kv_quota_bytes,
             config: host.config.grant(&request.config),
             config_keys,
             config_missing,
@@ -225,7 +239,7 @@ impl Capability {
 
     /// Whether this host links it yet.
     fn offered(self) -> bool {
-        matches!(self, Capability::Config | Capability::Enqueue)
+        matches!(self, Capability::Config | Capability::Enqueue | Capability::Kv)
     }
 
     /// Where the host's side of it is set, for an error that names it.
@@ -294,16 +308,24 @@ pub struct Scope {
     /// The largest payload a child may have (the host's own bound).
     pub(crate) max_payload_bytes: usize,
     pub(crate) children: enqueue::Children,
+    /// Where committed kv state is read (`None`: this host keeps none).
+    pub(crate) kv_backend: Option<std::sync::Arc<dyn KvBackend>>,
+    pub(crate) kv: kv::KvScope,
 }
 
 impl Scope {
-    pub(crate) fn new(grants: std::sync::Arc<Grants>, max_payload_bytes: usize) -> Self {
-        Self { grants, max_payload_bytes, children: enqueue::Children::default() }
+    pub(crate) fn new(grants: std::sync::Arc<Grants>, max_payload_bytes: usize, kv_backend: Option<std::sync::Arc<dyn KvBackend>>) -> Self {
+        Self { grants, max_payload_bytes, children: enqueue::Children::default(), kv_backend, kv: kv::KvScope::default() }
     }
 
-    /// The run's effects, taken at its end.
+    /// The jobs the run enqueued, taken at its end.
     pub(crate) fn take_children(&mut self) -> Vec<ChildJob> {
         std::mem::take(&mut self.children.jobs)
+    }
+
+    /// The run's kv writes, taken at its end.
+    pub(crate) fn take_kv_effects(&mut self) -> Vec<KvEffect> {
+        self.kv.take_effects()
     }
 }
 
@@ -315,9 +337,10 @@ pub(crate) trait InScope {
 
 /// Adds every capability the host offers to the linker, once; each
 /// iteration's store serves the grants of its own plugin version.
-pub(crate) fn add_to_linker<T: InScope + 'static>(linker: &mut wasmtime::component::Linker<T>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker<T: InScope + Send + 'static>(linker: &mut wasmtime::component::Linker<T>) -> wasmtime::Result<()> {
     config::add_to_linker(linker)?;
-    enqueue::add_to_linker(linker)
+    enqueue::add_to_linker(linker)?;
+    kv::add_to_linker(linker)
 }
 
 #[cfg(test)]
@@ -334,6 +357,7 @@ mod tests {
             policy: HostPolicy {
                 allow_http: allow_http.iter().map(|o| o.parse().unwrap()).collect(),
                 kv_stores: kv.iter().map(|s| s.to_string()).collect(),
+                ..HostPolicy::default()
             },
             config: ConfigValues::from_values(config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), BTreeMap::new()).unwrap(),
             queues: None,
@@ -345,12 +369,12 @@ mod tests {
         let asked = request(
             "http = [\"https://api.example.com\", \"http://127.0.0.1:*\"]\nkv = [\"default\", \"cache\"]\nconfig = [\"url\", \"token\"]\nenqueue = [\"send-email\"]\n",
         );
-        let grants = Grants::resolve(&asked, &host(&["http://127.0.0.1:8025", "https://other.example"], &["default"], &[("url", "u")]));
+        let grants = Grants::resolve("p", &asked, &host(&["http://127.0.0.1:8025", "https://other.example"], &["default"], &[("url", "u")]));
         assert_eq!(grants.http.iter().map(ToString::to_string).collect::<Vec<_>>(), ["http://127.0.0.1:8025"], "the host's narrower port wins");
         assert_eq!(grants.kv, ["default"]);
         assert_eq!((grants.config_keys.as_slice(), grants.config_missing.as_slice()), (&["url".to_string()][..], &["token".to_string()][..]));
         assert_eq!(grants.enqueue, ["send-email"]);
-        assert!(Grants::resolve(&asked, &HostCapabilities::default()).http.is_empty(), "a host allows no HTTP by default");
+        assert!(Grants::resolve("p", &asked, &HostCapabilities::default()).http.is_empty(), "a host allows no HTTP by default");
     }
 
     #[test]
@@ -371,8 +395,10 @@ mod tests {
         let e = check_import("wasi:config/store@0.2.0-rc.1", Capability::Config, &Grants::default()).unwrap_err().to_string();
         assert!(e.contains("which its manifest does not grant") && e.contains("`[capabilities] config`"), "{e}");
         let asked = request("config = [\"url\"]");
-        assert!(check_import("wasi:config/store", Capability::Config, &Grants::resolve(&asked, &HostCapabilities::default())).is_ok());
+        assert!(check_import("wasi:config/store", Capability::Config, &Grants::resolve("p", &asked, &HostCapabilities::default())).is_ok());
         let e = check_import("wasi:http/outgoing-handler@0.2.6", Capability::Http, &Grants::default()).unwrap_err().to_string();
+        let e2 = check_import("wasi:keyvalue/store@0.2.0-draft", Capability::Kv, &Grants::default()).unwrap_err().to_string();
+        assert!(e2.contains("which its manifest does not grant") && e2.contains("`[capabilities] kv`"), "{e2}");
         assert!(e.contains("does not offer yet"), "{e}");
         assert_eq!(Capability::of_import("wasi:keyvalue/store@0.2.0-draft"), Some(Capability::Kv));
         assert_eq!(Capability::of_import("kiln:worker/enqueue@0.1.0"), Some(Capability::Enqueue));

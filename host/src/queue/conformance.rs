@@ -355,8 +355,8 @@ pub async fn finish_many_applies_each_valid_transition(store: &dyn JobStore, _cl
     let stale = Lease { id: jobs[1].id, token: jobs[1].lease_token - 1 };
     let results = store
         .finish_many(vec![
-            Finish::new(jobs[0].lease(), Transition::Complete { result: b"0".to_vec(), children: vec![] }),
-            Finish::new(stale, Transition::Complete { result: b"1".to_vec(), children: vec![] }),
+            Finish::new(jobs[0].lease(), Transition::Complete { result: b"0".to_vec(), effects: Effects::default() }),
+            Finish::new(stale, Transition::Complete { result: b"1".to_vec(), effects: Effects::default() }),
             Finish::new(jobs[2].lease(), Transition::Discard { error: err(1, "bad") }),
         ])
         .await
@@ -446,9 +446,13 @@ pub async fn a_loop_is_held_by_one_host_and_its_checkpoint_is_fenced(store: &dyn
 pub async fn a_finish_records_the_plugin_version(store: &dyn JobStore, _clock: &ManualClock) {
     store.insert(new_job("echo")).await.unwrap();
     let job = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
-    let finish = Finish { ran_version: Some("2.0.0".into()), ..Finish::new(job.lease(), Transition::Complete { result: vec![], children: vec![] }) };
+    let finish = Finish { ran_version: Some("2.0.0".into()), ..Finish::new(job.lease(), Transition::Complete { result: vec![], effects: Effects::default() }) };
     store.finish(finish).await.unwrap();
     assert_eq!(store.get(job.id).await.unwrap().unwrap().plugin_version.as_deref(), Some("2.0.0"));
+}
+
+fn with_children(children: Vec<NewJob>) -> Effects {
+    Effects { children, ..Effects::default() }
 }
 
 /// The transactional outbox: a run's children are inserted with its
@@ -467,9 +471,9 @@ pub async fn a_completion_inserts_its_children_with_it_or_not_at_all(store: &dyn
     let stale = Lease { id: jobs[1].id, token: jobs[1].lease_token - 1 };
     let results = store
         .finish_many(vec![
-            Finish::new(jobs[0].lease(), Transition::Complete { result: b"a".to_vec(), children: vec![child(&jobs[0], 1), child(&jobs[0], 2), later(&jobs[0])] }),
+            Finish::new(jobs[0].lease(), Transition::Complete { result: b"a".to_vec(), effects: with_children(vec![child(&jobs[0], 1), child(&jobs[0], 2), later(&jobs[0])]) }),
             // A stale completion (its lease was rescued and re-run elsewhere) inserts nothing.
-            Finish::new(stale, Transition::Complete { result: b"b".to_vec(), children: vec![child(&jobs[1], 3)] }),
+            Finish::new(stale, Transition::Complete { result: b"b".to_vec(), effects: with_children(vec![child(&jobs[1], 3)]) }),
             Finish::new(jobs[2].lease(), Transition::Discard { error: err(1, "bad") }),
         ])
         .await
@@ -485,13 +489,62 @@ pub async fn a_completion_inserts_its_children_with_it_or_not_at_all(store: &dyn
     let next = store.insert(new_job("fan-out")).await.unwrap().job;
     let next = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().filter(|j| j.id == next.id).expect("claimed");
     store
-        .finish(Finish::new(next.lease(), Transition::Complete { result: vec![], children: vec![later(&next), child(&next, 4)] }))
+        .finish(Finish::new(next.lease(), Transition::Complete { result: vec![], effects: with_children(vec![later(&next), child(&next, 4)]) }))
         .await
         .unwrap();
     let children = store.list(ListFilter { kind: Some("send-email".into()), ..ListFilter::default() }).await.unwrap().jobs;
     assert_eq!(children.len(), 4, "the keyed child was held already: {children:?}");
     assert_eq!(children[3].parent_id, Some(next.id));
     assert!(store.queues().await.unwrap().iter().any(|q| q.name == "mail"), "a child's queue is known to the store");
+}
+
+fn kv(store: &str, key: &str, change: KvChange) -> KvWrite {
+    KvWrite { namespace: "counter".into(), store: store.into(), key: key.into(), change }
+}
+
+/// A run's kv writes are applied with its completion, only when its lease
+/// is current; a store is namespaced; `Add` works on numbers only.
+pub async fn kv_writes_commit_with_the_completion_or_not_at_all(store: &dyn JobStore, _clock: &ManualClock) {
+    store.write_kv(vec![kv("default", "n", KvChange::Set(b"40".to_vec())), kv("default", "text", KvChange::Set(b"hello".to_vec()))]).await.unwrap();
+    store.insert_many(vec![new_job("counter"), new_job("counter")]).await.unwrap();
+    let jobs = store.claim(claim(DEFAULT_QUEUE, 2)).await.unwrap();
+    let stale = Lease { id: jobs[1].id, token: jobs[1].lease_token - 1 };
+    let effects = |writes: Vec<KvWrite>| Effects { kv: writes, ..Effects::default() };
+    let results = store
+        .finish_many(vec![
+            Finish::new(
+                jobs[0].lease(),
+                Transition::Complete {
+                    result: vec![],
+                    effects: effects(vec![
+                        kv("default", "n", KvChange::Add(2)),
+                        kv("default", "fresh", KvChange::Add(7)),
+                        kv("default", "text", KvChange::Add(1)),
+                        kv("default", "a/1", KvChange::Set(vec![0xff, 0])),
+                        kv("default", "a/2", KvChange::Set(b"x".to_vec())),
+                        kv("other", "n", KvChange::Set(b"o".to_vec())),
+                    ]),
+                },
+            ),
+            Finish::new(stale, Transition::Complete { result: vec![], effects: effects(vec![kv("default", "n", KvChange::Set(b"stale".to_vec()))]) }),
+        ])
+        .await
+        .unwrap();
+    assert!(results[0].is_ok() && results[1].is_err(), "{results:?}");
+    let get = |store_name: &'static str, key: &'static str| async move { store.kv_get("counter", store_name, key).await.unwrap() };
+    assert_eq!(get("default", "n").await.as_deref(), Some(&b"42"[..]), "added to the committed number");
+    assert_eq!(get("default", "fresh").await.as_deref(), Some(&b"7"[..]), "a missing key starts from 0");
+    assert_eq!(get("default", "text").await.as_deref(), Some(&b"hello"[..]), "a key that holds no number is left as it is");
+    assert_eq!(get("other", "n").await.as_deref(), Some(&b"o"[..]));
+    assert_eq!(store.kv_get("someone-else", "default", "n").await.unwrap(), None, "stores are per namespace");
+    assert_eq!(store.kv_keys("counter", "default", "", 0, 10).await.unwrap(), ["a/1", "a/2", "fresh", "n", "text"]);
+    assert_eq!(store.kv_keys("counter", "default", "a/", 1, 10).await.unwrap(), ["a/2"], "prefix and offset");
+    assert_eq!(store.kv_keys("counter", "default", "", 4, 10).await.unwrap(), ["text"]);
+    // a/1 (3+2) a/2 (3+1) fresh (5+1) n (1+2) text (4+5)
+    assert_eq!(store.kv_usage("counter", "default").await.unwrap(), 5 + 4 + 6 + 3 + 9);
+    store.write_kv(vec![kv("default", "a/1", KvChange::Delete)]).await.unwrap();
+    assert_eq!(store.kv_get("counter", "default", "a/1").await.unwrap(), None);
+    assert_eq!(store.get(jobs[1].id).await.unwrap().unwrap().state, JobState::Running, "the stale completion changed nothing");
 }
 
 impl ManualClock {
@@ -530,6 +583,7 @@ macro_rules! conformance_tests {
             a_loop_is_held_by_one_host_and_its_checkpoint_is_fenced,
             a_finish_records_the_plugin_version,
             a_completion_inserts_its_children_with_it_or_not_at_all,
+            kv_writes_commit_with_the_completion_or_not_at_all,
         );
     };
     (@each $factory:ident, $attrs:tt, $($test:ident),+ $(,)?) => {

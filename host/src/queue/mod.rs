@@ -15,7 +15,7 @@ pub use job::{AttemptError, Job, JobId, JobState, Lease, Millis};
 pub use postgres::{DEFAULT_SCHEMA, PostgresStore, WAKE_ALL, check_schema};
 pub use sqlite::SqliteStore;
 pub use store::{
-    ClaimParams, DEFAULT_PAGE_BYTES, DEFAULT_QUEUE, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, ListFilter, LoopClaim,
+    ClaimParams, DEFAULT_PAGE_BYTES, DEFAULT_QUEUE, Effects, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, KvChange, KvWrite, ListFilter, LoopClaim,
     LoopLease, LoopSave, LoopState, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, schedule_key,
     SCHEDULE_TICK_KEPT, schedule_key_range, schedule_tick_key, tick_of_key,
 };

@@ -19,7 +19,7 @@
 use super::clock::SharedClock;
 use super::job::{AttemptError, Job, JobId, JobState, Lease, Millis};
 use super::store::{
-    ClaimParams, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, ListFilter, LoopClaim, LoopLease, LoopSave,
+    ClaimParams, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, KvChange, KvWrite, ListFilter, LoopClaim, LoopLease, LoopSave,
     LoopState, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, SCHEDULE_TICK_KEPT, schedule_key_range, schedule_tick_key, tick_of_key,
 };
 use async_trait::async_trait;
@@ -122,6 +122,20 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
     -- The job whose successful run enqueued this one.
     ALTER TABLE jobs ADD COLUMN parent_id bigint;
     CREATE INDEX jobs_parent ON jobs (parent_id) WHERE parent_id IS NOT NULL;
+    "#,
+), (
+    3,
+    "key-value stores",
+    r#"
+    -- What plugins keep (wasi:keyvalue), per plugin (`namespace`) and store.
+    CREATE TABLE kv (
+        namespace  text   NOT NULL,
+        store      text   NOT NULL,
+        key        text   COLLATE "C" NOT NULL,
+        value      bytea  NOT NULL,
+        updated_at bigint NOT NULL,
+        PRIMARY KEY (namespace, store, key)
+    );
     "#,
 )];
 
@@ -516,6 +530,45 @@ async fn complete_batch(client: &impl GenericClient, finishes: &[&Finish], now: 
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// Applies kv writes in order. `Add` touches only a key that holds a
+/// decimal number of at most 18 digits (or none: it starts from 0).
+async fn apply_kv(client: &impl GenericClient, writes: &[KvWrite], now: Millis) -> Result<(), StoreError> {
+    for w in writes {
+        let (ns, store, key) = (&w.namespace, &w.store, &w.key);
+        match &w.change {
+            KvChange::Set(value) => {
+                let stmt = client
+                    .prepare_cached(
+                        "INSERT INTO kv (namespace, store, key, value, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (namespace, store, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                client.execute(&stmt, &[ns, store, key, value, &now]).await.map_err(pg_error)?;
+            }
+            KvChange::Delete => {
+                let stmt = client.prepare_cached("DELETE FROM kv WHERE namespace = $1 AND store = $2 AND key = $3").await.map_err(pg_error)?;
+                client.execute(&stmt, &[ns, store, key]).await.map_err(pg_error)?;
+            }
+            KvChange::Add(delta) => {
+                // `encode(..., 'escape')` reads any bytes; only a plain number matches.
+                let stmt = client
+                    .prepare_cached(
+                        "INSERT INTO kv (namespace, store, key, value, updated_at) VALUES ($1, $2, $3, convert_to($4::bigint::text, 'UTF8'), $5) \
+                         ON CONFLICT (namespace, store, key) DO UPDATE SET \
+                           value = CASE WHEN encode(kv.value, 'escape') ~ '^-?[0-9]{1,18}$' \
+                                   THEN convert_to((encode(kv.value, 'escape')::bigint + $4::bigint)::text, 'UTF8') ELSE kv.value END, \
+                           updated_at = $5",
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                client.execute(&stmt, &[ns, store, key, delta, &now]).await.map_err(pg_error)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Inserts jobs in order (and the queues they name); a job whose unique
 /// key is held yields the job holding it. Keyed jobs go one statement
 /// each: call it inside a transaction when any has a key.
@@ -675,8 +728,8 @@ impl JobStore for PostgresStore {
         let mut client = self.client().await?;
         let completes: Vec<&Finish> = finishes.iter().filter(|f| matches!(f.transition, Transition::Complete { .. })).collect();
         let stale = |f: &Finish| Err(StoreError::StaleLease { id: f.lease.id, token: f.lease.token });
-        let has_children = |f: &Finish| matches!(&f.transition, Transition::Complete { children, .. } if !children.is_empty());
-        if completes.len() == finishes.len() && !finishes.iter().any(has_children) {
+        let has_effects = |f: &Finish| matches!(&f.transition, Transition::Complete { effects, .. } if !effects.is_empty());
+        if completes.len() == finishes.len() && !finishes.iter().any(has_effects) {
             // The common case: one statement, no explicit transaction.
             let done = complete_batch(&client, &completes, now).await?;
             return Ok(finishes.iter().map(|f| if done.contains(&f.lease.id) { Ok(()) } else { stale(f) }).collect());
@@ -686,11 +739,14 @@ impl JobStore for PostgresStore {
         let ids: Vec<JobId> = finishes.iter().map(|f| f.lease.id).collect();
         tx.execute("SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE", &[&ids]).await.map_err(pg_error)?;
         let done = if completes.is_empty() { HashSet::new() } else { complete_batch(&tx, &completes, now).await? };
-        // The children of the runs completed here, in the same transaction.
+        // The effects of the runs completed here, in the same transaction.
         for f in &finishes {
-            if let Transition::Complete { children, .. } = &f.transition {
-                if !children.is_empty() && done.contains(&f.lease.id) {
-                    insert_jobs(&tx, children, now).await?;
+            if let Transition::Complete { effects, .. } = &f.transition {
+                if done.contains(&f.lease.id) {
+                    apply_kv(&tx, &effects.kv, now).await?;
+                    if !effects.children.is_empty() {
+                        insert_jobs(&tx, &effects.children, now).await?;
+                    }
                 }
             }
         }
@@ -984,6 +1040,44 @@ impl JobStore for PostgresStore {
             .await
             .map_err(pg_error)?;
         if changed == 1 { Ok(()) } else { Err(StoreError::LoopLost { name: name.to_string(), token }) }
+    }
+
+    async fn kv_get(&self, namespace: &str, store: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached("SELECT value FROM kv WHERE namespace = $1 AND store = $2 AND key = $3").await.map_err(pg_error)?;
+        Ok(client.query_opt(&stmt, &[&namespace, &store, &key]).await.map_err(pg_error)?.map(|r| r.get(0)))
+    }
+
+    async fn kv_keys(&self, namespace: &str, store: &str, prefix: &str, offset: u64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        // `starts_with` on a "C"-collated key: byte order, no LIKE escaping.
+        let stmt = client
+            .prepare_cached(
+                "SELECT key FROM kv WHERE namespace = $1 AND store = $2 AND starts_with(key, $3) ORDER BY key LIMIT $4 OFFSET $5",
+            )
+            .await
+            .map_err(pg_error)?;
+        let (limit, offset) = (limit as i64, offset.min(i64::MAX as u64) as i64);
+        let rows = client.query(&stmt, &[&namespace, &store, &prefix, &limit, &offset]).await.map_err(pg_error)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn kv_usage(&self, namespace: &str, store: &str) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT coalesce(sum(octet_length(key) + octet_length(value)), 0)::bigint FROM kv WHERE namespace = $1 AND store = $2")
+            .await
+            .map_err(pg_error)?;
+        let used: i64 = client.query_one(&stmt, &[&namespace, &store]).await.map_err(pg_error)?.get(0);
+        Ok(used as u64)
+    }
+
+    async fn write_kv(&self, writes: Vec<KvWrite>) -> Result<(), StoreError> {
+        let now = self.now();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        apply_kv(&tx, &writes, now).await?;
+        tx.commit().await.map_err(pg_error)
     }
 
     async fn loops(&self) -> Result<Vec<LoopState>, StoreError> {

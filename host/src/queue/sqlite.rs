@@ -10,7 +10,7 @@
 use super::clock::SharedClock;
 use super::job::{AttemptError, Job, JobId, JobState, Lease, Millis};
 use super::store::{
-    ClaimParams, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, ListFilter, LoopClaim, LoopLease, LoopSave,
+    ClaimParams, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, KvChange, KvWrite, ListFilter, LoopClaim, LoopLease, LoopSave,
     LoopState, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, SCHEDULE_TICK_KEPT, schedule_key_range, schedule_tick_key, tick_of_key,
 };
 use async_trait::async_trait;
@@ -88,6 +88,21 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     -- The job whose successful run enqueued this one.
     ALTER TABLE jobs ADD COLUMN parent_id INTEGER;
     CREATE INDEX jobs_parent ON jobs (parent_id) WHERE parent_id IS NOT NULL;
+    "#,
+    ),
+    (
+        4,
+        "key-value stores",
+        r#"
+    -- What plugins keep (wasi:keyvalue), per plugin (`namespace`) and store.
+    CREATE TABLE kv (
+        namespace  TEXT    NOT NULL,
+        store      TEXT    NOT NULL,
+        key        TEXT    NOT NULL,
+        value      BLOB    NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (namespace, store, key)
+    ) WITHOUT ROWID;
     "#,
     ),
 ];
@@ -294,7 +309,12 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
                 params![version, name, super::clock::Clock::now(&super::clock::SystemClock)],
             )
             .map_err(db_error)?;
-            tracing::info!(version, name, "applied database migration");
+            // Upgrading a database is news; making a new one is not.
+            if current > 0 {
+                tracing::info!(version, name, "applied database migration");
+            } else {
+                tracing::debug!(version, name, "applied database migration");
+            }
         }
         Ok(())
     })();
@@ -345,13 +365,16 @@ fn error_json(error: &AttemptError) -> String {
 fn apply(tx: &rusqlite::Transaction<'_>, finish: &Finish, now: Millis) -> rusqlite::Result<bool> {
     let Lease { id, token } = finish.lease;
     let changed = match &finish.transition {
-        Transition::Complete { result, children } => {
+        Transition::Complete { result, effects } => {
             let changed = tx
                 .prepare_cached(concat!("UPDATE jobs SET state = 'completed', result = ?3, finalized_at = ?4, ", clear_lease!(), fence!()))?
                 .execute(params![id, token, result, now, Null, Null, Null, Null, finish.ran_version])?;
-            // The run's children go in with its completion, or not at all.
-            if changed == 1 && !children.is_empty() {
-                insert_jobs(tx, children, now)?;
+            // The run's effects go in with its completion, or not at all.
+            if changed == 1 {
+                apply_kv(tx, &effects.kv, now)?;
+                if !effects.children.is_empty() {
+                    insert_jobs(tx, &effects.children, now)?;
+                }
             }
             changed
         }
@@ -394,6 +417,35 @@ fn apply(tx: &rusqlite::Transaction<'_>, finish: &Finish, now: Millis) -> rusqli
     Ok(changed == 1)
 }
 
+/// Applies kv writes in order. `Add` touches only a key that holds a
+/// decimal number of at most 18 digits (or none: it starts from 0).
+fn apply_kv(tx: &rusqlite::Transaction<'_>, writes: &[KvWrite], now: Millis) -> rusqlite::Result<()> {
+    for w in writes {
+        match &w.change {
+            KvChange::Set(value) => tx
+                .prepare_cached(
+                    "INSERT INTO kv (namespace, store, key, value, updated_at) VALUES (?1, ?2, ?3, ?4, ?5) \
+                     ON CONFLICT (namespace, store, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                )?
+                .execute(params![w.namespace, w.store, w.key, value, now])?,
+            KvChange::Delete => tx
+                .prepare_cached("DELETE FROM kv WHERE namespace = ?1 AND store = ?2 AND key = ?3")?
+                .execute(params![w.namespace, w.store, w.key])?,
+            KvChange::Add(delta) => tx
+                .prepare_cached(
+                    "INSERT INTO kv (namespace, store, key, value, updated_at) VALUES (?1, ?2, ?3, CAST(CAST(?4 AS TEXT) AS BLOB), ?5) \
+                     ON CONFLICT (namespace, store, key) DO UPDATE SET \
+                       value = CASE WHEN length(kv.value) <= 19 \
+                                     AND CAST(CAST(CAST(kv.value AS TEXT) AS INTEGER) AS TEXT) = CAST(kv.value AS TEXT) \
+                                THEN CAST(CAST(CAST(CAST(kv.value AS TEXT) AS INTEGER) + ?4 AS TEXT) AS BLOB) ELSE kv.value END, \
+                       updated_at = ?5",
+                )?
+                .execute(params![w.namespace, w.store, w.key, delta, now])?,
+        };
+    }
+    Ok(())
+}
+
 /// Inserts jobs in order (and the queues they name); a job whose unique
 /// key is held yields the job holding it.
 fn insert_jobs(tx: &rusqlite::Transaction<'_>, jobs: &[NewJob], now: Millis) -> rusqlite::Result<Vec<Inserted>> {
@@ -430,6 +482,19 @@ fn insert_jobs(tx: &rusqlite::Transaction<'_>, jobs: &[NewJob], now: Millis) -> 
         inserted.push(Inserted { job: row, created: true });
     }
     Ok(inserted)
+}
+
+/// The first string after every string that starts with `prefix` (`None`:
+/// there is none, or the prefix is empty and every key matches).
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        if let Some(next) = char::from_u32(last as u32 + 1) {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
 }
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
@@ -798,6 +863,49 @@ impl JobStore for SqliteStore {
             if changed == 1 { Ok(()) } else { Err(StoreError::LoopLost { name, token }) }
         })
         .await
+    }
+
+    async fn kv_get(&self, namespace: &str, store: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let (namespace, store, key) = (namespace.to_string(), store.to_string(), key.to_string());
+        self.read(move |conn, _| {
+            conn.prepare_cached("SELECT value FROM kv WHERE namespace = ?1 AND store = ?2 AND key = ?3")
+                .and_then(|mut s| s.query_row(params![namespace, store, key], |r| r.get(0)).optional())
+                .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn kv_keys(&self, namespace: &str, store: &str, prefix: &str, offset: u64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let (namespace, store) = (namespace.to_string(), store.to_string());
+        // Keys from `prefix` up to (not including) the first key past every key that starts with it.
+        let (start, end) = (prefix.to_string(), prefix_end(prefix));
+        self.read(move |conn, _| {
+            conn.prepare_cached(
+                "SELECT key FROM kv WHERE namespace = ?1 AND store = ?2 AND key >= ?3 AND (?4 IS NULL OR key < ?4) \
+                 ORDER BY key LIMIT ?5 OFFSET ?6",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![namespace, store, start, end, limit as i64, offset.min(i64::MAX as u64) as i64], |r| r.get(0))?
+                    .collect()
+            })
+            .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn kv_usage(&self, namespace: &str, store: &str) -> Result<u64, StoreError> {
+        let (namespace, store) = (namespace.to_string(), store.to_string());
+        self.read(move |conn, _| {
+            conn.prepare_cached("SELECT coalesce(sum(length(key) + length(value)), 0) FROM kv WHERE namespace = ?1 AND store = ?2")
+                .and_then(|mut s| s.query_row(params![namespace, store], |r| r.get::<_, i64>(0)))
+                .map(|n| n as u64)
+                .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn write_kv(&self, writes: Vec<KvWrite>) -> Result<(), StoreError> {
+        self.write(move |tx, now| apply_kv(tx, &writes, now).map_err(db_error)).await
     }
 
     async fn loops(&self) -> Result<Vec<LoopState>, StoreError> {

@@ -74,9 +74,10 @@ pub struct HeartbeatResult {
 /// How a running job leaves `running`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transition {
-    /// → completed, with the result; the jobs the run enqueued are
-    /// inserted in the same transaction (and only if the lease is current).
-    Complete { result: Vec<u8>, children: Vec<NewJob> },
+    /// → completed, with the result; the run's effects (the jobs it
+    /// enqueued, its kv writes) are applied in the same transaction, and
+    /// only if the lease is current.
+    Complete { result: Vec<u8>, effects: Effects },
     /// → retryable until `at`, recording the error.
     RetryAt { at: Millis, error: AttemptError },
     /// → dead (the dead-letter state), recording the error.
@@ -98,6 +99,40 @@ impl Transition {
             Transition::Cancel { .. } => "cancel",
         }
     }
+}
+
+/// What a run changed in Kiln's own state, applied with its completion.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// Jobs it enqueued, inserted in order.
+    pub children: Vec<NewJob>,
+    /// Its kv writes, applied in order.
+    pub kv: Vec<KvWrite>,
+}
+
+impl Effects {
+    pub fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.kv.is_empty()
+    }
+}
+
+/// One change to a key of a kv store. Stores are namespaced: a plugin's
+/// `default` is not another plugin's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvWrite {
+    pub namespace: String,
+    pub store: String,
+    pub key: String,
+    pub change: KvChange,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvChange {
+    Set(Vec<u8>),
+    Delete,
+    /// Adds to the decimal number the key holds (a missing key holds 0;
+    /// a key that holds no such number is left as it is).
+    Add(i64),
 }
 
 /// One transition out of `running`, accepted only with the current token.
@@ -302,7 +337,7 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// → completed.
     async fn complete(&self, lease: Lease, result: Vec<u8>) -> Result<(), StoreError> {
-        self.finish(Finish::new(lease, Transition::Complete { result, children: Vec::new() })).await
+        self.finish(Finish::new(lease, Transition::Complete { result, effects: Effects::default() })).await
     }
 
     /// → retryable at `at`.
@@ -388,6 +423,21 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Every loop the store knows.
     async fn loops(&self) -> Result<Vec<LoopState>, StoreError>;
+
+    /// The committed value of a kv key.
+    async fn kv_get(&self, namespace: &str, store: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Committed keys of a kv store in byte order, from the `offset`-th,
+    /// at most `limit`; with `prefix`, only keys that start with it.
+    async fn kv_keys(&self, namespace: &str, store: &str, prefix: &str, offset: u64, limit: usize) -> Result<Vec<String>, StoreError>;
+
+    /// The bytes a kv store holds: its keys' and values' lengths, summed.
+    async fn kv_usage(&self, namespace: &str, store: &str) -> Result<u64, StoreError>;
+
+    /// Applies kv writes in one transaction of their own: for runs that
+    /// complete no job (`kiln run`, loop passes, start-up runs) and for
+    /// operators.
+    async fn write_kv(&self, writes: Vec<KvWrite>) -> Result<(), StoreError>;
 
     /// Announcements of jobs inserted into this store by any host, as the
     /// name of the queue they went to ([`WAKE_ALL`](crate::queue::WAKE_ALL):

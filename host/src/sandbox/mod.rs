@@ -147,6 +147,9 @@ pub enum PrepareError {
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<IterationState>,
+    /// Where the kv capability reads committed state; unset, plugins
+    /// granted kv find no store.
+    kv_backend: std::sync::OnceLock<Arc<dyn capability::KvBackend>>,
     pool: PoolSize,
     admission: Admission,
     ticker: engine::EpochTicker,
@@ -185,7 +188,13 @@ impl Sandbox {
         context::add_to_linker(&mut linker)?;
         capability::add_to_linker(&mut linker)?;
         let ticker = engine::EpochTicker::start(engine.clone())?;
-        Ok(Self { engine, linker, pool, admission: Admission::new(pool), ticker })
+        Ok(Self { engine, linker, kv_backend: std::sync::OnceLock::new(), pool, admission: Admission::new(pool), ticker })
+    }
+
+    /// Where the kv capability reads committed state (set once, before
+    /// plugins granted kv run).
+    pub fn set_kv_backend(&self, backend: Arc<dyn capability::KvBackend>) {
+        let _ = self.kv_backend.set(backend);
     }
 
     /// The instance pool this sandbox admits jobs to.
@@ -268,7 +277,7 @@ impl Sandbox {
                 stop.clone(),
                 deadline,
                 budget.memory_bytes,
-                capability::Scope::new(plugin.grants.clone(), budget.max_payload_bytes),
+                capability::Scope::new(plugin.grants.clone(), budget.max_payload_bytes, self.kv_backend.get().cloned()),
             ),
         );
         store.limiter(|state| state);
@@ -322,6 +331,7 @@ impl Sandbox {
         let (peak, progress) = (state.memory.peak, state.progress);
         // Effects count only for a run that completed.
         let mut children = if outcome.is_ok() { state.scope.take_children() } else { Vec::new() };
+        let kv_writes = if outcome.is_ok() { state.scope.take_kv_effects() } else { Vec::new() };
         let redactor = log.redactor();
         if !redactor.is_empty() {
             for child in &mut children {
@@ -332,6 +342,7 @@ impl Sandbox {
         drop(store);
         let mut report = finish(outcome, fuel_used, peak, progress, started, &log);
         report.enqueued = children;
+        report.kv_writes = kv_writes;
         report
     }
 }
@@ -339,7 +350,7 @@ impl Sandbox {
 fn finish(outcome: Outcome, fuel_used: u64, peak: u64, progress: Option<u8>, started: Instant, log: &IterationLog) -> Report {
     let (logs, log_bytes_dropped) = log.finish();
     let outcome = outcome.redacted(log.redactor());
-    Report { outcome, fuel_used, peak_memory_bytes: peak, duration: started.elapsed(), progress, logs, log_bytes_dropped, enqueued: Vec::new() }
+    Report { outcome, fuel_used, peak_memory_bytes: peak, duration: started.elapsed(), progress, logs, log_bytes_dropped, enqueued: Vec::new(), kv_writes: Vec::new() }
 }
 
 /// Bytes in a WebAssembly page.

@@ -110,6 +110,9 @@ pub struct Report {
     /// The jobs a run that completed `ok` enqueued (empty otherwise): an
     /// effect the worker inserts with the job's completion.
     pub enqueued: Vec<crate::capability::ChildJob>,
+    /// The kv writes of a run that completed `ok` (empty otherwise): an
+    /// effect, committed with the job's completion.
+    pub kv_writes: Vec<crate::capability::KvEffect>,
 }
 
 impl Report {
@@ -125,6 +128,7 @@ impl Report {
             logs: Vec::new(),
             log_bytes_dropped: 0,
             enqueued: Vec::new(),
+            kv_writes: Vec::new(),
         }
     }
 }

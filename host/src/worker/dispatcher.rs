@@ -388,11 +388,17 @@ impl Dispatcher {
         Ok(inserted)
     }
 
-    /// Inserts what a loop pass or a start-up run enqueued, and wakes their
-    /// queues. Those runs complete no job for the children to go in with:
-    /// they are inserted after the pass's checkpoint is stored (or the
-    /// start-up run ended `ok`), in a transaction of their own.
-    pub async fn insert_children(&self, children: Vec<crate::capability::ChildJob>) -> Result<(), StoreError> {
+    /// Applies what a loop pass or a start-up run of `plugin` changed (its
+    /// kv writes, the jobs it enqueued), and wakes the children's queues.
+    /// Those runs complete no job for the effects to go in with: they are
+    /// applied after the pass's checkpoint is stored (or the start-up run
+    /// ended `ok`), in transactions of their own.
+    pub async fn apply_effects(&self, plugin: &str, report: &mut crate::sandbox::Report) -> Result<(), StoreError> {
+        let writes = kv_writes(plugin, std::mem::take(&mut report.kv_writes));
+        if !writes.is_empty() {
+            self.inner.store.write_kv(writes).await?;
+        }
+        let children = std::mem::take(&mut report.enqueued);
         if children.is_empty() {
             return Ok(());
         }
@@ -837,8 +843,9 @@ async fn run_job(inner: Arc<Inner>, job: Job, stop: StopSignal, _slot: OwnedSema
     let now = inner.clock.now();
     match decide(&job, &report.outcome, reason, &policy, now) {
         Some(mut transition) => {
-            if let Transition::Complete { children, .. } = &mut transition {
-                *children = child_jobs(&inner, Some(job.id), std::mem::take(&mut report.enqueued), now);
+            if let Transition::Complete { effects, .. } = &mut transition {
+                effects.children = child_jobs(&inner, Some(job.id), std::mem::take(&mut report.enqueued), now);
+                effects.kv = kv_writes(&job.kind, std::mem::take(&mut report.kv_writes));
             }
             log_run_end(&job, &report, &transition);
             inner.unwritten.lock().expect("poisoned").insert(job.id, lease);
@@ -868,6 +875,27 @@ fn child_jobs(inner: &Inner, parent_id: Option<JobId>, children: Vec<crate::capa
             parent_id,
             payload: c.payload,
             kind: c.kind,
+        })
+        .collect()
+}
+
+/// A run's kv writes as the store applies them: in the stores of the
+/// plugin that ran (its name is their namespace).
+pub fn kv_writes(plugin: &str, effects: Vec<crate::capability::KvEffect>) -> Vec<crate::queue::KvWrite> {
+    use crate::capability::kv::KvChange as Ran;
+    use crate::queue::KvChange;
+    effects
+        .into_iter()
+        .map(|e| crate::queue::KvWrite {
+            namespace: plugin.to_string(),
+            store: e.store,
+            key: e.key,
+            change: match e.change {
+                Ran::Set(value) => KvChange::Set(value),
+                Ran::Delete => KvChange::Delete,
+                // Bounded to 10^17 by the capability.
+                Ran::Add(delta) => KvChange::Add(i64::try_from(delta).unwrap_or(i64::MAX)),
+            },
         })
         .collect()
 }
@@ -960,8 +988,8 @@ async fn finisher(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>) {
                         Err(e) => tracing::warn!(job = lease.id, "transition refused: {e}"),
                         // Children were inserted with the completion: wake their queues here.
                         Ok(()) => {
-                            if let Transition::Complete { children, .. } = &finish.transition {
-                                woken.extend(children.iter().map(|c| c.queue.as_str()));
+                            if let Transition::Complete { effects, .. } = &finish.transition {
+                                woken.extend(effects.children.iter().map(|c| c.queue.as_str()));
                             }
                         }
                     }

@@ -71,13 +71,14 @@ pub(super) async fn run_loop(dispatcher: Dispatcher, name: String, trigger: Cont
                 tracing::warn!(plugin = %name, "loop lease lost (another host took it); stopping here");
                 break false;
             }
-            let wait = match ran.report.outcome {
+            let outcome = std::mem::replace(&mut ran.report.outcome, Outcome::Cancelled { interrupted: false });
+            let wait = match outcome {
                 Outcome::Ok(output) => {
                     let save = LoopSave { name: name.clone(), token: lease.token, checkpoint: Some(output.clone()), lease_ms };
                     match store.save_loop(save).await {
                         Ok(()) => {
-                            if let Err(e) = dispatcher.insert_children(std::mem::take(&mut ran.report.enqueued)).await {
-                                tracing::error!(plugin = %name, "the jobs this loop pass enqueued were not stored: {e}");
+                            if let Err(e) = dispatcher.apply_effects(&name, &mut ran.report).await {
+                                tracing::error!(plugin = %name, "what this loop pass wrote to kv or enqueued was not stored: {e}");
                             }
                             passes += 1;
                             failures = 0;

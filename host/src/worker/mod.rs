@@ -7,9 +7,11 @@
 //! [`startup`] (start-up plugins), [`triggers`] (starts and stops the
 //! schedule and loop tasks as the registry changes), [`rescuer`] (expired
 //! leases), [`retry_policy`] (outcome → transition), [`runner`] (what runs
-//! an iteration), [`metrics`].
+//! an iteration), [`kv_backend`] (the kv capability's reads of the job
+//! store), [`metrics`].
 
 pub mod dispatcher;
+pub mod kv_backend;
 pub mod looper;
 pub mod metrics;
 pub mod rescuer;
@@ -20,6 +22,7 @@ pub mod startup;
 mod triggers;
 
 pub use dispatcher::{Dispatcher, DispatcherConfig, EnqueueError, EnqueueRequest, QueueConfig, Running};
+pub use kv_backend::StoreKv;
 pub use metrics::Metrics;
 pub use runner::{KindInfo, Ran, Runner, SandboxRunner};
 pub use startup::{StartupFailed, run_startup_plugins};

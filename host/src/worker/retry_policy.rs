@@ -59,7 +59,7 @@ pub fn decide(job: &Job, outcome: &Outcome, stopped: Option<StopReason>, policy:
     Some(match (outcome, stopped) {
         (_, Some(StopReason::LeaseLost)) => return None,
         // The run's children are the caller's to add (they are its effects).
-        (Outcome::Ok(result), _) => Transition::Complete { result: result.clone(), children: Vec::new() },
+        (Outcome::Ok(result), _) => Transition::Complete { result: result.clone(), effects: Default::default() },
         // A requested cancel wins over however else the run ended (its own
         // timeout, a trap, a retry it asked for): the job is not run again.
         (_, Some(StopReason::CancelRequested)) => Transition::Cancel { error: error() },

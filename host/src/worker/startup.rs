@@ -24,8 +24,9 @@ pub struct StartupRun {
     pub plugin: String,
     pub ok: bool,
     pub duration: std::time::Duration,
-    /// What an `ok` run enqueued: the caller inserts it once the store is open to work.
-    pub enqueued: Vec<crate::capability::ChildJob>,
+    /// The run, with what an `ok` one changed (kv writes, enqueued jobs):
+    /// the caller applies it before other work starts.
+    pub report: crate::sandbox::Report,
 }
 
 /// Runs every start-up plugin the runner knows, once, on `runtime`.
@@ -42,13 +43,12 @@ pub async fn run_startup_plugins(runner: Arc<dyn Runner>, runtime: tokio::runtim
                 task_runner.run(&input, &stop).await
             })
             .await;
-        let mut report = match ran {
+        let report = match ran {
             Ok(ran) => ran.report,
             Err(e) => crate::sandbox::Report::without_cost(Outcome::Fatal(format!("the start-up task failed: {e}"))),
         };
         let ok = matches!(report.outcome, Outcome::Ok(_));
-        let enqueued = std::mem::take(&mut report.enqueued);
-        runs.push(StartupRun { plugin: name.clone(), ok, duration: report.duration, enqueued });
+        runs.push(StartupRun { plugin: name.clone(), ok, duration: report.duration, report: report.clone() });
         if ok {
             tracing::info!(plugin = %name, duration_ms = %format_args!("{:.1}", report.duration.as_secs_f64() * 1000.0), "start-up plugin finished");
             continue;

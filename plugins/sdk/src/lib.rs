@@ -15,7 +15,7 @@
 //! `cargo build --release --target wasm32-wasip2`; the `.wasm` it produces is
 //! a component for the `kiln:worker/job` world. The generated WIT bindings
 //! stay inside this crate: plugin code sees only [`Job`], [`JobError`], the
-//! [`context`] functions and the capabilities ([`config`], [`enqueue`]).
+//! [`context`] functions and the capabilities ([`config`], [`enqueue`], [`kv`]).
 //!
 //! A capability works only when the plugin's manifest asks for it in
 //! `[capabilities]` and the host allows it; a plugin that calls one it is
@@ -279,6 +279,94 @@ pub mod enqueue {
     /// Enqueues a job of `kind` with `payload`, due when this run completes.
     pub fn job<T: serde::Serialize>(kind: &str, payload: &T) -> Result<u32, EnqueueError> {
         Child::new(kind, payload).send()
+    }
+}
+
+/// Key-value state (`wasi:keyvalue`): the stores named in `[capabilities]
+/// kv` of plugin.toml, this plugin's own (another plugin's `default` is
+/// another store). A run reads what is committed plus its own writes; its
+/// writes are kept only if it completes `ok`, in the same transaction that
+/// completes its job, so a failed or retried run changes nothing.
+pub mod kv {
+    use super::__bindings::wasi::keyvalue::{atomics, batch, store};
+
+    pub use store::Error as KvError;
+
+    /// An open store.
+    #[derive(Debug)]
+    pub struct Store(store::Bucket);
+
+    /// Opens a store the manifest names.
+    pub fn open(name: &str) -> Result<Store, KvError> {
+        store::open(name).map(Store)
+    }
+
+    impl From<KvError> for super::JobError {
+        fn from(e: KvError) -> Self {
+            match e {
+                KvError::NoSuchStore => super::JobError::fatal("kv: no such store on this host"),
+                KvError::AccessDenied => super::JobError::fatal("kv: the manifest does not name this store"),
+                KvError::Other(m) => super::JobError::retry(format!("kv: {m}")),
+            }
+        }
+    }
+
+    impl Store {
+        pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+            self.0.get(key)
+        }
+
+        /// The value of `key` as JSON; `None` when there is none or it does not parse.
+        pub fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, KvError> {
+            Ok(self.get(key)?.and_then(|v| serde_json::from_slice(&v).ok()))
+        }
+
+        pub fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+            self.0.set(key, value)
+        }
+
+        pub fn set_json<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<(), KvError> {
+            self.set(key, &serde_json::to_vec(value).unwrap_or_default())
+        }
+
+        pub fn delete(&self, key: &str) -> Result<(), KvError> {
+            self.0.delete(key)
+        }
+
+        pub fn exists(&self, key: &str) -> Result<bool, KvError> {
+            self.0.exists(key)
+        }
+
+        /// Every key, page by page.
+        pub fn keys(&self) -> Result<Vec<String>, KvError> {
+            let mut keys = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = self.0.list_keys(cursor)?;
+                keys.extend(page.keys);
+                match page.cursor {
+                    Some(next) => cursor = Some(next),
+                    None => return Ok(keys),
+                }
+            }
+        }
+
+        /// Adds `delta` to the number `key` holds (0 when none) and returns the sum.
+        pub fn increment(&self, key: &str, delta: u64) -> Result<u64, KvError> {
+            atomics::increment(&self.0, key, delta)
+        }
+
+        pub fn get_many(&self, keys: &[String]) -> Result<Vec<Option<(String, Vec<u8>)>>, KvError> {
+            batch::get_many(&self.0, keys)
+        }
+
+        pub fn set_many(&self, pairs: &[(String, Vec<u8>)]) -> Result<(), KvError> {
+            batch::set_many(&self.0, pairs)
+        }
+
+        pub fn delete_many(&self, keys: &[String]) -> Result<(), KvError> {
+            batch::delete_many(&self.0, keys)
+        }
     }
 }
 

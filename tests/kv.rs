@@ -1,0 +1,132 @@
+//! The kv capability end to end: a run reads what is committed plus its
+//! own writes; its writes are kept only when it completes `ok`, with its
+//! job; a store is its plugin's own; bounds and quotas are errors to the
+//! guest.
+
+use crate::host::{Host, HostDir};
+use crate::support::{assert_each_says, built, run_json};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn ops(ops: Value, then: &str) -> String {
+    json!({"ops": ops, "then": then}).to_string()
+}
+
+fn results(run: &crate::support::RunResult) -> Vec<Value> {
+    assert_eq!(run.outcome(), "ok", "{}", run.json);
+    run.json["output"]["results"].as_array().unwrap().clone()
+}
+
+#[test]
+fn kiln_run_keeps_a_store_in_its_kv_directory_and_only_an_ok_runs_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = dir.path().to_str().unwrap();
+    let first = ops(json!([{"op": "get", "key": "a"}, {"op": "set", "key": "a", "value": "one"}, {"op": "incr", "key": "n", "by": 5}, {"op": "get", "key": "a"}]), "ok");
+    let run = run_json(built::KV_PROBE, &["--kv", kv, "--payload", &first]);
+    assert_eq!(results(&run), [json!(null), json!("ok"), json!(5), json!("one")], "a run sees its own writes");
+    assert_eq!(run.json["kv_writes"].as_array().unwrap().len(), 2);
+
+    // A failed run's writes are not kept.
+    let failing = ops(json!([{"op": "set", "key": "a", "value": "lost"}, {"op": "incr", "key": "n"}]), "retry");
+    let run = run_json(built::KV_PROBE, &["--kv", kv, "--payload", &failing]);
+    assert_eq!((run.outcome(), run.json["kv_writes"].as_array().unwrap().len()), ("retry", 0));
+
+    let second = ops(json!([{"op": "get", "key": "a"}, {"op": "incr", "key": "n", "by": 2}, {"op": "keys"}, {"op": "delete", "key": "a"}, {"op": "exists", "key": "a"}]), "ok");
+    let run = run_json(built::KV_PROBE, &["--kv", kv, "--payload", &second]);
+    assert_eq!(results(&run), [json!("one"), json!(7), json!(["a", "n"]), json!("ok"), json!(false)]);
+
+    // Without --kv every run starts from an empty store.
+    let run = run_json(built::KV_PROBE, &["--payload", &ops(json!([{"op": "get", "key": "n"}]), "ok")]);
+    assert_eq!(results(&run), [json!(null)]);
+}
+
+#[test]
+fn bounds_and_stores_outside_the_grant_are_errors_to_the_guest() {
+    let payload = ops(
+        json!([
+            {"op": "set", "key_bytes": 257, "value": "x"},
+            {"op": "set", "key": "big", "value_bytes": (1 << 20) + 1},
+            {"op": "set", "key": "t", "value": "not a number"},
+            {"op": "incr", "key": "t"},
+            {"op": "incr", "key": "n", "by": 200_000_000_000_000_000u64},
+            {"op": "open", "store": "other"},
+            {"op": "open", "store": "nope"},
+            {"op": "get", "key_bytes": 256},
+        ]),
+        "ok",
+    );
+    let run = run_json(built::KV_PROBE, &["--payload", &payload]);
+    let got: Vec<String> = results(&run).iter().map(|r| r.as_str().map_or(r.to_string(), str::to_string)).collect();
+    let want = [
+        "error: key is 257 bytes, over the most of 256",
+        "error: value is 1048577 bytes, over the most of 1048576",
+        "ok",
+        "error: key \"t\" holds no number `increment` can add to",
+        "error: delta 200000000000000000 is over the most of 10^17",
+        "error: no-such-store",
+        "error: access-denied",
+        "null",
+    ];
+    assert_each_says(&got, &want);
+}
+
+const CONFIG: &str = "lease_ms = 1500\npoll_interval_ms = 100\nshutdown_grace_ms = 1000\n\n[queues.default]\nconcurrency = 4\n";
+
+fn kv_host(extra: &str) -> (HostDir, Host) {
+    let dir = HostDir::new(&format!("{CONFIG}{extra}"));
+    dir.link_plugin(built::KV_PROBE);
+    // The same component under another name: a plugin of its own, with stores of its own.
+    let manifest = std::fs::read_to_string(format!("{}/plugin.toml", built::KV_PROBE)).unwrap().replace("name = \"kv-probe\"", "name = \"kv-twin\"");
+    dir.add_plugin("kv-twin", built::KV_PROBE, &manifest);
+    let host = dir.start();
+    (dir, host)
+}
+
+fn run_on(host: &Host, kind: &str, payload: &str, state: &str) -> Value {
+    let id = host.enqueue(json!({"kind": kind, "payload": serde_json::from_str::<Value>(payload).unwrap()}));
+    host.wait_for(id, state)
+}
+
+#[test]
+fn on_a_host_writes_commit_with_the_job_and_failed_runs_change_nothing() {
+    let (_dir, host) = kv_host("");
+    let done = run_on(&host, "kv-probe", &ops(json!([{"op": "set", "key": "cursor", "value": "10"}, {"op": "incr", "key": "runs"}]), "ok"), "completed");
+    assert_eq!(done["result"]["results"], json!(["ok", 1]));
+    for then in ["retry", "trap", "sleep"] {
+        let writes = ops(json!([{"op": "set", "key": "cursor", "value": then}, {"op": "incr", "key": "runs", "by": 100}, {"op": "delete", "key": "cursor"}]), then);
+        let job = run_on(&host, "kv-probe", &writes, "dead");
+        assert_eq!(job["attempt"], 2, "{job}");
+    }
+    let read = ops(json!([{"op": "get", "key": "cursor"}, {"op": "get", "key": "runs"}]), "ok");
+    assert_eq!(run_on(&host, "kv-probe", &read, "completed")["result"]["results"], json!(["10", "1"]), "failed runs wrote nothing");
+    // Another plugin's `default` is another store.
+    assert_eq!(run_on(&host, "kv-twin", &read, "completed")["result"]["results"], json!([null, null]));
+}
+
+#[test]
+fn a_host_killed_mid_run_keeps_none_of_its_writes_after_restart() {
+    let (dir, mut host) = kv_host("");
+    run_on(&host, "kv-probe", &ops(json!([{"op": "set", "key": "k", "value": "before"}]), "ok"), "completed");
+    let id = host.enqueue(json!({"kind": "kv-probe", "payload": serde_json::from_str::<Value>(&ops(json!([{"op": "set", "key": "k", "value": "killed"}]), "sleep")).unwrap()}));
+    host.wait_for(id, "running");
+    std::thread::sleep(Duration::from_millis(300));
+    host.kill9();
+    let host = dir.start();
+    let job = host.wait_for(id, "dead");
+    assert_eq!(job["errors"][0]["outcome"], "lease_expired", "{job}");
+    let read = ops(json!([{"op": "get", "key": "k"}]), "ok");
+    assert_eq!(run_on(&host, "kv-probe", &read, "completed")["result"]["results"], json!(["before"]));
+}
+
+#[test]
+fn a_store_over_its_quota_refuses_the_write_and_keeps_what_it_holds() {
+    let (_dir, host) = kv_host("\n[capabilities]\nkv_quota_bytes = 10000\n");
+    let fill = ops(json!([{"op": "set", "key": "a", "value_bytes": 6000}]), "ok");
+    assert_eq!(run_on(&host, "kv-probe", &fill, "completed")["result"]["results"], json!(["ok"]));
+    let over = ops(json!([{"op": "set", "key": "b", "value_bytes": 6000}, {"op": "set", "key": "c", "value": "small"}]), "ok");
+    let results = run_on(&host, "kv-probe", &over, "completed")["result"]["results"].clone();
+    assert!(results[0].as_str().unwrap().starts_with("error: store \"default\" would hold 12002 bytes, over its quota of 10000 bytes"), "{results}");
+    assert_eq!(results[1], "ok", "a write that fits still goes in");
+    let read = ops(json!([{"op": "exists", "key": "a"}, {"op": "exists", "key": "b"}, {"op": "get", "key": "c"}]), "ok");
+    assert_eq!(run_on(&host, "kv-probe", &read, "completed")["result"]["results"], json!([true, false, "small"]));
+}
