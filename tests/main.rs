@@ -9,6 +9,7 @@ mod chaos;
 mod enqueue;
 mod full_disk;
 mod host;
+mod http;
 mod hostile;
 mod hot_swap;
 mod install;

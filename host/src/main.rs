@@ -300,6 +300,11 @@ struct RunArgs {
 /// `kiln.toml` would: the plugin gets what its manifest asks for of it.
 #[derive(Args, Debug, Default)]
 struct GrantArgs {
+    /// An origin the plugin may send HTTP requests to if its manifest asks
+    /// (`scheme://host[:port|:*]`), as `[capabilities] allow_http` in
+    /// kiln.toml; repeatable.
+    #[arg(long = "allow-http", value_name = "ORIGIN")]
+    allow_http: Vec<String>,
     /// A config value the plugin may read if its manifest names KEY
     /// (`[capabilities] config`); repeatable.
     #[arg(long = "config", value_name = "KEY=VALUE", value_parser = key_value)]
@@ -334,7 +339,11 @@ impl GrantArgs {
             anyhow::ensure!(secrets.insert(key.clone(), value.clone()).is_none(), "--secret {key} is given twice");
         }
         let config = ConfigValues::from_values(plain, secrets).map_err(|e| anyhow::anyhow!("--config/--secret {e}"))?;
-        Ok(HostCapabilities { config, ..HostCapabilities::default() })
+        let mut policy = kiln::capability::HostPolicy::default();
+        for origin in &self.allow_http {
+            policy.allow_http.push(origin.parse().map_err(|e| anyhow::anyhow!("--allow-http {e}"))?);
+        }
+        Ok(HostCapabilities { config, policy, ..HostCapabilities::default() })
     }
 }
 
@@ -718,7 +727,7 @@ async fn run(common: &CommonArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let kv_store: Arc<dyn JobStore> = Arc::new(
         SqliteStore::open(&kv_dir.join("kv.db"), Arc::new(SystemClock)).with_context(|| format!("--kv: cannot open the store in {}", kv_dir.display()))?,
     );
-    sandbox.set_kv_backend(Arc::new(kiln::worker::StoreKv(kv_store.clone())));
+    sandbox.set_kv_backend(Arc::new(kiln::worker::StoreKv::new(kv_store.clone())));
     let mut budget: Budget = plugin.manifest.budget();
     if let Some(fuel) = args.fuel {
         anyhow::ensure!(fuel > 0, "--fuel must be greater than zero");
@@ -802,6 +811,9 @@ fn report_json(plugin: &Plugin, report: &Report) -> serde_json::Value {
         "log_bytes_dropped": report.log_bytes_dropped,
         "enqueued": report.enqueued.iter().map(child_json).collect::<Vec<_>>(),
         "kv_writes": report.kv_writes.iter().map(kv_write_json).collect::<Vec<_>>(),
+        "http_requests": report.http.requests,
+        "http_bytes_sent": report.http.bytes_sent,
+        "http_bytes_received": report.http.bytes_received,
         "plugin": {
             "name": plugin.manifest.name,
             "version": plugin.manifest.version,
@@ -854,6 +866,9 @@ fn print_report(report: &Report) {
     println!("duration:    {:.3} ms", report.duration.as_secs_f64() * 1000.0);
     if report.log_bytes_dropped > 0 {
         println!("logs:        {} bytes dropped past the per-run cap", report.log_bytes_dropped);
+    }
+    if report.http.requests > 0 {
+        println!("http:        {} requests, {} bytes sent, {} received", report.http.requests, report.http.bytes_sent, report.http.bytes_received);
     }
     if !report.kv_writes.is_empty() {
         println!("kv writes:   {} keys", report.kv_writes.len());

@@ -82,7 +82,7 @@ pub async fn serve(
     let store = open_store(&config, clock.clone()).await?;
 
     let sandbox = Arc::new(Sandbox::with_pool(PoolSize::for_instances(config.max_instances))?);
-    sandbox.set_kv_backend(Arc::new(crate::worker::StoreKv(store.clone())));
+    sandbox.set_kv_backend(Arc::new(crate::worker::StoreKv::new(store.clone())));
     // Compiles run in child processes of this binary, killed past their budget.
     let compiler = Compiler::child_process(config.compile.clone()).context("cannot find the kiln executable to compile with")?;
     let capabilities = config.capabilities().context("cannot read the values behind [config] and [secrets]")?;

@@ -81,11 +81,11 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown:
     server::serve(listener, app(state), &limits, shutdown).await
 }
 
-async fn no_route(uri: axum::http::Uri) -> AppError {
+async fn no_route(uri: http::Uri) -> AppError {
     AppError::NotFound(format!("no route {}", uri.path()))
 }
 
-async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> AppError {
+async fn wrong_method(method: http::Method, uri: http::Uri) -> AppError {
     AppError::MethodNotAllowed(format!("{} does not take {method}", uri.path()))
 }
 

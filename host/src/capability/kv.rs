@@ -46,8 +46,8 @@ pub trait KvBackend: Send + Sync + std::fmt::Debug {
     async fn get(&self, namespace: &str, store: &str, key: &str) -> Result<Option<Vec<u8>>, String>;
     /// Committed keys in byte order, from the `offset`-th, at most `limit`.
     async fn keys(&self, namespace: &str, store: &str, offset: u64, limit: usize) -> Result<Vec<String>, String>;
-    /// Bytes the store holds.
-    async fn usage(&self, namespace: &str, store: &str) -> Result<u64, String>;
+    /// Bytes the store holds; unless `fresh`, as read a moment ago.
+    async fn usage(&self, namespace: &str, store: &str, fresh: bool) -> Result<u64, String>;
 }
 
 /// One change a run made to a key: what the worker commits.
@@ -320,19 +320,23 @@ async fn set<T: InScope>(cx: &mut StoreContextMut<'_, T>, store: String, key: St
 
 /// Refuses a write that would take the store past its quota: what is
 /// committed plus what this run has written (overwrites counted in full).
+/// Below half the quota the store's size may be a moment old (see
+/// `KvBackend::usage`); from half on it is read afresh for each run.
 async fn check_quota<T: InScope>(cx: &mut StoreContextMut<'_, T>, store: &str, adding: usize) -> KvResult<()> {
     let quota = cx.data().scope_ref().grants.kv_quota_bytes;
     let known = cx.data().scope_ref().kv.usage.get(store).copied();
+    let written = cx.data().scope_ref().kv.written_bytes as u64;
     let committed = match known {
         Some(used) => used,
         None => {
-            let (backend, namespace) = backend_of(cx)?;
-            let used = backend.usage(&namespace, store).await.map_err(|e| other(format!("the store cannot be read: {e}")))?;
+            let mut used = read_usage(cx, store, false).await?;
+            if used + written + adding as u64 > quota / 2 {
+                used = read_usage(cx, store, true).await?;
+            }
             cx.data_mut().scope().kv.usage.insert(store.to_string(), used);
             used
         }
     };
-    let written = cx.data().scope_ref().kv.written_bytes as u64;
     if committed + written + adding as u64 > quota {
         return Err(other(format!(
             "store {store:?} would hold {} bytes, over its quota of {quota} bytes",
@@ -340,6 +344,11 @@ async fn check_quota<T: InScope>(cx: &mut StoreContextMut<'_, T>, store: &str, a
         )));
     }
     Ok(())
+}
+
+async fn read_usage<T: InScope>(cx: &mut StoreContextMut<'_, T>, store: &str, fresh: bool) -> KvResult<u64> {
+    let (backend, namespace) = backend_of(cx)?;
+    backend.usage(&namespace, store, fresh).await.map_err(|e| other(format!("the store cannot be read: {e}")))
 }
 
 fn record<T: InScope>(cx: &mut StoreContextMut<'_, T>, store: String, key: String, change: KvChange, bytes: usize) -> KvResult<()> {

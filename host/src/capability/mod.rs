@@ -18,7 +18,7 @@ pub mod kv;
 pub use enqueue::{ChildJob, Due};
 pub use kv::{KvBackend, KvEffect};
 pub use config::{ConfigValueError, ConfigValues, REDACTED, Redactor, Secret, SecretSource};
-pub use http::HttpOrigin;
+pub use http::{HttpOrigin, HttpStats};
 
 use serde::Deserialize;
 
@@ -182,9 +182,7 @@ impl Grants {
             Capability::Config => (!request.config.is_empty(), true),
             Capability::Enqueue => (!request.enqueue.is_empty(), true),
         };
-        if !capability.offered() {
-            Some(Refusal::NotOffered)
-        } else if !asked {
+        if !asked {
             Some(Refusal::NotAsked)
         } else if !granted {
             Some(Refusal::NotAllowed)
@@ -237,11 +235,6 @@ impl Capability {
         }
     }
 
-    /// Whether this host links it yet.
-    fn offered(self) -> bool {
-        matches!(self, Capability::Config | Capability::Enqueue | Capability::Kv)
-    }
-
     /// Where the host's side of it is set, for an error that names it.
     fn host_setting(self) -> &'static str {
         match self {
@@ -256,8 +249,6 @@ impl Capability {
 /// Why a capability import is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// The host does not link this capability yet.
-    NotOffered,
     /// The manifest does not ask for it.
     NotAsked,
     /// The manifest asks, and the host allows none of what it asks.
@@ -277,9 +268,6 @@ impl ImportRefused {
     fn describe(&self) -> String {
         let (import, what, key) = (&self.import, self.capability.what(), self.capability.key());
         match self.reason {
-            Refusal::NotOffered => format!(
-                "imports `{import}` ({what}): a capability, granted per plugin by `[capabilities] {key}` in plugin.toml, which this host does not offer yet"
-            ),
             Refusal::NotAsked => format!(
                 "imports `{import}` ({what}), which its manifest does not grant: a plugin that uses it names what it needs in `[capabilities] {key}` in plugin.toml"
             ),
@@ -311,11 +299,29 @@ pub struct Scope {
     /// Where committed kv state is read (`None`: this host keeps none).
     pub(crate) kv_backend: Option<std::sync::Arc<dyn KvBackend>>,
     pub(crate) kv: kv::KvScope,
+    /// The `wasi:http` hooks of this run.
+    pub(crate) http: http::HttpScope,
 }
 
 impl Scope {
-    pub(crate) fn new(grants: std::sync::Arc<Grants>, max_payload_bytes: usize, kv_backend: Option<std::sync::Arc<dyn KvBackend>>) -> Self {
-        Self { grants, max_payload_bytes, children: enqueue::Children::default(), kv_backend, kv: kv::KvScope::default() }
+    pub(crate) fn new(
+        grants: std::sync::Arc<Grants>,
+        max_payload_bytes: usize,
+        kv_backend: Option<std::sync::Arc<dyn KvBackend>>,
+        deadline: std::time::Instant,
+    ) -> Self {
+        let http = http::HttpScope::new(grants.http.clone(), deadline);
+        Self { grants, max_payload_bytes, children: enqueue::Children::default(), kv_backend, kv: kv::KvScope::default(), http }
+    }
+
+    /// What the run sent and received over HTTP.
+    pub(crate) fn http_stats(&self) -> &HttpStats {
+        &self.http.stats
+    }
+
+    /// Why the run's requests were denied, taken at its end.
+    pub(crate) fn take_http_denials(&mut self) -> Vec<String> {
+        std::mem::take(&mut *self.http.denials.lock().expect("denials poisoned"))
     }
 
     /// The jobs the run enqueued, taken at its end.
@@ -337,10 +343,13 @@ pub(crate) trait InScope {
 
 /// Adds every capability the host offers to the linker, once; each
 /// iteration's store serves the grants of its own plugin version.
-pub(crate) fn add_to_linker<T: InScope + Send + 'static>(linker: &mut wasmtime::component::Linker<T>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker<T: InScope + wasmtime_wasi_http::WasiHttpView + Send + 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+) -> wasmtime::Result<()> {
     config::add_to_linker(linker)?;
     enqueue::add_to_linker(linker)?;
-    kv::add_to_linker(linker)
+    kv::add_to_linker(linker)?;
+    http::add_to_linker(linker)
 }
 
 #[cfg(test)]
@@ -397,9 +406,14 @@ mod tests {
         let asked = request("config = [\"url\"]");
         assert!(check_import("wasi:config/store", Capability::Config, &Grants::resolve("p", &asked, &HostCapabilities::default())).is_ok());
         let e = check_import("wasi:http/outgoing-handler@0.2.6", Capability::Http, &Grants::default()).unwrap_err().to_string();
+        assert!(e.contains("which its manifest does not grant") && e.contains("`[capabilities] http`"), "{e}");
+        let asked_http = request("http = [\"https://api.example.com\"]");
+        let e = check_import("wasi:http/types@0.2.6", Capability::Http, &Grants::resolve("p", &asked_http, &HostCapabilities::default()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("this host allows none of what it asks (`[capabilities] allow_http` in kiln.toml)"), "{e}");
         let e2 = check_import("wasi:keyvalue/store@0.2.0-draft", Capability::Kv, &Grants::default()).unwrap_err().to_string();
         assert!(e2.contains("which its manifest does not grant") && e2.contains("`[capabilities] kv`"), "{e2}");
-        assert!(e.contains("does not offer yet"), "{e}");
         assert_eq!(Capability::of_import("wasi:keyvalue/store@0.2.0-draft"), Some(Capability::Kv));
         assert_eq!(Capability::of_import("kiln:worker/enqueue@0.1.0"), Some(Capability::Enqueue));
         assert_eq!(Capability::of_import("wasi:cli/stdout"), None);

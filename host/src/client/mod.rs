@@ -54,7 +54,7 @@ impl ApiClient {
         Self::answer(response, &url)
     }
 
-    fn answer(mut response: ureq::http::Response<ureq::Body>, url: &str) -> anyhow::Result<serde_json::Value> {
+    fn answer(mut response: http::Response<ureq::Body>, url: &str) -> anyhow::Result<serde_json::Value> {
         let status = response.status();
         let body: serde_json::Value =
             response.body_mut().read_json().with_context(|| format!("{url} answered {status} without JSON"))?;

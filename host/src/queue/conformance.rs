@@ -544,6 +544,8 @@ pub async fn kv_writes_commit_with_the_completion_or_not_at_all(store: &dyn JobS
     assert_eq!(store.kv_usage("counter", "default").await.unwrap(), 5 + 4 + 6 + 3 + 9);
     store.write_kv(vec![kv("default", "a/1", KvChange::Delete)]).await.unwrap();
     assert_eq!(store.kv_get("counter", "default", "a/1").await.unwrap(), None);
+    assert_eq!(store.kv_usage("counter", "default").await.unwrap(), 4 + 6 + 3 + 9, "the size is kept with every write");
+    assert_eq!(store.kv_usage("counter", "nothing-here").await.unwrap(), 0);
     assert_eq!(store.get(jobs[1].id).await.unwrap().unwrap().state, JobState::Running, "the stale completion changed nothing");
 }
 

@@ -137,6 +137,21 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
         PRIMARY KEY (namespace, store, key)
     );
     "#,
+), (
+    4,
+    "kv store sizes",
+    r#"
+    -- What each store holds (keys' and values' bytes), kept with every
+    -- write, so a quota check reads one row instead of summing the store.
+    CREATE TABLE kv_usage (
+        namespace text   NOT NULL,
+        store     text   NOT NULL,
+        bytes     bigint NOT NULL,
+        PRIMARY KEY (namespace, store)
+    );
+    INSERT INTO kv_usage (namespace, store, bytes)
+        SELECT namespace, store, sum(octet_length(key) + octet_length(value)) FROM kv GROUP BY namespace, store;
+    "#,
 )];
 
 // SQL fragments as macros, so each statement is one literal built at
@@ -533,8 +548,18 @@ async fn complete_batch(client: &impl GenericClient, finishes: &[&Finish], now: 
 /// Applies kv writes in order. `Add` touches only a key that holds a
 /// decimal number of at most 18 digits (or none: it starts from 0).
 async fn apply_kv(client: &impl GenericClient, writes: &[KvWrite], now: Millis) -> Result<(), StoreError> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    // What each write changes the size of its store by, summed per store.
+    let mut grown: std::collections::BTreeMap<(&str, &str), i64> = std::collections::BTreeMap::new();
+    let size = client
+        .prepare_cached("SELECT (octet_length(key) + octet_length(value))::bigint FROM kv WHERE namespace = $1 AND store = $2 AND key = $3")
+        .await
+        .map_err(pg_error)?;
     for w in writes {
         let (ns, store, key) = (&w.namespace, &w.store, &w.key);
+        let before: i64 = client.query_opt(&size, &[ns, store, key]).await.map_err(pg_error)?.map_or(0, |r| r.get(0));
         match &w.change {
             KvChange::Set(value) => {
                 let stmt = client
@@ -565,6 +590,22 @@ async fn apply_kv(client: &impl GenericClient, writes: &[KvWrite], now: Millis) 
                 client.execute(&stmt, &[ns, store, key, delta, &now]).await.map_err(pg_error)?;
             }
         }
+        let after: i64 = match &w.change {
+            KvChange::Set(value) => (key.len() + value.len()) as i64,
+            KvChange::Delete => 0,
+            KvChange::Add(_) => client.query_opt(&size, &[ns, store, key]).await.map_err(pg_error)?.map_or(0, |r| r.get(0)),
+        };
+        *grown.entry((ns.as_str(), store.as_str())).or_default() += after - before;
+    }
+    let usage = client
+        .prepare_cached(
+            "INSERT INTO kv_usage (namespace, store, bytes) VALUES ($1, $2, $3) \
+             ON CONFLICT (namespace, store) DO UPDATE SET bytes = kv_usage.bytes + excluded.bytes",
+        )
+        .await
+        .map_err(pg_error)?;
+    for ((namespace, store), bytes) in grown {
+        client.execute(&usage, &[&namespace, &store, &bytes]).await.map_err(pg_error)?;
     }
     Ok(())
 }
@@ -1065,11 +1106,11 @@ impl JobStore for PostgresStore {
     async fn kv_usage(&self, namespace: &str, store: &str) -> Result<u64, StoreError> {
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached("SELECT coalesce(sum(octet_length(key) + octet_length(value)), 0)::bigint FROM kv WHERE namespace = $1 AND store = $2")
+            .prepare_cached("SELECT bytes FROM kv_usage WHERE namespace = $1 AND store = $2")
             .await
             .map_err(pg_error)?;
-        let used: i64 = client.query_one(&stmt, &[&namespace, &store]).await.map_err(pg_error)?.get(0);
-        Ok(used as u64)
+        let used: i64 = client.query_opt(&stmt, &[&namespace, &store]).await.map_err(pg_error)?.map_or(0, |r| r.get(0));
+        Ok(used.max(0) as u64)
     }
 
     async fn write_kv(&self, writes: Vec<KvWrite>) -> Result<(), StoreError> {

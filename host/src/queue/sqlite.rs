@@ -1,9 +1,12 @@
 //! The embedded default backend: one SQLite file in WAL mode, created and
 //! migrated by Kiln, with no set-up.
 //!
-//! One writer connection and one reader connection, each behind a mutex and
-//! used from tokio's blocking pool (SQLite has one writer at a time anyway;
-//! WAL lets the reader run beside it). `synchronous = NORMAL`: a committed
+//! One writer connection behind a mutex, used from tokio's blocking pool
+//! (SQLite has one writer at a time anyway), and reads on reader threads of
+//! their own, each with its own connection, taking work from one queue (WAL
+//! lets them run beside the writer). Reads used to share one connection
+//! behind a mutex from the blocking pool: with hundreds of runs reading kv
+//! at once, hundreds of blocking threads queued on that mutex. `synchronous = NORMAL`: a committed
 //! transaction survives a crash of the process (`kill -9`); only a power
 //! loss can drop the last few commits.
 
@@ -105,6 +108,22 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ) WITHOUT ROWID;
     "#,
     ),
+    (
+        5,
+        "kv store sizes",
+        r#"
+    -- What each store holds (keys' and values' bytes), kept with every
+    -- write, so a quota check reads one row instead of summing the store.
+    CREATE TABLE kv_usage (
+        namespace TEXT    NOT NULL,
+        store     TEXT    NOT NULL,
+        bytes     INTEGER NOT NULL,
+        PRIMARY KEY (namespace, store)
+    ) WITHOUT ROWID;
+    INSERT INTO kv_usage (namespace, store, bytes)
+        SELECT namespace, store, sum(length(key) + length(value)) FROM kv GROUP BY namespace, store;
+    "#,
+    ),
 ];
 
 // SQL fragments as macros, so every statement below is one literal built at
@@ -149,8 +168,43 @@ macro_rules! pending {
 pub struct SqliteStore {
     path: PathBuf,
     writer: Arc<Mutex<Connection>>,
-    reader: Arc<Mutex<Connection>>,
+    /// Where reads go: the reader threads take them in turn.
+    reads: std::sync::mpsc::Sender<ReadWork>,
     clock: SharedClock,
+}
+
+/// One read, run on a reader thread's connection.
+type ReadWork = Box<dyn FnOnce(&Connection) + Send>;
+
+/// Reader threads (and connections): reads overlap each other and the writer.
+const READERS: usize = 2;
+
+/// Starts the reader threads, each on its own connection to `path`; they
+/// end when the last sender (the last clone of the store) is gone.
+fn start_readers(path: &Path, flags: OpenFlags) -> Result<std::sync::mpsc::Sender<ReadWork>, StoreError> {
+    let (tx, rx) = std::sync::mpsc::channel::<ReadWork>();
+    let rx = Arc::new(Mutex::new(rx));
+    for n in 0..READERS {
+        let conn = Connection::open_with_flags(path, flags).map_err(db_error)?;
+        configure(&conn).map_err(db_error)?;
+        let rx = rx.clone();
+        std::thread::Builder::new()
+            .name(format!("kiln-sqlite-read-{n}"))
+            .spawn(move || {
+                loop {
+                    let next = rx.lock().expect("read queue poisoned").recv();
+                    match next {
+                        // A read that panics fails alone (its caller sees it dropped); the thread goes on.
+                        Ok(work) => {
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&conn)));
+                        }
+                        Err(_) => break,
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Database(format!("cannot start an SQLite reader thread: {e}")))?;
+    }
+    Ok(tx)
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -222,9 +276,8 @@ impl SqliteStore {
         }
         configure(&writer).map_err(opening)?;
         migrate(&writer)?;
-        let reader = Connection::open_with_flags(path, flags).map_err(db_error)?;
-        configure(&reader).map_err(db_error)?;
-        Ok(Self { path: path.to_path_buf(), writer: Arc::new(Mutex::new(writer)), reader: Arc::new(Mutex::new(reader)), clock })
+        let reads = start_readers(path, flags)?;
+        Ok(Self { path: path.to_path_buf(), writer: Arc::new(Mutex::new(writer)), reads, clock })
     }
 
     pub fn path(&self) -> &Path {
@@ -248,15 +301,18 @@ impl SqliteStore {
         .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?
     }
 
-    /// Runs `f` on the reader connection on the blocking pool.
+    /// Runs `f` on a reader thread's connection.
     async fn read<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection, Millis) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        let (reader, now) = (self.reader.clone(), self.clock.now());
-        tokio::task::spawn_blocking(move || f(&reader.lock().expect("sqlite reader poisoned"), now))
-            .await
-            .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?
+        let now = self.clock.now();
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let work: ReadWork = Box::new(move |conn| {
+            let _ = done.send(f(conn, now));
+        });
+        self.reads.send(work).map_err(|_| StoreError::Database("the SQLite reader threads have stopped".into()))?;
+        answer.await.map_err(|_| StoreError::Database("an SQLite read was dropped".into()))?
     }
 }
 
@@ -420,7 +476,16 @@ fn apply(tx: &rusqlite::Transaction<'_>, finish: &Finish, now: Millis) -> rusqli
 /// Applies kv writes in order. `Add` touches only a key that holds a
 /// decimal number of at most 18 digits (or none: it starts from 0).
 fn apply_kv(tx: &rusqlite::Transaction<'_>, writes: &[KvWrite], now: Millis) -> rusqlite::Result<()> {
+    // What each write changes the size of its store by, summed per store.
+    let mut grown: std::collections::BTreeMap<(&str, &str), i64> = std::collections::BTreeMap::new();
+    let size_of = |w: &KvWrite| -> rusqlite::Result<i64> {
+        tx.prepare_cached("SELECT length(key) + length(value) FROM kv WHERE namespace = ?1 AND store = ?2 AND key = ?3")?
+            .query_row(params![w.namespace, w.store, w.key], |r| r.get(0))
+            .optional()
+            .map(Option::unwrap_or_default)
+    };
     for w in writes {
+        let before = size_of(w)?;
         match &w.change {
             KvChange::Set(value) => tx
                 .prepare_cached(
@@ -442,6 +507,19 @@ fn apply_kv(tx: &rusqlite::Transaction<'_>, writes: &[KvWrite], now: Millis) -> 
                 )?
                 .execute(params![w.namespace, w.store, w.key, delta, now])?,
         };
+        let after = match &w.change {
+            KvChange::Set(value) => (w.key.len() + value.len()) as i64,
+            KvChange::Delete => 0,
+            KvChange::Add(_) => size_of(w)?,
+        };
+        *grown.entry((w.namespace.as_str(), w.store.as_str())).or_default() += after - before;
+    }
+    for ((namespace, store), bytes) in grown {
+        tx.prepare_cached(
+            "INSERT INTO kv_usage (namespace, store, bytes) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (namespace, store) DO UPDATE SET bytes = kv_usage.bytes + excluded.bytes",
+        )?
+        .execute(params![namespace, store, bytes])?;
     }
     Ok(())
 }
@@ -896,9 +974,9 @@ impl JobStore for SqliteStore {
     async fn kv_usage(&self, namespace: &str, store: &str) -> Result<u64, StoreError> {
         let (namespace, store) = (namespace.to_string(), store.to_string());
         self.read(move |conn, _| {
-            conn.prepare_cached("SELECT coalesce(sum(length(key) + length(value)), 0) FROM kv WHERE namespace = ?1 AND store = ?2")
-                .and_then(|mut s| s.query_row(params![namespace, store], |r| r.get::<_, i64>(0)))
-                .map(|n| n as u64)
+            conn.prepare_cached("SELECT bytes FROM kv_usage WHERE namespace = ?1 AND store = ?2")
+                .and_then(|mut s| s.query_row(params![namespace, store], |r| r.get::<_, i64>(0)).optional())
+                .map(|n| n.unwrap_or(0).max(0) as u64)
                 .map_err(db_error)
         })
         .await

@@ -25,6 +25,7 @@ pub(crate) enum InterruptReason {
 /// The data of one iteration's `Store`; dropped with it.
 pub(crate) struct IterationState {
     wasi: WasiCtx,
+    http: wasmtime_wasi_http::WasiHttpCtx,
     /// What the run was lent: its version's grants, and what it asked of them.
     pub(crate) scope: Scope,
     table: ResourceTable,
@@ -49,6 +50,7 @@ impl IterationState {
             .allow_ip_name_lookup(false);
         Self {
             wasi: wasi.build(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
             scope,
             table: ResourceTable::new(),
             log,
@@ -64,6 +66,13 @@ impl IterationState {
 impl WasiView for IterationState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for IterationState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        // The same table as WASI's: HTTP bodies are wasi:io streams.
+        wasmtime_wasi_http::WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.scope.http }
     }
 }
 

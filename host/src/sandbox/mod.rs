@@ -35,7 +35,7 @@ pub use engine::{
     engine_config_for,
 };
 pub use logs::{LogLine, LogSource, MAX_LOG_BYTES_PER_ITERATION, MAX_LOG_LINE_BYTES};
-pub use outcome::{Outcome, Report};
+pub use outcome::{HttpUse, Outcome, Report};
 pub use plugin_text::{MAX_ERROR_MESSAGE_BYTES, MAX_PROGRESS_NOTE_BYTES, escape_controls};
 pub use stop::StopSignal;
 
@@ -277,7 +277,7 @@ impl Sandbox {
                 stop.clone(),
                 deadline,
                 budget.memory_bytes,
-                capability::Scope::new(plugin.grants.clone(), budget.max_payload_bytes, self.kv_backend.get().cloned()),
+                capability::Scope::new(plugin.grants.clone(), budget.max_payload_bytes, self.kv_backend.get().cloned(), deadline),
             ),
         );
         store.limiter(|state| state);
@@ -332,6 +332,23 @@ impl Sandbox {
         // Effects count only for a run that completed.
         let mut children = if outcome.is_ok() { state.scope.take_children() } else { Vec::new() };
         let kv_writes = if outcome.is_ok() { state.scope.take_kv_effects() } else { Vec::new() };
+        let http = {
+            let stats = state.scope.http_stats();
+            HttpUse {
+                requests: stats.requests.load(std::sync::atomic::Ordering::Relaxed),
+                bytes_sent: stats.bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
+                bytes_received: stats.bytes_received.load(std::sync::atomic::Ordering::Relaxed),
+            }
+        };
+        let denials = state.scope.take_http_denials();
+        for denial in &denials {
+            log.line(LogSource::Context, tracing::Level::WARN, &format!("the host denied an HTTP request: {denial}"), 0);
+        }
+        // A failure names what the host denied: the plugin saw only `http-request-denied`.
+        let outcome = match denials.first() {
+            Some(first) if !outcome.is_ok() => outcome.with_note(&format!("the host denied {first}")),
+            _ => outcome,
+        };
         let redactor = log.redactor();
         if !redactor.is_empty() {
             for child in &mut children {
@@ -343,6 +360,7 @@ impl Sandbox {
         let mut report = finish(outcome, fuel_used, peak, progress, started, &log);
         report.enqueued = children;
         report.kv_writes = kv_writes;
+        report.http = http;
         report
     }
 }
@@ -350,7 +368,7 @@ impl Sandbox {
 fn finish(outcome: Outcome, fuel_used: u64, peak: u64, progress: Option<u8>, started: Instant, log: &IterationLog) -> Report {
     let (logs, log_bytes_dropped) = log.finish();
     let outcome = outcome.redacted(log.redactor());
-    Report { outcome, fuel_used, peak_memory_bytes: peak, duration: started.elapsed(), progress, logs, log_bytes_dropped, enqueued: Vec::new(), kv_writes: Vec::new() }
+    Report { outcome, fuel_used, peak_memory_bytes: peak, duration: started.elapsed(), progress, logs, log_bytes_dropped, enqueued: Vec::new(), kv_writes: Vec::new(), http: HttpUse::default() }
 }
 
 /// Bytes in a WebAssembly page.
@@ -413,7 +431,7 @@ mod tests {
         let e = check_import("wasi:http/outgoing-handler@0.2.6", &none).unwrap_err().to_string();
         assert_eq!(
             e,
-            "imports `wasi:http/outgoing-handler@0.2.6` (outbound HTTP): a capability, granted per plugin by `[capabilities] http` in plugin.toml, which this host does not offer yet"
+            "imports `wasi:http/outgoing-handler@0.2.6` (outbound HTTP), which its manifest does not grant: a plugin that uses it names what it needs in `[capabilities] http` in plugin.toml"
         );
         let e = check_import("wasi:config/store@0.2.0-rc.1", &none).unwrap_err().to_string();
         assert!(e.contains("which its manifest does not grant") && e.contains("`[capabilities] config`"), "{e}");

@@ -62,6 +62,19 @@ impl Outcome {
         }
     }
 
+    /// The outcome with `note` added to its message, for failures that
+    /// carry one (`retry`, `invalid_input`, `fatal`, `trapped`).
+    pub fn with_note(self, note: &str) -> Self {
+        let add = |m: String| format!("{m} ({note})");
+        match self {
+            Outcome::Retry { message, delay } => Outcome::Retry { message: add(message), delay },
+            Outcome::InvalidInput(m) => Outcome::InvalidInput(add(m)),
+            Outcome::Fatal(m) => Outcome::Fatal(add(m)),
+            Outcome::Trapped { trap, message } => Outcome::Trapped { trap, message: add(message) },
+            other => other,
+        }
+    }
+
     pub fn is_ok(&self) -> bool {
         matches!(self, Outcome::Ok(_))
     }
@@ -113,6 +126,16 @@ pub struct Report {
     /// The kv writes of a run that completed `ok` (empty otherwise): an
     /// effect, committed with the job's completion.
     pub kv_writes: Vec<crate::capability::KvEffect>,
+    /// What the run sent and received over HTTP (whatever its outcome).
+    pub http: HttpUse,
+}
+
+/// Outbound HTTP of one run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HttpUse {
+    pub requests: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
 }
 
 impl Report {
@@ -129,6 +152,7 @@ impl Report {
             log_bytes_dropped: 0,
             enqueued: Vec::new(),
             kv_writes: Vec::new(),
+            http: HttpUse::default(),
         }
     }
 }

@@ -906,10 +906,11 @@ pub fn kv_writes(plugin: &str, effects: Vec<crate::capability::KvEffect>) -> Vec
 fn log_run_end(job: &Job, report: &crate::sandbox::Report, transition: &Transition) {
     let duration_ms = format!("{:.2}", report.duration.as_secs_f64() * 1000.0);
     let (fuel, memory_bytes, outcome) = (report.fuel_used, report.peak_memory_bytes, report.outcome.name());
+    let http_requests = report.http.requests;
     let error = report.outcome.error_message().unwrap_or_default();
     macro_rules! line {
         ($level:ident, $($rest:tt)*) => {
-            tracing::$level!(kind = %job.kind, job = job.id, attempt = job.attempt, %outcome, %duration_ms, fuel, memory_bytes, $($rest)*)
+            tracing::$level!(kind = %job.kind, job = job.id, attempt = job.attempt, %outcome, %duration_ms, fuel, memory_bytes, http_requests, $($rest)*)
         };
     }
     match transition {

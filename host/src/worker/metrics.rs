@@ -48,6 +48,9 @@ pub struct Metrics {
     run_duration: Histograms,
     fuel_used: Family<KindLabels, Counter>,
     peak_memory: Histograms,
+    http_requests: Family<KindLabels, Counter>,
+    http_bytes_sent: Family<KindLabels, Counter>,
+    http_bytes_received: Family<KindLabels, Counter>,
     depth: Family<DepthLabels, Gauge>,
 }
 
@@ -67,6 +70,10 @@ impl Metrics {
         let fuel_used = Family::<KindLabels, Counter>::default();
         let peak_memory = Histograms::new_with_constructor(bytes_histogram as fn() -> Histogram);
         let depth = Family::<DepthLabels, Gauge>::default();
+        let (http_requests, http_bytes_sent, http_bytes_received) = Default::default();
+        registry.register("http_requests", "Outbound HTTP requests plugins sent, by plugin", Family::<KindLabels, Counter>::clone(&http_requests));
+        registry.register("http_sent_bytes", "Outbound HTTP request body bytes plugins sent, by plugin", Family::<KindLabels, Counter>::clone(&http_bytes_sent));
+        registry.register("http_received_bytes", "Outbound HTTP response body bytes plugins received, by plugin", Family::<KindLabels, Counter>::clone(&http_bytes_received));
         registry.register("jobs_finished", "Job runs finished, by kind and outcome", finished.clone());
         registry.register("job_failures", "Job runs that did not end ok, by kind", failures.clone());
         registry.register("queue_delay_seconds", "Time from a job being due to its run starting", queue_delay.clone());
@@ -74,7 +81,7 @@ impl Metrics {
         registry.register("fuel_used", "Fuel (≈ wasm instructions) used by job runs, by plugin", fuel_used.clone());
         registry.register("peak_memory_bytes", "Peak memory of one job run, by plugin", peak_memory.clone());
         registry.register("queue_depth", "Jobs by queue and state", depth.clone());
-        Self { registry, finished, failures, queue_delay, run_duration, fuel_used, peak_memory, depth }
+        Self { registry, finished, failures, queue_delay, run_duration, fuel_used, peak_memory, http_requests, http_bytes_sent, http_bytes_received, depth }
     }
 
     /// A run starts `delay_ms` after its job was due.
@@ -92,6 +99,11 @@ impl Metrics {
         self.run_duration.get_or_create(&labels).observe(report.duration.as_secs_f64());
         self.fuel_used.get_or_create(&labels).inc_by(report.fuel_used);
         self.peak_memory.get_or_create(&labels).observe(report.peak_memory_bytes as f64);
+        if report.http.requests > 0 {
+            self.http_requests.get_or_create(&labels).inc_by(report.http.requests);
+            self.http_bytes_sent.get_or_create(&labels).inc_by(report.http.bytes_sent);
+            self.http_bytes_received.get_or_create(&labels).inc_by(report.http.bytes_received);
+        }
     }
 
     /// The Prometheus text exposition, with queue depth from `counts`.

@@ -370,6 +370,98 @@ pub mod kv {
     }
 }
 
+/// Outbound HTTP (`wasi:http`, through `wstd`), with the `http` feature:
+/// only to the origins named in `[capabilities] http` of plugin.toml that
+/// the host allows. A request outside them fails with
+/// [`HttpError::Denied`] before any connection. The run's deadline bounds
+/// every wait; a response body over the host's cap is an error.
+#[cfg(feature = "http")]
+pub mod http {
+    use wstd::http::error::ErrorCode;
+    use wstd::http::{Body, Client, Request};
+
+    /// A response, read whole.
+    #[derive(Debug, Clone)]
+    pub struct Response {
+        pub status: u16,
+        pub headers: Vec<(String, String)>,
+        pub body: Vec<u8>,
+    }
+
+    impl Response {
+        /// The body as JSON.
+        pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, HttpError> {
+            serde_json::from_slice(&self.body).map_err(|e| HttpError::Failed(format!("the response is not the expected JSON: {e}")))
+        }
+    }
+
+    /// Why a request got no response.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum HttpError {
+        /// The host refused it: the origin is not granted, or the name
+        /// leads inside the host's network.
+        Denied,
+        /// Anything else: a bad URL, a refused connection, a timeout, a
+        /// body over the cap.
+        Failed(String),
+    }
+
+    impl std::fmt::Display for HttpError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self {
+                HttpError::Denied => write!(f, "the host denied the request (not in `[capabilities] http`, or not allowed here)"),
+                HttpError::Failed(m) => write!(f, "HTTP request failed: {m}"),
+            }
+        }
+    }
+
+    impl std::error::Error for HttpError {}
+
+    impl From<HttpError> for super::JobError {
+        fn from(e: HttpError) -> Self {
+            match e {
+                HttpError::Denied => super::JobError::fatal(e.to_string()),
+                HttpError::Failed(_) => super::JobError::retry(e.to_string()),
+            }
+        }
+    }
+
+    /// Sends `method url` with `headers` and `body`, and reads the response.
+    pub fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<Response, HttpError> {
+        let mut builder = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder.body(Body::from(body)).map_err(|e| HttpError::Failed(format!("bad request: {e}")))?;
+        wstd::runtime::block_on(async move {
+            let mut response = Client::new().send(request).await.map_err(|e| match e.downcast_ref::<ErrorCode>() {
+                Some(ErrorCode::HttpRequestDenied) => HttpError::Denied,
+                Some(code) => HttpError::Failed(format!("{code:?}")),
+                None => HttpError::Failed(format!("{e:#}")),
+            })?;
+            let status = response.status().as_u16();
+            let headers = response
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect();
+            let body = response.body_mut().contents().await.map_err(|e| HttpError::Failed(format!("{e:#}")))?.to_vec();
+            Ok(Response { status, headers, body })
+        })
+    }
+
+    pub fn get(url: &str) -> Result<Response, HttpError> {
+        send("GET", url, &[], Vec::new())
+    }
+
+    /// POSTs `body` as JSON.
+    pub fn post_json<T: serde::Serialize>(url: &str, body: &T, headers: &[(&str, &str)]) -> Result<Response, HttpError> {
+        let mut all = vec![("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        send("POST", url, &all, serde_json::to_vec(body).unwrap_or_default())
+    }
+}
+
 /// Logs at debug level (hidden by the host's default log filter).
 pub fn debug(message: &str) {
     context::log(context::LogLevel::Debug, message)

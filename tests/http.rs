@@ -1,0 +1,183 @@
+//! Outbound HTTP end to end: the real `kiln` against a real HTTP server
+//! started here on 127.0.0.1:0. Requests inside the grant arrive as sent
+//! (Host header included); requests outside it, or to a name that leads
+//! inside the host's network, are denied before any connection and the
+//! job's error names them; a server that never answers cannot hold a run
+//! past its deadline; a body over the cap is an error; a 500 is a retry.
+
+use crate::host::HostDir;
+use crate::support::{built, kiln, run_json, wasm_of};
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+
+/// One request the server saw.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+/// A real HTTP server on a thread of its own: `/ok`, `/send` (records the
+/// request), `/fail` (500), `/big` (17 MiB), `/hang` (never answers).
+struct TestServer {
+    port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl TestServer {
+    fn start() -> Self {
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let record = seen.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let app = axum::Router::new()
+                    .route("/ok", axum::routing::get(|| async { "fine" }))
+                    .route(
+                        "/send",
+                        axum::routing::post(move |method: axum::http::Method, uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
+                            let record = record.clone();
+                            async move {
+                                record.lock().unwrap().push(Seen { method: method.to_string(), path: uri.path().to_string(), headers, body: body.to_vec() });
+                                axum::Json(json!({"queued": true}))
+                            }
+                        }),
+                    )
+                    .route("/fail", axum::routing::get(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down") }))
+                    .route("/big", axum::routing::get(|| async { vec![b'x'; 17 << 20] }))
+                    .route(
+                        "/hang",
+                        axum::routing::get(|| async {
+                            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                            "late"
+                        }),
+                    );
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap().port()).unwrap();
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        Self { port: rx.recv().unwrap(), seen }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn origin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+fn requests(list: Value) -> String {
+    json!({"requests": list}).to_string()
+}
+
+#[test]
+fn a_request_inside_the_grant_arrives_as_sent_and_is_counted() {
+    let server = TestServer::start();
+    let payload = requests(json!([
+        {"url": server.url("/ok")},
+        {"method": "POST", "url": server.url("/send"), "headers": [["content-type", "application/json"], ["authorization", "Bearer t0ken"]], "body": "{\"to\":\"ada@example.com\"}"},
+    ]));
+    let run = run_json(built::HTTP_PROBE, &["--allow-http", &server.origin(), "--payload", &payload]);
+    assert_eq!(run.outcome(), "ok", "{}", run.json);
+    assert_eq!(run.json["output"]["responses"], json!([{"status": 200, "body": "fine"}, {"status": 200, "body": "{\"queued\":true}"}]));
+    let seen = server.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    let sent = &seen[0];
+    assert_eq!((sent.method.as_str(), sent.path.as_str()), ("POST", "/send"));
+    assert_eq!(sent.headers["host"], format!("127.0.0.1:{}", server.port), "the Host header is sent");
+    assert_eq!(sent.headers["authorization"], "Bearer t0ken");
+    assert_eq!(serde_json::from_slice::<Value>(&sent.body).unwrap(), json!({"to": "ada@example.com"}));
+    assert_eq!(run.json["http_requests"], 2);
+    assert!(run.json["http_bytes_sent"].as_u64().unwrap() >= 24 && run.json["http_bytes_received"].as_u64().unwrap() >= 19, "{}", run.json);
+}
+
+#[test]
+fn a_request_outside_the_grant_is_denied_before_connecting_and_the_error_names_it() {
+    let server = TestServer::start();
+    // The manifest asks for 127.0.0.1 on any port; this host allows one port: the narrower wins.
+    let other_port = server.port.wrapping_add(1).max(1);
+    let payload = json!({"requests": [{"url": server.url("/ok")}, {"url": format!("http://127.0.0.1:{other_port}/send")}], "fail_on_error": true}).to_string();
+    let run = run_json(built::HTTP_PROBE, &["--allow-http", &server.origin(), "--payload", &payload]);
+    assert_eq!(run.outcome(), "fatal", "{}", run.json);
+    let error = run.error();
+    assert!(
+        error.contains(&format!("the host denied GET http://127.0.0.1:{other_port}/send is not in the plugin's grant (`[capabilities] http` allowed here: {})", server.origin())),
+        "{error}"
+    );
+    assert!(server.seen.lock().unwrap().is_empty());
+    let logs = run.json["logs"].to_string();
+    assert!(logs.contains("the host denied an HTTP request"), "{logs}");
+}
+
+#[test]
+fn a_name_that_resolves_inside_the_host_is_denied_unless_the_grant_names_the_address() {
+    let server = TestServer::start();
+    // This machine's own name: it resolves to a loopback or private address.
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_lowercase();
+    let resolved = std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), server.port)).map(|a| a.collect::<Vec<_>>()).unwrap_or_default();
+    assert!(!resolved.is_empty(), "this test needs the machine's host name ({name}) to resolve; it does not");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(wasm_of(built::HTTP_PROBE), dir.path().join("http-probe.wasm")).unwrap();
+    let origin = format!("http://{name}:{}", server.port);
+    std::fs::write(dir.path().join("plugin.toml"), format!("name = \"http-probe\"\nversion = \"1\"\n[capabilities]\nhttp = [\"{origin}\"]\n")).unwrap();
+    let payload = json!({"requests": [{"url": format!("{origin}/ok")}], "fail_on_error": true}).to_string();
+    let run = run_json(dir.path().to_str().unwrap(), &["--allow-http", &origin, "--payload", &payload]);
+    assert_eq!(run.outcome(), "fatal", "{}", run.json);
+    assert!(run.error().contains(&format!("{name} resolves to")) && run.error().contains("an internal address the grant"), "{}", run.error());
+    assert!(server.seen.lock().unwrap().is_empty(), "no request reached the server");
+}
+
+#[test]
+fn a_server_that_never_answers_ends_the_run_at_its_deadline() {
+    let server = TestServer::start();
+    let run = run_json(built::HTTP_PROBE, &["--allow-http", "http://127.0.0.1:*", "--timeout-ms", "1500", "--payload", &requests(json!([{"url": server.url("/hang")}]))]);
+    assert_eq!(run.outcome(), "timed_out", "{}", run.json);
+    assert!(run.json["duration_ms"].as_f64().unwrap() >= 1500.0, "{}", run.json);
+}
+
+#[test]
+fn a_response_body_over_the_cap_is_an_error_to_the_guest() {
+    let server = TestServer::start();
+    let run = run_json(built::HTTP_PROBE, &["--allow-http", "http://127.0.0.1:*", "--payload", &requests(json!([{"url": server.url("/big")}]))]);
+    assert_eq!(run.outcome(), "ok", "{}", run.json);
+    let answer = run.json["output"]["responses"][0].as_str().unwrap_or_default().to_string();
+    assert!(answer.starts_with("error: HTTP request failed") && answer.to_lowercase().contains("size"), "{answer}");
+    assert!(run.json["http_bytes_received"].as_u64().unwrap() <= (16 << 20) + (1 << 20), "{}", run.json);
+}
+
+#[test]
+fn on_a_host_a_500_is_a_retry_and_a_granted_request_completes_the_job() {
+    let server = TestServer::start();
+    let dir = HostDir::new(&format!(
+        "lease_ms = 5000\npoll_interval_ms = 100\nshutdown_grace_ms = 1000\n[queues.default]\nconcurrency = 2\n[capabilities]\nallow_http = [\"{}\"]\n",
+        server.origin()
+    ));
+    dir.link_plugin(built::HTTP_PROBE);
+    let host = dir.start();
+    let ok = host.enqueue(json!({"kind": "http-probe", "payload": {"requests": [{"method": "POST", "url": server.url("/send"), "body": "{}"}], "fail_on_error": true}}));
+    host.wait_for(ok, "completed");
+    assert_eq!(server.seen.lock().unwrap().len(), 1);
+    let failing = host.enqueue(json!({"kind": "http-probe", "payload": {"requests": [{"url": server.url("/fail")}], "fail_on_error": true}}));
+    let job = host.wait_for(failing, "dead");
+    assert_eq!(job["errors"][0]["outcome"], "retry", "{job}");
+    assert!(job["errors"][0]["message"].as_str().unwrap().contains("answered 500"), "{job}");
+    assert_eq!(job["attempt"], 2);
+    let metrics = host.get_text("/metrics");
+    assert!(metrics.lines().any(|l| l.starts_with("kiln_http_requests_total{") && l.contains("http-probe")), "{metrics}");
+}
+
+#[test]
+fn a_host_that_allows_no_http_refuses_a_plugin_that_imports_it() {
+    let out = kiln().args(["plugin", "check", built::HTTP_PROBE]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("(outbound HTTP): its manifest asks for it in `[capabilities] http`, but this host allows none of what it asks"), "{stderr}");
+}
