@@ -130,3 +130,48 @@ fn a_store_over_its_quota_refuses_the_write_and_keeps_what_it_holds() {
     let read = ops(json!([{"op": "exists", "key": "a"}, {"op": "exists", "key": "b"}, {"op": "get", "key": "c"}]), "ok");
     assert_eq!(run_on(&host, "kv-probe", &read, "completed")["result"]["results"], json!([true, false, "small"]));
 }
+
+#[test]
+fn operators_read_and_change_a_plugins_store_through_the_api_and_the_cli() {
+    let (_dir, host) = kv_host("");
+    let cli = |args: &[&str]| {
+        let out = crate::support::kiln().arg("--api").arg(&host.url).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, said, err) = cli(&["kv", "set", "kv-probe", "a key/with spaces", "hello"]);
+    assert!(ok, "{err}");
+    assert_eq!(said, "set a key/with spaces in store default of kv-probe (5 bytes)\n");
+    let read = ops(json!([{"op": "get", "key": "a key/with spaces"}]), "ok");
+    assert_eq!(run_on(&host, "kv-probe", &read, "completed")["result"]["results"], json!(["hello"]), "the plugin reads what the operator set");
+    run_on(&host, "kv-probe", &ops(json!([{"op": "set", "key": "b", "value": "from the plugin"}]), "ok"), "completed");
+    let (ok, said, _) = cli(&["kv", "get", "kv-probe", "b"]);
+    assert!(ok);
+    assert_eq!(said, "from the plugin\n");
+    let (ok, said, _) = cli(&["kv", "list", "kv-probe"]);
+    assert!(ok);
+    assert_eq!(said.lines().collect::<Vec<_>>(), ["KEY                VALUE", "a key/with spaces  hello", "b                  from the plugin"]);
+    let (_, said, _) = cli(&["kv", "list", "kv-twin", "--json"]);
+    assert_eq!(serde_json::from_str::<Value>(&said).unwrap()["entries"], json!([]), "another plugin's store is empty");
+    let (ok, said, _) = cli(&["kv", "delete", "kv-probe", "b"]);
+    assert!(ok && said.starts_with("deleted b"), "{said}");
+    let (ok, said, _) = cli(&["kv", "delete", "kv-probe", "b"]);
+    assert!(ok && said.starts_with("no key b"), "{said}");
+
+    // Bad requests, each named; nothing stored changes.
+    let (status, body) = host.get("/plugins/nope/kv");
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = host.get("/plugins/kv-probe/kv?store=other");
+    assert!(status == 404 && body["error"].as_str().unwrap().contains("no kv store \"other\" on this host"), "{body}");
+    let (status, body) = host.put(&format!("/plugins/kv-probe/kv/{}", "k".repeat(257)), &json!({"value": "x"}));
+    assert!(status == 400 && body["error"].as_str().unwrap().contains("key is 257 bytes"), "{body}");
+    let (status, body) = host.put("/plugins/kv-probe/kv/big", &json!({"value": "v".repeat((1 << 20) + 1)}));
+    assert!(status == 413 && body["error"].as_str().unwrap().contains("over the most of 1048576"), "{body}");
+    let (status, _) = host.put("/plugins/kv-probe/kv/both", &json!({"value": "x", "value_base64": "eA=="}));
+    assert_eq!(status, 400);
+    let (status, body) = host.put("/plugins/kv-probe/kv/raw", &json!({"value_base64": "/wA="}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(host.get("/plugins/kv-probe/kv/raw").1["value_base64"], "/wA=", "bytes that are not text round-trip");
+    let (_, listed) = host.get("/plugins/kv-probe/kv");
+    let keys: Vec<&str> = listed["entries"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["a key/with spaces", "raw"]);
+}

@@ -1,8 +1,9 @@
-//! The HTTP API: jobs, queues, plugins, health and metrics. Calls into the
+//! The HTTP API: jobs, queues, plugins and their kv stores, health and metrics. Calls into the
 //! worker and the store; holds no logic of its own.
 
 pub mod browser_guard;
 mod error;
+mod kv;
 mod plugins;
 pub mod server;
 mod views;
@@ -61,6 +62,8 @@ pub fn app(state: AppState) -> Router {
         .route("/plugins", get(plugins::list))
         .route("/plugins/{name}", axum::routing::put(plugins::deploy).delete(plugins::remove))
         .route("/plugins/{name}/rollback", post(plugins::rollback))
+        .route("/plugins/{name}/kv", get(kv::list))
+        .route("/plugins/{name}/kv/{key}", get(kv::get).put(kv::set).delete(kv::delete))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

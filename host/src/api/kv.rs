@@ -1,0 +1,158 @@
+//! The kv routes, for operators: list, read, write and delete the keys of
+//! a plugin's stores (`GET /plugins/{name}/kv`, `GET|PUT|DELETE
+//! /plugins/{name}/kv/{key}`), with the same bounds a plugin has.
+
+use super::{AppError, AppState};
+use crate::capability::kv::{MAX_KEY_BYTES, MAX_VALUE_BYTES, PAGE_KEYS};
+use crate::queue::{KvChange, KvWrite};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use base64::Engine as _;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Default: `default`.
+    store: Option<String>,
+    #[serde(default)]
+    prefix: String,
+    #[serde(default)]
+    offset: u64,
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyQuery {
+    store: Option<String>,
+}
+
+/// `PUT /plugins/{name}/kv/{key}` body: the value as text, or as base64.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetRequest {
+    value: Option<String>,
+    value_base64: Option<String>,
+}
+
+/// The plugin's namespace and the store, both checked: a plugin this host
+/// serves, a store it has.
+fn target(state: &AppState, plugin: &str, store: Option<String>) -> Result<(String, String), AppError> {
+    if state.registry.get(plugin).is_none() {
+        return Err(AppError::NotFound(format!("no plugin {plugin:?} is loaded on this host")));
+    }
+    let store = store.unwrap_or_else(|| crate::capability::DEFAULT_KV_STORE.to_string());
+    let stores = &state.registry.policy().capabilities.policy.kv_stores;
+    if !stores.contains(&store) {
+        return Err(AppError::NotFound(format!("no kv store {store:?} on this host (stores: {})", stores.join(", "))));
+    }
+    Ok((plugin.to_string(), store))
+}
+
+fn check_key(key: &str) -> Result<(), AppError> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(AppError::BadRequest(format!("key is {} bytes, over the most of {MAX_KEY_BYTES}", key.len())));
+    }
+    Ok(())
+}
+
+/// A value as JSON: `value` when it is UTF-8 text, `value_base64` otherwise.
+fn value_json(key: &str, value: &[u8]) -> serde_json::Value {
+    match std::str::from_utf8(value) {
+        Ok(text) => serde_json::json!({ "key": key, "value": text, "bytes": value.len() }),
+        Err(_) => serde_json::json!({
+            "key": key,
+            "value_base64": base64::engine::general_purpose::STANDARD.encode(value),
+            "bytes": value.len(),
+        }),
+    }
+}
+
+/// `GET /plugins/{name}/kv?store=&prefix=&offset=&limit=`: keys in byte
+/// order with their values, a page at a time.
+pub async fn list(State(state): State<AppState>, Path(plugin): Path<String>, Query(q): Query<ListQuery>) -> Result<Json<serde_json::Value>, AppError> {
+    let (namespace, store) = target(&state, &plugin, q.store)?;
+    check_key(&q.prefix)?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > PAGE_KEYS {
+        return Err(AppError::BadRequest(format!("limit must be between 1 and {PAGE_KEYS}")));
+    }
+    let kv = state.dispatcher.store();
+    let keys = kv.kv_keys(&namespace, &store, &q.prefix, q.offset, limit).await?;
+    let mut entries = Vec::with_capacity(keys.len());
+    for key in &keys {
+        // A key deleted between the two reads is left out.
+        if let Some(value) = kv.kv_get(&namespace, &store, key).await? {
+            entries.push(value_json(key, &value));
+        }
+    }
+    let next_offset = (keys.len() == limit).then_some(q.offset + limit as u64);
+    let bytes = kv.kv_usage(&namespace, &store).await?;
+    Ok(Json(serde_json::json!({ "plugin": plugin, "store": store, "entries": entries, "next_offset": next_offset, "store_bytes": bytes })))
+}
+
+/// `GET /plugins/{name}/kv/{key}?store=`.
+pub async fn get(
+    State(state): State<AppState>,
+    Path((plugin, key)): Path<(String, String)>,
+    Query(q): Query<KeyQuery>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let (namespace, store) = target(&state, &plugin, q.store)?;
+    check_key(&key)?;
+    match state.dispatcher.store().kv_get(&namespace, &store, &key).await? {
+        Some(value) => Ok(Json(value_json(&key, &value))),
+        None => Err(AppError::NotFound(format!("no key {key:?} in store {store:?} of plugin {plugin:?}"))),
+    }
+}
+
+/// `PUT /plugins/{name}/kv/{key}?store=` with `{"value": TEXT}` or
+/// `{"value_base64": B64}`; held to the value bound and the store's quota.
+pub async fn set(
+    State(state): State<AppState>,
+    Path((plugin, key)): Path<(String, String)>,
+    Query(q): Query<KeyQuery>,
+    body: Result<Json<SetRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let (namespace, store) = target(&state, &plugin, q.store)?;
+    check_key(&key)?;
+    let Json(body) = body.map_err(|e| AppError::BadRequest(e.body_text()))?;
+    let value = match (body.value, body.value_base64) {
+        (Some(text), None) => text.into_bytes(),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64.as_bytes())
+            .map_err(|e| AppError::BadRequest(format!("value_base64 is not base64: {e}")))?,
+        _ => return Err(AppError::BadRequest("give `value` (text) or `value_base64`, one of them".into())),
+    };
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(AppError::PayloadTooLarge(format!("value is {} bytes, over the most of {MAX_VALUE_BYTES}", value.len())));
+    }
+    let kv = state.dispatcher.store();
+    let quota = state.registry.policy().capabilities.policy.kv_quota_bytes;
+    let used = kv.kv_usage(&namespace, &store).await?;
+    let after = used + (key.len() + value.len()) as u64;
+    if after > quota {
+        return Err(AppError::PayloadTooLarge(format!("store {store:?} would hold {after} bytes, over its quota of {quota} bytes")));
+    }
+    let answer = value_json(&key, &value);
+    kv.write_kv(vec![KvWrite { namespace, store, key, change: KvChange::Set(value) }]).await?;
+    tracing::info!(plugin = %plugin, key = %answer["key"], "kv key set by hand");
+    Ok(Json(answer))
+}
+
+/// `DELETE /plugins/{name}/kv/{key}?store=`.
+pub async fn delete(
+    State(state): State<AppState>,
+    Path((plugin, key)): Path<(String, String)>,
+    Query(q): Query<KeyQuery>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let (namespace, store) = target(&state, &plugin, q.store)?;
+    check_key(&key)?;
+    let kv = state.dispatcher.store();
+    let existed = kv.kv_get(&namespace, &store, &key).await?.is_some();
+    if existed {
+        kv.write_kv(vec![KvWrite { namespace, store: store.clone(), key: key.clone(), change: KvChange::Delete }]).await?;
+        tracing::info!(plugin = %plugin, key = %key, "kv key deleted by hand");
+    }
+    Ok(Json(serde_json::json!({ "key": key, "store": store, "deleted": existed })))
+}
