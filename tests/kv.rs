@@ -175,3 +175,21 @@ fn operators_read_and_change_a_plugins_store_through_the_api_and_the_cli() {
     let keys: Vec<&str> = listed["entries"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
     assert_eq!(keys, ["a key/with spaces", "raw"]);
 }
+
+#[test]
+fn the_cleanup_example_deletes_the_expired_entries_of_its_store() {
+    let dir = HostDir::new(CONFIG);
+    let manifest = "name = \"cleanup\"\nversion = \"1.0.0\"\n[capabilities]\nkv = [\"default\"]\n[trigger.schedule]\ninterval = \"1h\"\n";
+    dir.add_plugin("cleanup", built::CLEANUP, manifest);
+    let host = dir.start();
+    for (key, value) in [("session/old", json!({"expires_at": 1_000})), ("session/new", json!({"expires_at": 4_102_444_800_000i64})), ("note", json!("no expiry"))] {
+        let (status, body) = host.put(&format!("/plugins/cleanup/kv/{}", key.replace('/', "%2F")), &json!({"value": value.to_string()}));
+        assert_eq!(status, 200, "{body}");
+    }
+    let id = host.enqueue(json!({"kind": "cleanup"}));
+    let done = host.wait_for(id, "completed");
+    assert_eq!(done["result"]["deleted"], 1, "{done}");
+    let (_, listed) = host.get("/plugins/cleanup/kv");
+    let keys: Vec<&str> = listed["entries"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["note", "session/new"]);
+}

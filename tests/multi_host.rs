@@ -156,7 +156,7 @@ fn three_hosts_share_100_000_jobs_and_a_killed_hosts_jobs_come_back_within_the_l
 fn schedule_manifest() -> &'static str {
     // `queue`: a tick that runs long on a loaded machine holds the next one
     // back instead of dropping it.
-    "name = \"cleanup\"\nversion = \"1.0.0\"\n[trigger.schedule]\ninterval = \"1s\"\noverlap = \"queue\"\n"
+    "name = \"cleanup\"\nversion = \"1.0.0\"\n[capabilities]\nkv = [\"default\"]\n[trigger.schedule]\ninterval = \"1s\"\noverlap = \"queue\"\n"
 }
 
 /// Sleeps until `offset` ms past a whole second, when no tick is waiting or

@@ -169,11 +169,11 @@ fn output_piped_into_head_ends_quietly() {
 
 #[test]
 fn cleanup_carries_its_checkpoint_forward() {
-    let first = run_json("cleanup", &["--payload", r#"{"batch": 50}"#]);
-    assert_eq!(first.json["output"], json!({"runs": 1, "cleaned_up_to": 50}), "{}", first.error());
-    let checkpoint = first.json["output"].to_string();
-    let second = run_json("cleanup", &["--payload", r#"{"batch": 50}"#, "--checkpoint", &checkpoint]);
-    assert_eq!(second.json["output"], json!({"runs": 2, "cleaned_up_to": 100}), "{}", second.error());
+    let first = run_json("cleanup", &[]);
+    assert_eq!(first.json["output"], json!({"runs": 1, "deleted": 0}), "{}", first.error());
+    let checkpoint = json!({"runs": 3, "deleted": 7}).to_string();
+    let second = run_json("cleanup", &["--checkpoint", &checkpoint]);
+    assert_eq!(second.json["output"], json!({"runs": 4, "deleted": 7}), "{}", second.error());
 }
 
 #[test]

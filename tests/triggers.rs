@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 const FAST: &str = "lease_ms = 1500\npoll_interval_ms = 100\nshutdown_grace_ms = 1000\ncancel_grace_ms = 500\n\n[queues.default]\nconcurrency = 4\n";
 
 fn schedule_manifest(every: &str) -> String {
-    format!("name = \"cleanup\"\nversion = \"1.0.0\"\n[trigger.schedule]\ninterval = \"{every}\"\n")
+    format!("name = \"cleanup\"\nversion = \"1.0.0\"\n[capabilities]\nkv = [\"default\"]\n[trigger.schedule]\ninterval = \"{every}\"\n")
 }
 
 /// The completed ticks of `kind`, in tick order: (tick, runs in the result).

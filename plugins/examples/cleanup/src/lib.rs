@@ -1,42 +1,50 @@
-//! A scheduled cleanup: each run picks up where the previous one stopped,
-//! using the checkpoint the host hands it, and returns the next checkpoint.
+//! A scheduled cleanup over its own kv store: each run deletes the entries
+//! whose `expires_at` (milliseconds since the Unix epoch) has passed, and
+//! carries its totals forward in the checkpoint the host hands the next
+//! run. Its deletes are kept only if the run completes `ok`, with its tick.
+//!
+//! Entries are JSON values with an `expires_at` field, put there by anyone
+//! who may write the store: the plugin's own jobs, or an operator
+//! (`kiln kv set cleanup session/42 '{"expires_at": 1767225600000}'`).
+//! Keys whose value has no `expires_at` are left alone.
 
-use kiln_sdk::{Job, JobResult};
+use kiln_sdk::{Job, JobResult, kv};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Default)]
 struct Checkpoint {
     runs: u64,
-    /// The cursor: everything below it has been cleaned.
-    cleaned_up_to: u64,
+    /// Entries deleted over all runs.
+    deleted: u64,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Settings {
-    #[serde(default = "default_batch")]
-    batch: u64,
+struct Entry {
+    expires_at: i64,
 }
 
-fn default_batch() -> u64 {
-    100
+/// Keys per `delete_many` call: the host takes at most 1,000.
+const DELETE_BATCH: usize = 1_000;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn run(job: Job) -> JobResult {
-    let settings: Settings = if job.payload.is_empty() {
-        Settings { batch: default_batch() }
-    } else {
-        job.json()?
-    };
     let previous: Checkpoint = job.checkpoint_json()?.unwrap_or_default();
-    let next = Checkpoint {
-        runs: previous.runs + 1,
-        cleaned_up_to: previous.cleaned_up_to + settings.batch,
-    };
-    kiln_sdk::info(&format!(
-        "cleaned items {}..{} (run {})",
-        previous.cleaned_up_to, next.cleaned_up_to, next.runs
-    ));
+    let store = kv::open("default")?;
+    let now = now_ms();
+    let mut expired = Vec::new();
+    for key in store.keys()? {
+        if store.get_json::<Entry>(&key)?.is_some_and(|e| e.expires_at <= now) {
+            expired.push(key);
+        }
+    }
+    for batch in expired.chunks(DELETE_BATCH) {
+        store.delete_many(batch)?;
+    }
+    let next = Checkpoint { runs: previous.runs + 1, deleted: previous.deleted + expired.len() as u64 };
+    kiln_sdk::info(&format!("deleted {} expired entries (run {}, {} in all)", expired.len(), next.runs, next.deleted));
     kiln_sdk::ok_json(&next)
 }
 
