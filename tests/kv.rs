@@ -193,3 +193,19 @@ fn the_cleanup_example_deletes_the_expired_entries_of_its_store() {
     let keys: Vec<&str> = listed["entries"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
     assert_eq!(keys, ["note", "session/new"]);
 }
+
+#[test]
+fn a_cancelled_run_keeps_none_of_its_writes() {
+    let (_dir, host) = kv_host("");
+    // kv-probe writes, then sleeps until the cancel interrupts it.
+    let id = host.enqueue(json!({"kind": "kv-probe", "payload": serde_json::from_str::<Value>(&ops(json!([{"op": "set", "key": "k", "value": "cancelled"}]), "sleep")).unwrap()}));
+    host.wait_for(id, "running");
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, body) = host.post(&format!("/jobs/{id}/cancel"), &Value::Null);
+    assert_eq!(status, 200, "{body}");
+    // Cancelled, however the run then ended (here the guest sleeps in a
+    // host call until its deadline, which comes before the cancel grace).
+    host.wait_for(id, "cancelled");
+    let read = ops(json!([{"op": "get", "key": "k"}]), "ok");
+    assert_eq!(run_on(&host, "kv-probe", &read, "completed")["result"]["results"], json!([null]), "a cancelled run wrote nothing");
+}
