@@ -2,10 +2,9 @@
 //! its completion (and only then), each child naming its parent; what it
 //! is not granted, or what is out of bounds, is refused to the guest.
 
-use crate::host::{Host, HostDir};
+use crate::host::{Host, HostDir, kill_mid_run_and_restart};
 use crate::support::{assert_each_says, built, kiln, run_json, wasm_of};
 use serde_json::{Value, json};
-use std::time::Duration;
 
 const CONFIG: &str = "lease_ms = 1500\npoll_interval_ms = 100\nshutdown_grace_ms = 1000\n\n[queues.default]\nconcurrency = 4\n";
 
@@ -121,15 +120,10 @@ fn a_run_that_fails_times_out_or_traps_inserts_none_of_its_children() {
 
 #[test]
 fn a_host_killed_mid_run_inserts_none_of_the_children_after_restart() {
-    let (dir, mut host) = fan_out_host();
+    let (dir, host) = fan_out_host();
     let child = json!([{"kind": "echo", "payload": "should never exist"}]);
     let id = host.enqueue(json!({"kind": "enqueue-probe", "payload": {"requests": child, "then": "sleep"}}));
-    host.wait_for(id, "running");
-    std::thread::sleep(Duration::from_millis(300));
-    host.kill9();
-    let host = dir.start();
     // The lease runs out, the job is rescued and runs (and times out) again.
-    let job = host.wait_for(id, "dead");
-    assert_eq!(job["errors"][0]["outcome"], "lease_expired", "{job}");
+    let (host, _) = kill_mid_run_and_restart(&dir, host, id);
     assert!(host.jobs_of("echo").is_empty(), "children of a killed run were inserted: {:?}", host.jobs_of("echo"));
 }

@@ -142,7 +142,7 @@ impl Host {
         Host { child: Some(child), url, agent, log: log.to_path_buf() }
     }
 
-    fn answer(mut response: ureq::http::Response<ureq::Body>) -> (u16, Value) {
+    fn answer(mut response: http::Response<ureq::Body>) -> (u16, Value) {
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap();
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
@@ -274,6 +274,20 @@ impl Drop for Host {
 }
 
 /// Waits until `condition` holds.
+/// Waits until job `id` (whose run sleeps until its deadline) runs on
+/// `host`, kills the host with `kill -9` mid-run, restarts it from `dir`,
+/// and waits until the rescued job has used its attempts; returns the new
+/// host and the job, whose first error is the lease that ran out.
+pub fn kill_mid_run_and_restart(dir: &HostDir, mut host: Host, id: i64) -> (Host, Value) {
+    host.wait_for(id, "running");
+    std::thread::sleep(Duration::from_millis(300));
+    host.kill9();
+    let host = dir.start();
+    let job = host.wait_for(id, "dead");
+    assert_eq!(job["errors"][0]["outcome"], "lease_expired", "{job}");
+    (host, job)
+}
+
 pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let started = Instant::now();
     while !condition() {

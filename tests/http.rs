@@ -40,7 +40,7 @@ impl TestServer {
                     .route("/ok", axum::routing::get(|| async { "fine" }))
                     .route(
                         "/send",
-                        axum::routing::post(move |method: axum::http::Method, uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
+                        axum::routing::post(move |method: http::Method, uri: http::Uri, headers: HeaderMap, body: Bytes| {
                             let record = record.clone();
                             async move {
                                 record.lock().unwrap().push(Seen { method: method.to_string(), path: uri.path().to_string(), headers, body: body.to_vec() });
@@ -48,7 +48,7 @@ impl TestServer {
                             }
                         }),
                     )
-                    .route("/fail", axum::routing::get(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down") }))
+                    .route("/fail", axum::routing::get(|| async { (http::StatusCode::INTERNAL_SERVER_ERROR, "down") }))
                     .route("/big", axum::routing::get(|| async { vec![b'x'; 17 << 20] }))
                     .route(
                         "/hang",

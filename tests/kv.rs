@@ -3,7 +3,7 @@
 //! job; a store is its plugin's own; bounds and quotas are errors to the
 //! guest.
 
-use crate::host::{Host, HostDir};
+use crate::host::{Host, HostDir, kill_mid_run_and_restart};
 use crate::support::{assert_each_says, built, run_json};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -105,15 +105,10 @@ fn on_a_host_writes_commit_with_the_job_and_failed_runs_change_nothing() {
 
 #[test]
 fn a_host_killed_mid_run_keeps_none_of_its_writes_after_restart() {
-    let (dir, mut host) = kv_host("");
+    let (dir, host) = kv_host("");
     run_on(&host, "kv-probe", &ops(json!([{"op": "set", "key": "k", "value": "before"}]), "ok"), "completed");
     let id = host.enqueue(json!({"kind": "kv-probe", "payload": serde_json::from_str::<Value>(&ops(json!([{"op": "set", "key": "k", "value": "killed"}]), "sleep")).unwrap()}));
-    host.wait_for(id, "running");
-    std::thread::sleep(Duration::from_millis(300));
-    host.kill9();
-    let host = dir.start();
-    let job = host.wait_for(id, "dead");
-    assert_eq!(job["errors"][0]["outcome"], "lease_expired", "{job}");
+    let (host, _) = kill_mid_run_and_restart(&dir, host, id);
     let read = ops(json!([{"op": "get", "key": "k"}]), "ok");
     assert_eq!(run_on(&host, "kv-probe", &read, "completed")["result"]["results"], json!(["before"]));
 }

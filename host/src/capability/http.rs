@@ -199,7 +199,8 @@ pub struct HttpStats {
 /// before any connection, its timeouts bounded by the run's deadline, its
 /// address checked, its bodies counted and the response's capped.
 pub(crate) struct HttpScope {
-    origins: Vec<HttpOrigin>,
+    /// The plugin version's grants (their `http` origins are what it may reach).
+    grants: Arc<super::Grants>,
     deadline: Instant,
     pub(crate) stats: Arc<HttpStats>,
     /// Why requests were denied, for the run's log and error.
@@ -208,20 +209,20 @@ pub(crate) struct HttpScope {
 
 impl fmt::Debug for HttpScope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpScope").field("origins", &self.origins).finish_non_exhaustive()
+        f.debug_struct("HttpScope").field("origins", &self.grants.http).finish_non_exhaustive()
     }
 }
 
 impl HttpScope {
-    pub(crate) fn new(origins: Vec<HttpOrigin>, deadline: Instant) -> Self {
-        Self { origins, deadline, stats: Arc::default(), denials: Arc::default() }
+    pub(crate) fn new(grants: Arc<super::Grants>, deadline: Instant) -> Self {
+        Self { grants, deadline, stats: Arc::default(), denials: Arc::default() }
     }
 
     fn grant_text(&self) -> String {
-        if self.origins.is_empty() {
+        if self.grants.http.is_empty() {
             "nothing".to_string()
         } else {
-            self.origins.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            self.grants.http.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
         }
     }
 
@@ -310,7 +311,7 @@ impl WasiHttpHooks for HttpScope {
         let path = uri.path();
         let path = &path[..path.floor_char_boundary(200)];
         let shown = format!("{} {}://{}{}", request.method(), scheme, uri.authority().map_or("", |a| a.as_str()), path);
-        let Some(origin) = self.origins.iter().find(|o| o.admits(scheme, host, port)).cloned() else {
+        let Some(origin) = self.grants.http.iter().find(|o| o.admits(scheme, host, port)).cloned() else {
             let why = format!("{shown} is not in the plugin's grant (`[capabilities] http` allowed here: {})", self.grant_text());
             return self.deny(why, request);
         };

@@ -310,7 +310,7 @@ impl Scope {
         kv_backend: Option<std::sync::Arc<dyn KvBackend>>,
         deadline: std::time::Instant,
     ) -> Self {
-        let http = http::HttpScope::new(grants.http.clone(), deadline);
+        let http = http::HttpScope::new(grants.clone(), deadline);
         Self { grants, max_payload_bytes, children: enqueue::Children::default(), kv_backend, kv: kv::KvScope::default(), http }
     }
 

@@ -861,10 +861,17 @@ async fn run_job(inner: Arc<Inner>, job: Job, stop: StopSignal, _slot: OwnedSema
 /// after its delay from now, the completion.
 fn child_jobs(inner: &Inner, parent_id: Option<JobId>, children: Vec<crate::capability::ChildJob>, now: Millis) -> Vec<NewJob> {
     use crate::capability::Due;
+    // A fan-out names few kinds for many children: look each kind up once.
+    let mut attempts: HashMap<String, u32> = HashMap::new();
+    let mut max_attempts = |kind: &str| {
+        *attempts.entry(kind.to_string()).or_insert_with(|| {
+            inner.runner.kind(kind).map_or(crate::plugin::DEFAULT_MAX_ATTEMPTS, |k| k.retry.max_attempts)
+        })
+    };
     children
         .into_iter()
         .map(|c| NewJob {
-            max_attempts: inner.runner.kind(&c.kind).map_or(crate::plugin::DEFAULT_MAX_ATTEMPTS, |k| k.retry.max_attempts),
+            max_attempts: max_attempts(&c.kind),
             queue: c.queue.unwrap_or_else(|| crate::queue::DEFAULT_QUEUE.to_string()),
             priority: c.priority.unwrap_or(0),
             scheduled_at: c.due.map(|due| match due {
