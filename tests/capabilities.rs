@@ -144,3 +144,29 @@ fn a_host_whose_secret_cannot_be_read_refuses_to_start_naming_it() {
     assert_ne!(code, Some(0), "{stderr}");
     assert!(stderr.contains("`secrets.mail_api_key` names environment variable KILN_TEST_SURELY_UNSET_SECRET, which is not set"), "{stderr}");
 }
+
+#[test]
+fn a_plugin_built_against_the_first_published_contract_loads_and_runs_unchanged() {
+    // Built from a frozen copy of wit/worker.wit as it was before any
+    // capability: what a plugin shipped then imports.
+    let out = kiln().args(["plugin", "check", built::FIRST_CONTRACT]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let imports = stdout.lines().find_map(|l| l.trim().strip_prefix("imports: ")).unwrap();
+    assert!(imports.starts_with("kiln:worker/context@0.1.0, kiln:worker/types@0.1.0, wasi:"), "{stdout}");
+    assert!(!imports.contains("kiln:worker/enqueue") && !imports.contains("wasi:config") && !imports.contains("wasi:keyvalue"), "{stdout}");
+    assert!(stdout.contains("capabilities: none asked"), "{stdout}");
+    let run = run_json(built::FIRST_CONTRACT, &["--payload", r#"{"n":41}"#]);
+    assert_eq!(run.outcome(), "ok", "{}", run.json);
+    assert_eq!(run.json["output"], json!({"n": 41}));
+    assert!(run.json["logs"][0]["message"].as_str().unwrap().contains("first-contract echo of 8 bytes, attempt 1"), "{}", run.json);
+
+    // And on a host, beside plugins built against today's.
+    let dir = HostDir::new(CONFIG);
+    dir.link_plugin(built::FIRST_CONTRACT);
+    let host = dir.start();
+    let id = host.enqueue(json!({"kind": "first-contract", "payload": [1, 2]}));
+    assert_eq!(host.wait_for(id, "completed")["result"], json!([1, 2]));
+    let echo = host.enqueue(json!({"kind": "echo", "payload": "today"}));
+    assert_eq!(host.wait_for(echo, "completed")["result"], "today");
+}

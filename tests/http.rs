@@ -32,6 +32,7 @@ impl TestServer {
     fn start() -> Self {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let record = seen.clone();
+        let record_mail = seen.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -45,6 +46,16 @@ impl TestServer {
                             async move {
                                 record.lock().unwrap().push(Seen { method: method.to_string(), path: uri.path().to_string(), headers, body: body.to_vec() });
                                 axum::Json(json!({"queued": true}))
+                            }
+                        }),
+                    )
+                    .route(
+                        "/mail",
+                        axum::routing::post({
+                            let record = record_mail.clone();
+                            move |method: http::Method, uri: http::Uri, headers: HeaderMap, body: Bytes| {
+                                let record = record.clone();
+                                async move { mail_api(&record, Seen { method: method.to_string(), path: uri.path().to_string(), headers, body: body.to_vec() }).await }
                             }
                         }),
                     )
@@ -71,6 +82,25 @@ impl TestServer {
 
     fn origin(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// `POST /mail`, a mail API as `send-email` expects one: records the
+/// request; a mail whose subject is `fail` gets a 500 whose body quotes the
+/// request's Authorization header back (as careless APIs do), one whose
+/// subject is `hang` no answer at all, any other a 200 with an id.
+async fn mail_api(record: &Mutex<Vec<Seen>>, seen: Seen) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let subject = serde_json::from_slice::<Value>(&seen.body).ok().and_then(|m| m["subject"].as_str().map(str::to_string)).unwrap_or_default();
+    let authorization = seen.headers.get("authorization").map(|v| v.to_str().unwrap_or("?").to_string()).unwrap_or_default();
+    record.lock().unwrap().push(seen);
+    match subject.as_str() {
+        "fail" => (http::StatusCode::INTERNAL_SERVER_ERROR, format!("mail store down (you sent authorization: {authorization})")).into_response(),
+        "hang" => {
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            "late".into_response()
+        }
+        _ => axum::Json(json!({"id": 7})).into_response(),
     }
 }
 
@@ -180,4 +210,83 @@ fn a_host_that_allows_no_http_refuses_a_plugin_that_imports_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("(outbound HTTP): its manifest asks for it in `[capabilities] http`, but this host allows none of what it asks"), "{stderr}");
+}
+
+/// send-email as shipped, on a host whose config points it at `mail_url`
+/// with `secret` as its key, allowed to reach only the test server.
+fn send_email_host(server: &TestServer, mail_url: &str, secret_var: &str) -> HostDir {
+    let dir = HostDir::new(&format!(
+        "lease_ms = 5000\npoll_interval_ms = 100\nshutdown_grace_ms = 1000\n[queues.default]\nconcurrency = 4\n\
+         [capabilities]\nallow_http = [\"{}\"]\n[config]\nmail_api_url = \"{mail_url}\"\n[secrets]\nmail_api_key = {{ env = \"{secret_var}\" }}\n",
+        server.origin()
+    ));
+    // Its own manifest, with a short deadline and quick retries.
+    let manifest = std::fs::read_to_string(std::path::Path::new(built::SEND_EMAIL).join("plugin.toml")).unwrap();
+    let manifest = manifest.replace("timeout_ms = 10000", "timeout_ms = 1500").replace("max_attempts = 5", "max_attempts = 2\ninitial_backoff_ms = 100");
+    std::fs::remove_file(dir.plugins().join("send-email")).unwrap();
+    dir.add_plugin("send-email", built::SEND_EMAIL, &manifest);
+    dir
+}
+
+#[test]
+fn send_email_on_a_host_delivers_through_the_configured_api_with_its_secret_and_retries_what_failed() {
+    let server = TestServer::start();
+    const SECRET: &str = "sk-live-4f1c9a77e2";
+    let dir = send_email_host(&server, &server.url("/mail"), "KILN_TEST_MAIL_KEY");
+    let mut serve = dir.command();
+    serve.env("KILN_TEST_MAIL_KEY", SECRET);
+    let host = crate::host::Host::spawn(serve, &dir.path().join("stderr.log"));
+
+    let id = host.enqueue(json!({"kind": "send-email", "payload": {"to": "ada@example.com", "subject": "Welcome", "body": "Hello, Ada."}}));
+    let job = host.wait_for(id, "completed");
+    assert_eq!(job["result"], json!({"sent_to": "ada@example.com", "attempt": 1, "status": 200, "id": 7}), "{job}");
+    let seen = server.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let mail = &seen[0];
+    assert_eq!((mail.method.as_str(), mail.path.as_str()), ("POST", "/mail"));
+    assert_eq!(mail.headers["host"], format!("127.0.0.1:{}", server.port), "the Host header is sent");
+    assert_eq!(mail.headers["content-type"], "application/json");
+    assert_eq!(mail.headers["authorization"], format!("Bearer {SECRET}"), "the secret reaches the API");
+    assert!(mail.headers.get("cookie").is_none() && mail.headers.get("proxy-authorization").is_none(), "no credentials of the host's");
+    assert_eq!(serde_json::from_slice::<Value>(&mail.body).unwrap(), json!({"to": "ada@example.com", "subject": "Welcome", "body": "Hello, Ada."}));
+
+    // A 500 is a retry; the API quoted the key back, and the job's error shows it redacted.
+    let failing = host.enqueue(json!({"kind": "send-email", "payload": {"to": "ada@example.com", "subject": "fail"}}));
+    let job = host.wait_for(failing, "dead");
+    assert_eq!((job["attempt"].as_i64(), job["errors"][0]["outcome"].as_str()), (Some(2), Some("retry")), "{job}");
+    let error = job["errors"][0]["message"].as_str().unwrap();
+    assert!(error.contains(&format!("the mail API at {} answered 500", server.url("/mail"))), "{error}");
+    assert!(error.contains("you sent authorization: Bearer [redacted]"), "{error}");
+
+    // An API that never answers: the run ends at its own deadline (1.5 s), not the server's.
+    let hanging = host.enqueue(json!({"kind": "send-email", "payload": {"to": "ada@example.com", "subject": "hang"}}));
+    let job = host.wait_for(hanging, "dead");
+    assert_eq!(job["errors"][0]["outcome"], "timed_out", "{job}");
+    assert_eq!(job["errors"][1]["outcome"], "timed_out", "{job}");
+
+    // The secret is nowhere the host writes: its log, the jobs, the metrics.
+    let everything = format!("{}\n{}\n{}", host.stderr(), host.get("/jobs?limit=100").1, host.get_text("/metrics"));
+    assert!(!everything.contains(SECRET), "the secret leaked");
+    assert!(everything.contains("http_requests=1"), "the run-end line counts the request: {}", host.stderr());
+}
+
+#[test]
+fn send_email_pointed_outside_its_grant_is_denied_and_the_error_names_the_url_and_the_grant() {
+    let server = TestServer::start();
+    let other_port = server.port.wrapping_add(1).max(1);
+    let outside = format!("http://127.0.0.1:{other_port}/mail");
+    let dir = send_email_host(&server, &outside, "KILN_TEST_MAIL_KEY");
+    let mut serve = dir.command();
+    serve.env("KILN_TEST_MAIL_KEY", "k");
+    let host = crate::host::Host::spawn(serve, &dir.path().join("stderr.log"));
+    let id = host.enqueue(json!({"kind": "send-email", "payload": {"to": "ada@example.com", "subject": "Welcome"}}));
+    let job = host.wait_for(id, "dead");
+    assert_eq!(job["errors"][0]["outcome"], "fatal", "a denied request is not retried: {job}");
+    let error = job["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("the host denied POST {outside} is not in the plugin's grant (`[capabilities] http` allowed here: "))
+            && error.contains(&server.origin()),
+        "the job's error names the URL and the grant: {error}"
+    );
+    assert!(server.seen.lock().unwrap().is_empty(), "nothing reached any server");
 }

@@ -130,11 +130,16 @@ fn env_probe_sees_no_environment() {
 }
 
 #[test]
-fn send_email_validates_logs_and_succeeds() {
+fn send_email_validates_and_posts_to_the_example_mail_api() {
+    // With no --config, `kiln run` lends the example its local mail API.
     let r = run_json("send-email", &["--payload", r#"{"to":"ada@example.com","subject":"Welcome"}"#]);
     assert_eq!(r.outcome(), "ok", "{}", r.error());
-    assert_eq!(r.json["output"]["sent_to"], "ada@example.com");
-    assert!(r.json["logs"].to_string().contains("would send to ada@example.com"));
+    assert_eq!(r.json["output"], json!({"sent_to": "ada@example.com", "attempt": 1, "status": 202, "id": 1}), "the API took it");
+    assert!(r.json["logs"].to_string().contains("sent to ada@example.com"));
+    assert_eq!(r.json["http_requests"], 1);
+    assert!(r.json["http_bytes_sent"].as_u64().unwrap() > 0);
+    // The secret that reached the API is not in what `kiln run` prints.
+    assert!(!r.json.to_string().contains("Bearer "), "{}", r.json);
 
     let bad_address = run_json("send-email", &["--payload", r#"{"to":"nobody","subject":"x"}"#]);
     assert_eq!(bad_address.outcome(), "invalid_input");
@@ -181,7 +186,9 @@ fn plugin_check_accepts_a_good_plugin_without_running_it() {
     let out = kiln().args(["plugin", "check", "send-email"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("ok: send-email 0.1.0 implements kiln:worker/job@0.1.0"), "{text}");
+    assert!(text.contains("ok: send-email 0.2.0 implements kiln:worker/job@0.1.0"), "{text}");
+    assert!(text.contains("http     asks http://127.0.0.1:*; granted http://127.0.0.1:"), "the example services' origin: {text}");
+    assert!(text.contains("config   asks mail_api_url, mail_api_key; granted mail_api_url, mail_api_key (secret)"), "{text}");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("would send"), "check does not run the plugin");
 }
 

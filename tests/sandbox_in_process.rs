@@ -61,7 +61,12 @@ async fn a_good_iteration_right_after_each_bad_one_still_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cooperative_plugin_returns_when_cancelled() {
     let sandbox = Sandbox::new().unwrap();
-    let email = load(&sandbox, built::SEND_EMAIL);
+    // send-email posts over HTTP: a host must allow it some (the cancel
+    // comes before any request).
+    let mut host = kiln::capability::HostCapabilities::default();
+    host.policy.allow_http.push("http://127.0.0.1:*".parse().unwrap());
+    let policy = plugin::LoadPolicy { capabilities: std::sync::Arc::new(host), ..plugin::LoadPolicy::default() };
+    let email = plugin::load_with(&sandbox, None, &plugin::resolve(built::SEND_EMAIL, &[]).unwrap(), &policy).unwrap();
     let payload = br#"{"to":"ada@example.com","subject":"slow","send_ms":60000}"#;
     let stop = sandbox.stop_signal();
     let canceller = {

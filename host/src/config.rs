@@ -63,6 +63,11 @@ pub struct Config {
     /// Where the secrets' values are (`{ env = "VAR" }` or `{ file = "PATH" }`),
     /// read once at start and never written anywhere.
     pub secrets: BTreeMap<String, SecretSource>,
+    /// Serve the local mail API and feed the bundled examples talk to
+    /// (`send-email`, `poller`) on a loopback port, reachable only from the
+    /// examples' own bytes, and default `mail_api_url`, `mail_api_key` and
+    /// `feed_url` to them (a value in `[config]`/`[secrets]` wins).
+    pub example_services: bool,
 }
 
 /// The largest pool `max_instances` may ask for: each instance reserves
@@ -123,6 +128,7 @@ impl Default for Config {
             capabilities: HostPolicy::default(),
             config_values: BTreeMap::new(),
             secrets: BTreeMap::new(),
+            example_services: true,
         }
     }
 }
@@ -237,6 +243,8 @@ impl Config {
             policy: self.capabilities.clone(),
             config: ConfigValues::resolve(&self.config_values, &self.secrets)?,
             queues: Some(self.queues.keys().cloned().collect()),
+            // Lent by `serve` once the example services listen.
+            examples: None,
         })
     }
 

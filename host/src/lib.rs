@@ -16,7 +16,9 @@
 //!   graceful shutdown. The only part that knows queue and sandbox.
 //! - [`api`]: the HTTP API; calls into worker and queue.
 //! - [`config`], [`serve`]: `kiln.toml` and the composition root of
-//!   `kiln serve`; [`client`]: the CLI's HTTP client.
+//!   `kiln serve`; [`client`]: the CLI's HTTP client;
+//!   [`example_services`]: the local mail API and feed the bundled
+//!   examples reach when no real ones are configured.
 //!
 //! Dependencies point down this list: `sandbox` and `queue` never import
 //! `worker` or `api`. The `kiln` binary (`main.rs`) parses the command line
@@ -26,6 +28,7 @@ pub mod api;
 pub mod capability;
 pub mod client;
 pub mod config;
+pub mod example_services;
 pub mod plugin;
 pub mod queue;
 pub mod sandbox;

@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use kiln::client::{ApiClient, DEFAULT_API, render};
 use kiln::capability::{ConfigValues, Grants, HostCapabilities};
 use kiln::config::Config;
+use kiln::example_services::ExampleServices;
 use kiln::plugin::{self, ArtifactCache, CompileBudget, Compiler, LoadPolicy, Plugin};
 use kiln::sandbox::{Budget, JobInput, Outcome, PoolSize, Report, Sandbox};
 use kiln::queue::{JobStore, SqliteStore, SystemClock};
@@ -382,8 +383,10 @@ fn key_value(arg: &str) -> Result<(String, String), String> {
 }
 
 impl GrantArgs {
-    /// The host these flags describe.
-    fn host(&self) -> anyhow::Result<HostCapabilities> {
+    /// The host these flags describe, lending the bundled examples the
+    /// example services as `kiln serve` does (they stop when the returned
+    /// handle is dropped). Needs a tokio runtime.
+    fn host(&self) -> anyhow::Result<(HostCapabilities, ExampleServices)> {
         let mut plain = std::collections::BTreeMap::new();
         for (key, value) in &self.config {
             anyhow::ensure!(plain.insert(key.clone(), value.clone()).is_none(), "--config {key} is given twice");
@@ -397,7 +400,10 @@ impl GrantArgs {
         for origin in &self.allow_http {
             policy.allow_http.push(origin.parse().map_err(|e| anyhow::anyhow!("--allow-http {e}"))?);
         }
-        Ok(HostCapabilities { config, policy, ..HostCapabilities::default() })
+        let mut host = HostCapabilities { config, policy, ..HostCapabilities::default() };
+        let services = ExampleServices::start().context("cannot start the example services")?;
+        services.lend(&mut host, plugin::seed::example_components());
+        Ok((host, services))
     }
 }
 
@@ -805,7 +811,7 @@ fn load(common: &CommonArgs, sandbox: &Sandbox, spec: &str, host: HostCapabiliti
 
 fn check(common: &CommonArgs, spec: &str, grants: &GrantArgs) -> anyhow::Result<ExitCode> {
     let sandbox = Sandbox::with_pool(PoolSize::for_one_run())?;
-    let host = grants.host()?;
+    let (host, _services) = grants.host()?;
     let plugin = load(common, &sandbox, spec, host.clone())?;
     let m = &plugin.manifest;
     println!("ok: {} {} implements {}", m.name, m.version, kiln::sandbox::WORLD);
@@ -852,7 +858,8 @@ async fn run(common: &CommonArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let payload = text_or_file(args.payload, "--payload")?;
     let checkpoint = args.checkpoint.map(|c| text_or_file(c, "--checkpoint")).transpose()?;
     let sandbox = Sandbox::with_pool(PoolSize::for_one_run())?;
-    let plugin = load(common, &sandbox, &args.plugin, args.grants.host()?)?;
+    let (host, _services) = args.grants.host()?;
+    let plugin = load(common, &sandbox, &args.plugin, host)?;
     // The kv stores: a Kiln database of their own, in --kv DIR or for this run only.
     let scratch = tempfile::tempdir().context("cannot make a directory for this run's kv store")?;
     let kv_dir = args.grants.kv_dir.clone().unwrap_or_else(|| scratch.path().to_path_buf());

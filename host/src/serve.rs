@@ -5,6 +5,7 @@
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::example_services::ExampleServices;
 use crate::plugin::{ArtifactCache, Compiler, LoadPolicy, Registry, watch_plugins_dir};
 use crate::queue::{JobStore, PostgresStore, SharedClock, SqliteStore, SystemClock};
 use crate::sandbox::{PoolSize, Sandbox};
@@ -85,7 +86,15 @@ pub async fn serve(
     sandbox.set_kv_backend(Arc::new(crate::worker::StoreKv::new(store.clone())));
     // Compiles run in child processes of this binary, killed past their budget.
     let compiler = Compiler::child_process(config.compile.clone()).context("cannot find the kiln executable to compile with")?;
-    let capabilities = config.capabilities().context("cannot read the values behind [config] and [secrets]")?;
+    let mut capabilities = config.capabilities().context("cannot read the values behind [config] and [secrets]")?;
+    let _example_services = if config.example_services {
+        let services = ExampleServices::start().context("cannot start the example services")?;
+        services.lend(&mut capabilities, crate::plugin::seed::example_components());
+        tracing::info!(origin = %services.origin(), "example services listening (mail API and feed for the bundled examples; `example_services = false` turns them off)");
+        Some(services)
+    } else {
+        None
+    };
     let policy = LoadPolicy { ceilings: config.ceilings.clone(), compiler: Arc::new(compiler), capabilities: Arc::new(capabilities) };
     let loading = std::time::Instant::now();
     let registry = load_registry(sandbox, &config.data_dir, plugins_dir, policy)?;

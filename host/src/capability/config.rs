@@ -128,6 +128,24 @@ impl ConfigValues {
         self.plain.contains_key(key) || self.secrets.contains_key(key)
     }
 
+    /// A `[config]` value (never a secret's).
+    pub fn plain(&self, key: &str) -> Option<&str> {
+        self.plain.get(key).map(String::as_str)
+    }
+
+    /// Holds `value` for `key` unless the host already holds one: what a
+    /// host's own config says wins over a default.
+    pub fn set_default(&mut self, key: &str, value: String, secret: bool) {
+        if self.has(key) {
+            return;
+        }
+        if secret {
+            self.secrets.insert(key.to_string(), Secret(value));
+        } else {
+            self.plain.insert(key.to_string(), value);
+        }
+    }
+
     /// Whether `key` is a secret.
     pub fn is_secret(&self, key: &str) -> bool {
         self.secrets.contains_key(key)

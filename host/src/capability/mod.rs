@@ -118,6 +118,21 @@ pub struct HostCapabilities {
     pub config: ConfigValues,
     /// `None`: any queue (`kiln run`, which serves none).
     pub queues: Option<Vec<String>>,
+    /// HTTP allowed only to the examples built into this binary.
+    pub examples: Option<ExampleGrant>,
+}
+
+/// An origin the host allows only to components with given bytes: the
+/// local services `kiln` runs for its own examples (`example_services`)
+/// are reachable from those examples, by the sha256 of their component,
+/// and from nothing else, not even a plugin deployed under an example's
+/// name. So a host with no `allow_http` still allows no HTTP to any code
+/// it did not ship.
+#[derive(Debug, Clone)]
+pub struct ExampleGrant {
+    pub origin: HttpOrigin,
+    /// Hex sha256 of each component that may reach it.
+    pub components: std::collections::BTreeSet<String>,
 }
 
 /// What one plugin version was granted: the intersection of its request
@@ -146,9 +161,13 @@ pub struct Grants {
 impl Grants {
     /// The intersection of what plugin `name`'s `request` asks and what
     /// `host` allows.
-    pub fn resolve(name: &str, request: &Request, host: &HostCapabilities) -> Self {
+    /// `component_sha256` (hex) says whether the bytes are an example the
+    /// host ships ([`ExampleGrant`]).
+    pub fn resolve(name: &str, request: &Request, host: &HostCapabilities, component_sha256: &str) -> Self {
+        let shipped = host.examples.iter().filter(|e| e.components.contains(component_sha256)).map(|e| &e.origin);
+        let allowed: Vec<&HttpOrigin> = host.policy.allow_http.iter().chain(shipped).collect();
         let mut http: Vec<HttpOrigin> =
-            request.http.iter().flat_map(|asked| host.policy.allow_http.iter().filter_map(|allowed| asked.intersect(allowed))).collect();
+            request.http.iter().flat_map(|asked| allowed.iter().filter_map(|allowed| asked.intersect(allowed))).collect();
         http.sort();
         http.dedup();
         let kv = request.kv.iter().filter(|s| host.policy.kv_stores.contains(s)).cloned().collect();
@@ -370,6 +389,7 @@ mod tests {
             },
             config: ConfigValues::from_values(config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), BTreeMap::new()).unwrap(),
             queues: None,
+            examples: None,
         }
     }
 
@@ -378,12 +398,24 @@ mod tests {
         let asked = request(
             "http = [\"https://api.example.com\", \"http://127.0.0.1:*\"]\nkv = [\"default\", \"cache\"]\nconfig = [\"url\", \"token\"]\nenqueue = [\"send-email\"]\n",
         );
-        let grants = Grants::resolve("p", &asked, &host(&["http://127.0.0.1:8025", "https://other.example"], &["default"], &[("url", "u")]));
+        let grants = Grants::resolve("p", &asked, &host(&["http://127.0.0.1:8025", "https://other.example"], &["default"], &[("url", "u")]), "");
         assert_eq!(grants.http.iter().map(ToString::to_string).collect::<Vec<_>>(), ["http://127.0.0.1:8025"], "the host's narrower port wins");
         assert_eq!(grants.kv, ["default"]);
         assert_eq!((grants.config_keys.as_slice(), grants.config_missing.as_slice()), (&["url".to_string()][..], &["token".to_string()][..]));
         assert_eq!(grants.enqueue, ["send-email"]);
-        assert!(Grants::resolve("p", &asked, &HostCapabilities::default()).http.is_empty(), "a host allows no HTTP by default");
+        assert!(Grants::resolve("p", &asked, &HostCapabilities::default(), "").http.is_empty(), "a host allows no HTTP by default");
+    }
+
+    #[test]
+    fn the_example_services_are_allowed_only_to_the_bytes_the_host_ships() {
+        let asked = request("http = [\"http://127.0.0.1:*\"]");
+        let mut host = HostCapabilities::default();
+        host.examples = Some(ExampleGrant { origin: "http://127.0.0.1:4100".parse().unwrap(), components: ["ab12".to_string()].into() });
+        let shipped = Grants::resolve("send-email", &asked, &host, "ab12");
+        assert_eq!(shipped.http.iter().map(ToString::to_string).collect::<Vec<_>>(), ["http://127.0.0.1:4100"]);
+        assert!(Grants::resolve("send-email", &asked, &host, "cd34").http.is_empty(), "other bytes under the same name get nothing");
+        // And the manifest still has to ask.
+        assert!(Grants::resolve("send-email", &Request::default(), &host, "ab12").http.is_empty());
     }
 
     #[test]
@@ -404,11 +436,11 @@ mod tests {
         let e = check_import("wasi:config/store@0.2.0-rc.1", Capability::Config, &Grants::default()).unwrap_err().to_string();
         assert!(e.contains("which its manifest does not grant") && e.contains("`[capabilities] config`"), "{e}");
         let asked = request("config = [\"url\"]");
-        assert!(check_import("wasi:config/store", Capability::Config, &Grants::resolve("p", &asked, &HostCapabilities::default())).is_ok());
+        assert!(check_import("wasi:config/store", Capability::Config, &Grants::resolve("p", &asked, &HostCapabilities::default(), "")).is_ok());
         let e = check_import("wasi:http/outgoing-handler@0.2.6", Capability::Http, &Grants::default()).unwrap_err().to_string();
         assert!(e.contains("which its manifest does not grant") && e.contains("`[capabilities] http`"), "{e}");
         let asked_http = request("http = [\"https://api.example.com\"]");
-        let e = check_import("wasi:http/types@0.2.6", Capability::Http, &Grants::resolve("p", &asked_http, &HostCapabilities::default()))
+        let e = check_import("wasi:http/types@0.2.6", Capability::Http, &Grants::resolve("p", &asked_http, &HostCapabilities::default(), ""))
             .unwrap_err()
             .to_string();
         assert!(e.contains("this host allows none of what it asks (`[capabilities] allow_http` in kiln.toml)"), "{e}");

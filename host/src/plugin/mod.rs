@@ -155,7 +155,7 @@ pub fn load_with(sandbox: &Sandbox, cache: Option<&ArtifactCache>, files: &Plugi
         CompileError::Invalid(reason) => PluginError::InvalidComponent { path: path.clone(), reason },
         source => PluginError::Compile { path: path.clone(), source },
     })?;
-    let grants = Grants::resolve(&manifest.name, &manifest.capabilities, &policy.capabilities);
+    let grants = Grants::resolve(&manifest.name, &manifest.capabilities, &policy.capabilities, &wasm_sha256);
     if !grants.config_missing.is_empty() {
         tracing::warn!(plugin = %manifest.name, keys = %grants.config_missing.join(", "),
             "the manifest names config keys this host holds no value for ([config] or [secrets] in kiln.toml); the plugin reads them as absent");

@@ -21,6 +21,12 @@ pub fn examples() -> &'static [SeedPlugin] {
     super::built::EXAMPLE_SEED
 }
 
+/// The hex sha256 of each example's component: the bytes this binary
+/// ships, which alone may reach its example services.
+pub fn example_components() -> std::collections::BTreeSet<String> {
+    examples().iter().map(|e| super::artifact_cache::sha256_hex(e.wasm)).collect()
+}
+
 /// The name of the plugins directory inside a data directory.
 pub const PLUGINS_SUBDIR: &str = "plugins";
 
