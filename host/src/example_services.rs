@@ -213,6 +213,9 @@ mod tests {
             let listed = agent.get(&mail_url).call().unwrap().body_mut().read_to_string().unwrap();
             let page = agent.get(&feed_url).call().unwrap().body_mut().read_to_string().unwrap();
             let bad = agent.get(&format!("{feed_url}0000")).call().unwrap().status();
+            let huge = serde_json::json!({"to": "ada@example.com", "subject": "big", "body": "x".repeat(MAX_MAIL_BYTES)});
+            let too_big = agent.post(&mail_url).header("authorization", &format!("Bearer {token}")).send_json(&huge).unwrap().status();
+            assert_eq!(too_big.as_u16(), 413, "a mail over the most is refused unread");
             (unauthorized, accepted.status(), listed, page, bad)
         })
         .await
