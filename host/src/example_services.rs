@@ -136,7 +136,7 @@ async fn send_mail(State(shared): State<Shared>, headers: HeaderMap, body: axum:
     let mut outbox = shared.outbox.lock().unwrap_or_else(|p| p.into_inner());
     outbox.sent += 1;
     let id = outbox.sent;
-    tracing::info!(id, to = %mail.to, subject = %mail.subject, body_bytes = mail.body.len(), "example mail API: accepted a mail");
+    tracing::info!(id, to = ?mail.to, subject = ?mail.subject, body_bytes = mail.body.len(), "example mail API: accepted a mail");
     if outbox.kept.len() == KEPT_MAILS {
         outbox.kept.pop_front();
     }

@@ -386,7 +386,7 @@ impl GrantArgs {
     /// The host these flags describe, lending the bundled examples the
     /// example services as `kiln serve` does (they stop when the returned
     /// handle is dropped). Needs a tokio runtime.
-    fn host(&self) -> anyhow::Result<(HostCapabilities, ExampleServices)> {
+    fn host(&self) -> anyhow::Result<(HostCapabilities, Option<ExampleServices>)> {
         let mut plain = std::collections::BTreeMap::new();
         for (key, value) in &self.config {
             anyhow::ensure!(plain.insert(key.clone(), value.clone()).is_none(), "--config {key} is given twice");
@@ -401,8 +401,17 @@ impl GrantArgs {
             policy.allow_http.push(origin.parse().map_err(|e| anyhow::anyhow!("--allow-http {e}"))?);
         }
         let mut host = HostCapabilities { config, policy, ..HostCapabilities::default() };
-        let services = ExampleServices::start().context("cannot start the example services")?;
-        services.lend(&mut host, plugin::seed::example_components());
+        // Without them the examples that talk HTTP are refused; nothing else is.
+        let services = match ExampleServices::start() {
+            Ok(services) => {
+                services.lend(&mut host, plugin::seed::example_components());
+                Some(services)
+            }
+            Err(e) => {
+                tracing::warn!("cannot start the example services (a loopback port): {e}");
+                None
+            }
+        };
         Ok((host, services))
     }
 }
