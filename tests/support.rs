@@ -16,6 +16,7 @@ pub fn kiln() -> Command {
     cmd.current_dir(repo_root())
         .env("KILN_CACHE_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-test-cache"))
         .env_remove("KILN_PLUGINS_DIR")
+        .env_remove("KILN_API_KEY")
         .env("KILN_LOG", "warn");
     cmd
 }

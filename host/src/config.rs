@@ -5,6 +5,7 @@
 use crate::api::HttpLimits;
 use crate::capability::{ConfigValueError, ConfigValues, HostCapabilities, HostPolicy, SecretSource};
 use crate::plugin::{Ceilings, CompileBudget};
+use crate::tenant::{AdminSettings, TenantSettings};
 use crate::worker::dispatcher::{self, DispatcherConfig, QueueConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -68,6 +69,14 @@ pub struct Config {
     /// examples' own bytes, and default `mail_api_url`, `mail_api_key` and
     /// `feed_url` to them (a value in `[config]`/`[secrets]` wins).
     pub example_services: bool,
+    /// The operator's API keys (hashes): with any, every API call but the
+    /// health probes needs one.
+    pub admin: AdminSettings,
+    /// Tenants: their keys, shares, limits and grants.
+    pub tenants: BTreeMap<String, TenantSettings>,
+    /// `kiln serve --insecure`: listen beyond loopback with no API keys.
+    #[serde(skip)]
+    pub insecure: bool,
 }
 
 /// The largest pool `max_instances` may ask for: each instance reserves
@@ -129,6 +138,9 @@ impl Default for Config {
             config_values: BTreeMap::new(),
             secrets: BTreeMap::new(),
             example_services: true,
+            admin: AdminSettings::default(),
+            tenants: BTreeMap::new(),
+            insecure: false,
         }
     }
 }
@@ -227,6 +239,9 @@ impl Config {
         }
         if let Some((key, problem)) = self.capabilities.problem() {
             return invalid(key, &problem);
+        }
+        if let Some((key, problem)) = crate::tenant::settings::problem(&self.admin, &self.tenants) {
+            return invalid(&key, &problem);
         }
         // The values themselves: secrets are read only at start, by `capabilities()`.
         let placeholders = self.secrets.keys().map(|k| (k.clone(), "-".to_string())).collect();
@@ -400,5 +415,45 @@ concurrency = 489
         assert!(e.contains("`database_url` is not a valid Postgres URL"), "{e}");
         let e = Config::parse("database_schema = \"Jobs; DROP\"\n", "kiln.toml").unwrap_err().to_string();
         assert!(e.contains("`database_schema`") && e.contains("is not a schema name"), "{e}");
+    }
+
+    const HASH_A: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    const HASH_B: &str = "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
+
+    #[test]
+    fn admin_and_tenants_parse_as_the_issue_writes_them() {
+        let text = format!(
+            "[admin]\napi_keys = [\"{HASH_A}\"]\n[tenants.acme]\napi_keys = [\"{HASH_B}\"]\nweight = 3\nmax_running = 50\nrate = \"100/s\"\n\
+             max_waiting = 100000\nallow_http = [\"https://api.acme.example\"]\nkv_quota_bytes = 104857600\n\
+             ceilings = {{ fuel = 20000000000, memory_mib = 256, timeout_ms = 60000 }}\nrequire_signature = true\nsigning_keys = []\n"
+        );
+        let c = Config::parse(&text, "kiln.toml").unwrap();
+        assert_eq!(c.admin.api_keys[0].to_string(), HASH_A);
+        let acme = &c.tenants["acme"];
+        assert_eq!((acme.weight.get(), acme.max_running.map(|n| n.get()), acme.rate.map(|r| r.count.get())), (3, Some(50), Some(100)));
+        assert_eq!(acme.ceilings.memory_mib.map(|n| n.get()), Some(256));
+        assert!(acme.require_signature);
+        assert!(Config::default().admin.api_keys.is_empty() && Config::default().tenants.is_empty());
+    }
+
+    #[test]
+    fn bad_keys_fields_limits_and_rates_name_the_key_and_the_line() {
+        let cases = [
+            (format!("[admin]\napi_keys = [\"sha256:abc\"]\n"), "is not a key hash", "line 2"),
+            (format!("[tenants.acme]\napi_keys = [\"{HASH_B}\"]\nmax_runing = 5\n"), "unknown field `max_runing`", "line 3"),
+            (format!("[tenants.acme]\napi_keys = [\"{HASH_B}\"]\nmax_running = 0\n"), "nonzero", "line 3"),
+            (format!("[tenants.acme]\napi_keys = [\"{HASH_B}\"]\n\nrate = \"fast\"\n"), "is not a rate", "line 4"),
+            (format!("[tenants.acme]\napi_keys = [\"{HASH_B}\"]\nceilings = {{ fuel = 0 }}\n"), "nonzero", "line 3"),
+        ];
+        for (text, says, line) in cases {
+            let e = Config::parse(&text, "kiln.toml").unwrap_err().to_string();
+            assert!(e.contains(says) && e.contains(line), "{text:?}: {e}");
+        }
+        let e = Config::parse(&format!("[admin]\napi_keys = [\"{HASH_A}\"]\n[tenants.acme]\napi_keys = [\"{HASH_A}\"]\n"), "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("`tenants.acme.api_keys`") && e.contains("is in admin.api_keys too"), "{e}");
+        let e = Config::parse("[tenants.acme]\napi_keys = []\n", "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("`tenants.acme.api_keys` is empty"), "{e}");
+        let e = Config::parse(&format!("[tenants.Acme]\napi_keys = [\"{HASH_B}\"]\n"), "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("`tenants.Acme`") && e.contains("is not a tenant name"), "{e}");
     }
 }

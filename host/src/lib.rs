@@ -14,7 +14,10 @@
 //!   SQLite backend. Knows nothing of wasm.
 //! - [`worker`]: the BackgroundService — claims, runs, retries, leases,
 //!   graceful shutdown. The only part that knows queue and sandbox.
-//! - [`api`]: the HTTP API; calls into worker and queue.
+//! - [`tenant`]: who calls the API: the operator's and tenants' keys
+//!   (as hashes) and each tenant's settings.
+//! - [`api`]: the HTTP API; calls into worker and queue, and asks
+//!   [`tenant`] who a request's key belongs to.
 //! - [`config`], [`serve`]: `kiln.toml` and the composition root of
 //!   `kiln serve`; [`client`]: the CLI's HTTP client;
 //!   [`example_services`]: the local mail API and feed the bundled
@@ -33,4 +36,5 @@ pub mod plugin;
 pub mod queue;
 pub mod sandbox;
 pub mod serve;
+pub mod tenant;
 pub mod worker;

@@ -66,6 +66,9 @@ enum Command {
     /// Read and change a plugin's kv stores through the API.
     #[command(subcommand)]
     Kv(KvCommand),
+    /// Make API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Compile one component to an artifact (the host runs this in a child
     /// process, to bound what compiling costs).
     #[command(name = "compile-component", hide = true)]
@@ -73,6 +76,16 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
         wasm: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Print a fresh API key and its hash: the hash goes in kiln.toml
+    /// (`[admin] api_keys`), the key to the client (`KILN_API_KEY`), once.
+    New {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -91,6 +104,9 @@ struct ServeArgs {
     /// `database_url`; unset: the embedded SQLite file).
     #[arg(long, env = "KILN_DATABASE_URL")]
     database_url: Option<String>,
+    /// Listen beyond loopback although no API keys are configured.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Args, Debug)]
@@ -470,6 +486,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve(common, args).await,
         Command::Plugin(PluginCommand::Check { plugin, grants }) => check(common, &plugin, &grants),
         Command::Plugin(PluginCommand::New { name, path, sdk }) => new_plugin(&name, path, sdk),
+        Command::Keys(KeysCommand::New { json }) => {
+            let key = kiln::tenant::new_key().context("cannot read random bytes for a key")?;
+            let hash = kiln::tenant::KeyHash::of(&key);
+            if json {
+                println!("{}", serde_json::json!({"key": key, "hash": hash.to_string()}));
+            } else {
+                println!("key:  {key}\nhash: {hash}\n\nPut the hash in kiln.toml ([admin] api_keys = [\"{hash}\"]) and give the key to the client\n(KILN_API_KEY for the CLI, `Authorization: Bearer KEY` over HTTP). It is not shown again.");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plugin(command) => {
             let client = ApiClient::new(&common.api);
             let spec = match &command {
@@ -582,6 +608,7 @@ async fn serve(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<ExitCode>
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
+    config.insecure = args.insecure;
     if let Some(url) = args.database_url {
         config.database_url = Some(url);
         config.validate_database("--database-url (or KILN_DATABASE_URL)")?;

@@ -55,6 +55,35 @@ pub fn job_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(cores).thread_name("kiln-job").enable_all().build()
 }
 
+/// Refuses what would serve the API to more callers than its config
+/// means to: tenants (kept apart only in a later version: refused rather
+/// than served unisolated), or an address beyond loopback with no API keys
+/// unless `--insecure` says so. A host with no keys on loopback says
+/// loudly that every local client may do everything.
+fn check_access(config: &Config) -> anyhow::Result<()> {
+    if !config.tenants.is_empty() {
+        let names: Vec<&str> = config.tenants.keys().map(String::as_str).collect();
+        anyhow::bail!(
+            "kiln.toml names tenants ({}): this version reads and checks [tenants] but does not yet keep tenants apart, \
+             so it refuses to serve them rather than serve them unisolated; use [admin] api_keys for now",
+            names.join(", ")
+        );
+    }
+    if !config.admin.api_keys.is_empty() {
+        return Ok(());
+    }
+    let loopback = config.listen.ip().is_loopback();
+    if !loopback && !config.insecure {
+        anyhow::bail!(
+            "refusing to listen on {} with no API keys: anyone who reaches it could deploy code and read every job. \
+             Give [admin] api_keys in kiln.toml (`kiln keys new` makes one), listen on loopback, or pass --insecure",
+            config.listen
+        );
+    }
+    tracing::warn!(listen = %config.listen, "the API has no keys ([admin] api_keys in kiln.toml): every client that reaches it may do everything; `kiln keys new` makes one");
+    Ok(())
+}
+
 /// Runs the host until `shutdown` resolves, then stops it gracefully.
 /// Plugins are compiled in child processes of the current executable,
 /// which must therefore be `kiln` (it runs `kiln compile-component`).
@@ -67,6 +96,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     on_listening: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<()> {
+    check_access(&config)?;
     // Jobs' payloads and results live here: readable by the owner only
     // when Kiln creates it (an existing directory keeps its mode).
     std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
@@ -114,7 +144,8 @@ pub async fn serve(
 
     let (readiness, ready) = tokio::sync::watch::channel(Some("running start-up plugins".to_string()));
     let (close_api, api_closed) = tokio::sync::oneshot::channel::<()>();
-    let state = AppState { dispatcher: dispatcher.clone(), registry: registry.clone(), not_ready: ready, http: config.http.clone() };
+    let access = api::auth::Access::new(&config.admin.api_keys);
+    let state = AppState { dispatcher: dispatcher.clone(), registry: registry.clone(), not_ready: ready, http: config.http.clone(), access };
     let api = tokio::spawn(api::serve(listener, state, async {
         let _ = api_closed.await;
     }));

@@ -1,5 +1,5 @@
-//! Keeps web pages from driving the API through a visitor's browser. The
-//! API has no authentication of its own yet (tenants bring it), so three
+//! Keeps web pages from driving the API through a visitor's browser. A
+//! host may run without API keys (on loopback, see `auth`), so three
 //! checks close the browser's ways in:
 //!
 //! - `Host` must be `localhost`, an IP address or a name in

@@ -31,6 +31,8 @@ pub enum AppError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     MisdirectedRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
 }
 
 impl AppError {
@@ -47,6 +49,7 @@ impl AppError {
             AppError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::MisdirectedRequest(_) => StatusCode::MISDIRECTED_REQUEST,
+            AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         }
     }
 }

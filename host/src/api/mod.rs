@@ -1,6 +1,7 @@
 //! The HTTP API: jobs, queues, plugins and their kv stores, health and metrics. Calls into the
 //! worker and the store; holds no logic of its own.
 
+pub mod auth;
 pub mod browser_guard;
 mod error;
 mod kv;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub not_ready: watch::Receiver<Option<String>>,
     /// Connections, timeouts and the host names the API answers to.
     pub http: HttpLimits,
+    /// Who may call it.
+    pub access: auth::Access,
 }
 
 /// The API's routes, without a socket (tests can call it directly).
@@ -70,6 +73,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(state.access.clone(), auth::authenticate))
         .layer(axum::middleware::from_fn_with_state(
             browser_guard::AllowedHosts::new(&state.http.allowed_hosts),
             browser_guard::guard,

@@ -8,10 +8,21 @@ use anyhow::{Context as _, bail};
 /// Where the CLI finds the API unless told otherwise.
 pub const DEFAULT_API: &str = "http://127.0.0.1:8080";
 
-#[derive(Debug, Clone)]
+/// The environment variable the CLI reads its API key from.
+pub const API_KEY_VAR: &str = "KILN_API_KEY";
+
+#[derive(Clone)]
 pub struct ApiClient {
     base: String,
     agent: ureq::Agent,
+    /// `Authorization` for every call, from `KILN_API_KEY`.
+    authorization: Option<String>,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient").field("base", &self.base).field("with_key", &self.authorization.is_some()).finish()
+    }
 }
 
 impl ApiClient {
@@ -22,18 +33,26 @@ impl ApiClient {
             .timeout_global(Some(std::time::Duration::from_secs(30)))
             .build()
             .into();
-        Self { base: base.trim_end_matches('/').to_string(), agent }
+        let authorization = std::env::var(API_KEY_VAR).ok().filter(|k| !k.is_empty()).map(|k| format!("Bearer {k}"));
+        Self { base: base.trim_end_matches('/').to_string(), agent, authorization }
+    }
+
+    fn authorized<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.authorization {
+            Some(value) => request.header("authorization", value),
+            None => request,
+        }
     }
 
     pub fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
         let url = format!("{}{path}", self.base);
-        let response = self.agent.get(&url).call().with_context(|| format!("cannot reach the Kiln API at {url}"))?;
+        let response = self.authorized(self.agent.get(&url)).call().with_context(|| format!("cannot reach the Kiln API at {url}"))?;
         Self::answer(response, &url)
     }
 
     pub fn post(&self, path: &str, body: Option<&serde_json::Value>) -> anyhow::Result<serde_json::Value> {
         let url = format!("{}{path}", self.base);
-        let request = self.agent.post(&url);
+        let request = self.authorized(self.agent.post(&url));
         let response = match body {
             Some(body) => request.send_json(body),
             None => request.send_empty(),
@@ -44,13 +63,13 @@ impl ApiClient {
 
     pub fn put(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
         let url = format!("{}{path}", self.base);
-        let response = self.agent.put(&url).send_json(body).with_context(|| format!("cannot reach the Kiln API at {url}"))?;
+        let response = self.authorized(self.agent.put(&url)).send_json(body).with_context(|| format!("cannot reach the Kiln API at {url}"))?;
         Self::answer(response, &url)
     }
 
     pub fn delete(&self, path: &str) -> anyhow::Result<serde_json::Value> {
         let url = format!("{}{path}", self.base);
-        let response = self.agent.delete(&url).call().with_context(|| format!("cannot reach the Kiln API at {url}"))?;
+        let response = self.authorized(self.agent.delete(&url)).call().with_context(|| format!("cannot reach the Kiln API at {url}"))?;
         Self::answer(response, &url)
     }
 

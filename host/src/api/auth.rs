@@ -1,0 +1,85 @@
+//! Authentication: with API keys configured (`[admin] api_keys`), every
+//! call but the health probes must carry one (`Authorization: Bearer
+//! KEY`), or it is refused with 401 before any handler runs. Keys are
+//! checked against their hashes in constant time, every configured hash
+//! each time; refusals are logged with the route, at most one line a
+//! second (with how many were not logged), so a client hammering with bad
+//! keys cannot fill the host's log.
+
+use super::AppError;
+use crate::tenant::KeyHash;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Routes a load balancer or supervisor probes without a key.
+pub const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Who may call the API.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    admin: Arc<[KeyHash]>,
+    refusals: Arc<RefusalLog>,
+}
+
+#[derive(Debug, Default)]
+struct RefusalLog {
+    /// When a refusal was last logged, in ms since the epoch.
+    last_logged_ms: AtomicI64,
+    /// Refusals since then that were not.
+    unlogged: AtomicU64,
+}
+
+impl Access {
+    pub fn new(admin: &[KeyHash]) -> Self {
+        Self { admin: admin.into(), refusals: Arc::default() }
+    }
+
+    /// No keys configured: whoever reaches the socket may do everything.
+    pub fn is_open(&self) -> bool {
+        self.admin.is_empty()
+    }
+
+    fn admits(&self, key: &str) -> bool {
+        // Every hash, not the first match: the time says nothing of which.
+        self.admin.iter().fold(false, |found, hash| hash.admits(key) | found)
+    }
+
+    fn note_refusal(&self, method: &http::Method, path: &str, why: &str) {
+        let now = crate::queue::Clock::now(&crate::queue::SystemClock);
+        let last = self.refusals.last_logged_ms.load(Ordering::Relaxed);
+        if now - last >= 1000 && self.refusals.last_logged_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            let unlogged = self.refusals.unlogged.swap(0, Ordering::Relaxed);
+            tracing::warn!(%method, route = %path, unlogged_since_last = unlogged, "API call refused: {why}");
+        } else {
+            self.refusals.unlogged.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The key a request carries, if it carries one as a bearer token.
+fn bearer(request: &Request) -> Option<&str> {
+    let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, key) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+}
+
+/// The check above, as a middleware.
+pub async fn authenticate(State(access): State<Access>, request: Request, next: Next) -> Response {
+    if access.is_open() || OPEN_PATHS.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let why = match bearer(&request) {
+        Some(key) if access.admits(key) => return next.run(request).await,
+        Some(_) => "the key is not one this host knows",
+        None if request.headers().contains_key(header::AUTHORIZATION) => "the Authorization header is not `Bearer KEY`",
+        None => "no API key (send `Authorization: Bearer KEY`; the CLI reads KILN_API_KEY)",
+    };
+    access.note_refusal(request.method(), request.uri().path(), why);
+    let mut response = AppError::Unauthorized(format!("unauthorized: {why}")).into_response();
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"kiln\""));
+    response
+}

@@ -1,0 +1,10 @@
+//! Who calls the API and what they may do: the operator's and tenants'
+//! API keys (kept as hashes), and each tenant's settings as kiln.toml
+//! gives them. Knows nothing of queues, workers or wasm; the API asks it
+//! who a request's key belongs to.
+
+pub mod keys;
+pub mod settings;
+
+pub use keys::{KeyHash, new_key};
+pub use settings::{AdminSettings, Rate, TenantSettings};
