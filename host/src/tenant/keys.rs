@@ -24,8 +24,13 @@ impl KeyHash {
     /// Whether `key` hashes to this, in time that does not depend on
     /// where the two first differ.
     pub fn admits(&self, key: &str) -> bool {
+        key.len() <= MAX_KEY_BYTES && self.matches(&KeyHash::of(key))
+    }
+
+    /// Whether two hashes are equal, in constant time.
+    pub fn matches(&self, other: &KeyHash) -> bool {
         use subtle::ConstantTimeEq as _;
-        key.len() <= MAX_KEY_BYTES && bool::from(KeyHash::of(key).0.ct_eq(&self.0))
+        bool::from(self.0.ct_eq(&other.0))
     }
 }
 
