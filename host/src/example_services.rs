@@ -82,7 +82,8 @@ impl ExampleServices {
         listener.set_nonblocking(true)?;
         let address = listener.local_addr()?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        let token = random_token()?;
+        // A key like any API key: random, and the host's alone.
+        let token = crate::tenant::new_key()?;
         let shared = Shared { token: token.as_str().into(), outbox: Arc::default() };
         let app = axum::Router::new()
             .route("/mail", post(send_mail).get(list_mail))
@@ -111,14 +112,6 @@ impl ExampleServices {
         host.config.set_default(MAIL_API_KEY, self.token.clone(), true);
         host.config.set_default(FEED_URL, format!("{base}/feed"), false);
     }
-}
-
-/// 128 bits from the kernel, as hex.
-fn random_token() -> std::io::Result<String> {
-    use std::io::Read as _;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 type Refusal = (StatusCode, String);

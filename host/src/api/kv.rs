@@ -6,7 +6,8 @@ use super::{AppError, AppState};
 use crate::capability::kv::{MAX_KEY_BYTES, MAX_VALUE_BYTES, PAGE_KEYS};
 use crate::queue::{KvChange, KvWrite};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use base64::Engine as _;
 use serde::Deserialize;
 
@@ -57,6 +58,28 @@ fn check_key(key: &str) -> Result<(), AppError> {
     Ok(())
 }
 
+/// One key of one plugin's store, from the path and `?store=`, checked:
+/// a plugin this host serves, a store it has, a key within the bound.
+pub struct KeyAt {
+    plugin: String,
+    namespace: String,
+    store: String,
+    key: String,
+}
+
+impl FromRequestParts<AppState> for KeyAt {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let Path((plugin, key)) =
+            Path::<(String, String)>::from_request_parts(parts, state).await.map_err(|e| AppError::BadRequest(e.body_text()))?;
+        let Query(q) = Query::<KeyQuery>::from_request_parts(parts, state).await.map_err(|e| AppError::BadRequest(e.body_text()))?;
+        let (namespace, store) = target(state, &plugin, q.store)?;
+        check_key(&key)?;
+        Ok(Self { plugin, namespace, store, key })
+    }
+}
+
 /// A value as JSON: `value` when it is UTF-8 text, `value_base64` otherwise.
 fn value_json(key: &str, value: &[u8]) -> serde_json::Value {
     match std::str::from_utf8(value) {
@@ -95,11 +118,8 @@ pub async fn list(State(state): State<AppState>, Path(plugin): Path<String>, Que
 /// `GET /plugins/{name}/kv/{key}?store=`.
 pub async fn get(
     State(state): State<AppState>,
-    Path((plugin, key)): Path<(String, String)>,
-    Query(q): Query<KeyQuery>,
+    KeyAt { plugin, namespace, store, key }: KeyAt,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    let (namespace, store) = target(&state, &plugin, q.store)?;
-    check_key(&key)?;
     match state.dispatcher.store().kv_get(&namespace, &store, &key).await? {
         Some(value) => Ok(Json(value_json(&key, &value))),
         None => Err(AppError::NotFound(format!("no key {key:?} in store {store:?} of plugin {plugin:?}"))),
@@ -110,12 +130,9 @@ pub async fn get(
 /// `{"value_base64": B64}`; held to the value bound and the store's quota.
 pub async fn set(
     State(state): State<AppState>,
-    Path((plugin, key)): Path<(String, String)>,
-    Query(q): Query<KeyQuery>,
+    KeyAt { plugin, namespace, store, key }: KeyAt,
     body: Result<Json<SetRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    let (namespace, store) = target(&state, &plugin, q.store)?;
-    check_key(&key)?;
     let Json(body) = body.map_err(|e| AppError::BadRequest(e.body_text()))?;
     let value = match (body.value, body.value_base64) {
         (Some(text), None) => text.into_bytes(),
@@ -143,11 +160,8 @@ pub async fn set(
 /// `DELETE /plugins/{name}/kv/{key}?store=`.
 pub async fn delete(
     State(state): State<AppState>,
-    Path((plugin, key)): Path<(String, String)>,
-    Query(q): Query<KeyQuery>,
+    KeyAt { plugin, namespace, store, key }: KeyAt,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    let (namespace, store) = target(&state, &plugin, q.store)?;
-    check_key(&key)?;
     let kv = state.dispatcher.store();
     let existed = kv.kv_get(&namespace, &store, &key).await?.is_some();
     if existed {
