@@ -555,6 +555,19 @@ impl ManualClock {
     }
 }
 
+pub async fn jobs_belong_to_the_tenant_their_kind_names(store: &dyn JobStore, _clock: &ManualClock) {
+    let jobs = store.insert_many(vec![new_job("acme/echo"), new_job("beta/echo"), new_job("echo"), new_job("acme/send")]).await.unwrap();
+    let tenants: Vec<_> = jobs.iter().map(|i| i.job.tenant().map(str::to_string)).collect();
+    assert_eq!(tenants, [Some("acme".into()), Some("beta".into()), None, Some("acme".into())]);
+    let of = |tenant: &str| ListFilter { tenant: Some(tenant.into()), ..ListFilter::default() };
+    let acme: Vec<_> = store.list(of("acme")).await.unwrap().jobs.into_iter().map(|j| j.kind).collect();
+    assert_eq!(acme, ["acme/echo", "acme/send"], "a tenant's filter finds its jobs and nobody else's");
+    assert!(store.list(of("acm")).await.unwrap().jobs.is_empty(), "a prefix of a tenant's name is another tenant");
+    let counts = store.counts().await.unwrap();
+    let count = |tenant: Option<&str>| counts.iter().filter(|c| c.tenant.as_deref() == tenant).map(|c| c.count).sum::<u64>();
+    assert_eq!((count(Some("acme")), count(Some("beta")), count(None)), (2, 1, 1));
+}
+
 /// Instantiates every conformance test for one backend. `$factory` is an
 /// async fn returning `(Arc<dyn JobStore>, ManualClock, guard)`; the guard
 /// (a temp dir, a schema) lives as long as the test. Attributes after it
@@ -586,6 +599,7 @@ macro_rules! conformance_tests {
             a_finish_records_the_plugin_version,
             a_completion_inserts_its_children_with_it_or_not_at_all,
             kv_writes_commit_with_the_completion_or_not_at_all,
+            jobs_belong_to_the_tenant_their_kind_names,
         );
     };
     (@each $factory:ident, $attrs:tt, $($test:ident),+ $(,)?) => {

@@ -11,7 +11,7 @@ mod sqlite;
 mod store;
 
 pub use clock::{Clock, MAX_MILLIS, ManualClock, SharedClock, SystemClock, from_rfc3339, millis_after, to_rfc3339};
-pub use job::{AttemptError, Job, JobId, JobState, Lease, Millis};
+pub use job::{AttemptError, Job, JobId, JobState, Lease, Millis, plain_name, qualified_kind, tenant_of};
 pub use postgres::{DEFAULT_SCHEMA, PostgresStore, WAKE_ALL, check_schema};
 pub use sqlite::SqliteStore;
 pub use store::{

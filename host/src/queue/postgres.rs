@@ -152,6 +152,17 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
     INSERT INTO kv_usage (namespace, store, bytes)
         SELECT namespace, store, sum(octet_length(key) + octet_length(value)) FROM kv GROUP BY namespace, store;
     "#,
+), (
+    5,
+    "tenants",
+    r#"
+    -- The tenant a job belongs to: its kind's prefix (`acme/echo` is
+    -- acme's), NULL for the host's own kinds. Derived, so it can never
+    -- disagree with the kind.
+    ALTER TABLE jobs ADD COLUMN tenant text
+        GENERATED ALWAYS AS (CASE WHEN strpos(kind, '/') > 0 THEN split_part(kind, '/', 1) END) STORED;
+    CREATE INDEX jobs_tenant ON jobs (tenant, id) WHERE tenant IS NOT NULL;
+    "#,
 )];
 
 // SQL fragments as macros, so each statement is one literal built at
@@ -920,7 +931,9 @@ impl JobStore for PostgresStore {
         let limit = filter.limit as i64;
         let mut clauses = Vec::new();
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
-        for (column, value) in [("state", state.as_ref()), ("kind", filter.kind.as_ref()), ("queue", filter.queue.as_ref())] {
+        for (column, value) in
+            [("state", state.as_ref()), ("kind", filter.kind.as_ref()), ("queue", filter.queue.as_ref()), ("tenant", filter.tenant.as_ref())]
+        {
             if let Some(value) = value {
                 params.push(value);
                 clauses.push(format!("{column} = ${}", params.len()));
@@ -959,15 +972,16 @@ impl JobStore for PostgresStore {
         let rows = self
             .client()
             .await?
-            .query("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state ORDER BY queue, state", &[])
+            .query("SELECT queue, tenant, state, count(*) FROM jobs GROUP BY queue, tenant, state ORDER BY queue, tenant, state", &[])
             .await
             .map_err(pg_error)?;
         rows.iter()
             .map(|r| {
                 Ok(StateCount {
                     queue: r.get(0),
-                    state: r.get::<_, String>(1).parse().map_err(StoreError::Database)?,
-                    count: r.get::<_, i64>(2) as u64,
+                    tenant: r.get(1),
+                    state: r.get::<_, String>(2).parse().map_err(StoreError::Database)?,
+                    count: r.get::<_, i64>(3) as u64,
                 })
             })
             .collect()

@@ -124,6 +124,18 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         SELECT namespace, store, sum(length(key) + length(value)) FROM kv GROUP BY namespace, store;
     "#,
     ),
+    (
+        6,
+        "tenants",
+        r#"
+    -- The tenant a job belongs to: its kind's prefix (`acme/echo` is
+    -- acme's), NULL for the host's own kinds. Derived, so it can never
+    -- disagree with the kind.
+    ALTER TABLE jobs ADD COLUMN tenant TEXT
+        GENERATED ALWAYS AS (CASE WHEN instr(kind, '/') > 0 THEN substr(kind, 1, instr(kind, '/') - 1) END) VIRTUAL;
+    CREATE INDEX jobs_tenant ON jobs (tenant, id) WHERE tenant IS NOT NULL;
+    "#,
+    ),
 ];
 
 // SQL fragments as macros, so every statement below is one literal built at
@@ -772,6 +784,10 @@ impl JobStore for SqliteStore {
                 values.push(Box::new(kind));
                 clauses.push(format!("kind = ?{}", values.len()));
             }
+            if let Some(tenant) = filter.tenant {
+                values.push(Box::new(tenant));
+                clauses.push(format!("tenant = ?{}", values.len()));
+            }
             if let Some(queue) = filter.queue {
                 values.push(Box::new(queue));
                 clauses.push(format!("queue = ?{}", values.len()));
@@ -812,13 +828,13 @@ impl JobStore for SqliteStore {
 
     async fn counts(&self) -> Result<Vec<StateCount>, StoreError> {
         self.read(|conn, _| {
-            let rows: Vec<(String, String, i64)> = conn
-                .prepare_cached("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state ORDER BY queue, state")
-                .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect())
+            let rows: Vec<(String, Option<String>, String, i64)> = conn
+                .prepare_cached("SELECT queue, tenant, state, count(*) FROM jobs GROUP BY queue, tenant, state ORDER BY queue, tenant, state")
+                .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect())
                 .map_err(db_error)?;
             rows.into_iter()
-                .map(|(queue, state, count)| {
-                    Ok(StateCount { queue, state: state.parse().map_err(StoreError::Database)?, count: count as u64 })
+                .map(|(queue, tenant, state, count)| {
+                    Ok(StateCount { queue, tenant, state: state.parse().map_err(StoreError::Database)?, count: count as u64 })
                 })
                 .collect()
         })

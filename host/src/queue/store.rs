@@ -231,6 +231,8 @@ pub struct ListFilter {
     pub state: Option<JobState>,
     pub kind: Option<String>,
     pub queue: Option<String>,
+    /// Only the jobs of this tenant (see [`tenant_of`](super::tenant_of)).
+    pub tenant: Option<String>,
     /// Oldest first: only jobs with a larger id (the previous page's last
     /// id). Newest first: only jobs with a smaller one.
     pub after_id: Option<JobId>,
@@ -248,7 +250,7 @@ pub const DEFAULT_PAGE_BYTES: u64 = 8 << 20;
 
 impl Default for ListFilter {
     fn default() -> Self {
-        Self { state: None, kind: None, queue: None, after_id: None, newest_first: false, limit: 100, max_bytes: DEFAULT_PAGE_BYTES }
+        Self { state: None, kind: None, queue: None, tenant: None, after_id: None, newest_first: false, limit: 100, max_bytes: DEFAULT_PAGE_BYTES }
     }
 }
 
@@ -261,10 +263,12 @@ pub struct JobList {
     pub more: bool,
 }
 
-/// How many jobs of one queue are in one state.
+/// How many jobs of one queue and one tenant are in one state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateCount {
     pub queue: String,
+    /// `None`: the host's own kinds.
+    pub tenant: Option<String>,
     pub state: JobState,
     pub count: u64,
 }
@@ -384,7 +388,7 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
 
     async fn list(&self, filter: ListFilter) -> Result<JobList, StoreError>;
 
-    /// Job counts by queue and state (states with no jobs are left out).
+    /// Job counts by queue, tenant and state (states with no jobs are left out).
     async fn counts(&self) -> Result<Vec<StateCount>, StoreError>;
 
     /// The earliest `scheduled_at` among jobs of `queue` waiting to run.

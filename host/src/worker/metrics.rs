@@ -109,8 +109,13 @@ impl Metrics {
     /// The Prometheus text exposition, with queue depth from `counts`.
     pub fn render(&self, counts: &[StateCount]) -> String {
         self.depth.clear();
+        // Summed over tenants: one gauge per queue and state.
+        let mut depth: std::collections::BTreeMap<(&str, &str), u64> = Default::default();
         for c in counts {
-            self.depth.get_or_create(&DepthLabels { queue: c.queue.clone(), state: c.state.to_string() }).set(c.count as i64);
+            *depth.entry((&c.queue, c.state.as_str())).or_default() += c.count;
+        }
+        for ((queue, state), count) in depth {
+            self.depth.get_or_create(&DepthLabels { queue: queue.to_string(), state: state.to_string() }).set(count as i64);
         }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
