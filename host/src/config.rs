@@ -223,7 +223,12 @@ impl Config {
             );
         }
         if let Some((key, problem)) = self.ceilings.problem() {
-            return invalid(key, &problem);
+            return invalid(&key, &problem);
+        }
+        for (name, tenant) in &self.tenants {
+            if let Some((key, problem)) = self.ceilings.for_tenant(name, &tenant.ceilings).problem() {
+                return invalid(&key, &problem);
+            }
         }
         for (key, value) in [
             ("compile.max_component_bytes", self.compile.max_component_bytes),

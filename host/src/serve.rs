@@ -18,10 +18,12 @@ use std::sync::Arc;
 /// The registry for `plugins_dir`, loaded under `policy`: every plugin
 /// directory in it that validates serves; one that does not is reported
 /// and left out.
-pub fn load_registry(sandbox: Arc<Sandbox>, data_dir: &Path, plugins_dir: &Path, policy: LoadPolicy) -> anyhow::Result<Arc<Registry>> {
+pub fn load_registry(sandbox: Arc<Sandbox>, config: &Config, plugins_dir: &Path, policy: LoadPolicy) -> anyhow::Result<Arc<Registry>> {
+    let data_dir = &config.data_dir;
     let cache = ArtifactCache::new(data_dir.join("artifacts"));
-    let registry =
-        Registry::new(sandbox, cache, plugins_dir.to_path_buf(), data_dir.join("plugin-versions")).with_policy(policy);
+    let registry = Registry::new(sandbox, cache, plugins_dir.to_path_buf(), data_dir.join("plugin-versions"))
+        .with_policy(policy)
+        .with_tenants(&config.tenants);
     registry.load_all().with_context(|| format!("cannot read the plugins directory {}", plugins_dir.display()))?;
     Ok(Arc::new(registry))
 }
@@ -56,20 +58,33 @@ pub fn job_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// Refuses what would serve the API to more callers than its config
-/// means to: tenants (kept apart only in a later version: refused rather
-/// than served unisolated), or an address beyond loopback with no API keys
-/// unless `--insecure` says so. A host with no keys on loopback says
-/// loudly that every local client may do everything.
+/// means to: a tenant setting this version reads but does not yet enforce
+/// (refused rather than silently ignored), or an address beyond loopback
+/// with no API keys unless `--insecure` says so. A host with no keys on
+/// loopback says loudly that every local client may do everything.
 fn check_access(config: &Config) -> anyhow::Result<()> {
+    for (name, tenant) in &config.tenants {
+        let unenforced = [
+            ("weight", tenant.weight.get() != 1),
+            ("max_running", tenant.max_running.is_some()),
+            ("rate", tenant.rate.is_some()),
+            ("max_waiting", tenant.max_waiting.is_some()),
+            ("kv_quota_bytes", tenant.kv_quota_bytes.is_some()),
+            ("require_signature", tenant.require_signature),
+            ("signing_keys", !tenant.signing_keys.is_empty()),
+        ];
+        if let Some((key, _)) = unenforced.iter().find(|(_, set)| *set) {
+            anyhow::bail!(
+                "kiln.toml: `tenants.{name}.{key}` is read but this version does not enforce it yet; \
+                 remove it rather than rely on a limit that does not hold (keys, allow_http and ceilings are enforced)"
+            );
+        }
+    }
     if !config.tenants.is_empty() {
         let names: Vec<&str> = config.tenants.keys().map(String::as_str).collect();
-        anyhow::bail!(
-            "kiln.toml names tenants ({}): this version reads and checks [tenants] but does not yet keep tenants apart, \
-             so it refuses to serve them rather than serve them unisolated; use [admin] api_keys for now",
-            names.join(", ")
-        );
+        tracing::info!(tenants = %names.join(", "), admin_keys = config.admin.api_keys.len(), "serving tenants: each sees and touches only its own plugins and jobs");
     }
-    if !config.admin.api_keys.is_empty() {
+    if !config.admin.api_keys.is_empty() || !config.tenants.is_empty() {
         return Ok(());
     }
     let loopback = config.listen.ip().is_loopback();
@@ -125,9 +140,10 @@ pub async fn serve(
     } else {
         None
     };
-    let policy = LoadPolicy { ceilings: config.ceilings.clone(), compiler: Arc::new(compiler), capabilities: Arc::new(capabilities) };
+    let policy =
+        LoadPolicy { ceilings: config.ceilings.clone(), compiler: Arc::new(compiler), capabilities: Arc::new(capabilities), tenant: None };
     let loading = std::time::Instant::now();
-    let registry = load_registry(sandbox, &config.data_dir, plugins_dir, policy)?;
+    let registry = load_registry(sandbox, &config, plugins_dir, policy)?;
     tracing::info!(dir = %plugins_dir.display(), count = registry.snapshot().len(),
         load_ms = %format!("{:.1}", loading.elapsed().as_secs_f64() * 1000.0), "plugins loaded");
     let _watcher = watch_plugins_dir(registry.clone())
@@ -144,7 +160,7 @@ pub async fn serve(
 
     let (readiness, ready) = tokio::sync::watch::channel(Some("running start-up plugins".to_string()));
     let (close_api, api_closed) = tokio::sync::oneshot::channel::<()>();
-    let access = api::auth::Access::new(&config.admin.api_keys);
+    let access = api::auth::Access::new(crate::tenant::KeyRing::new(&config.admin.api_keys, &config.tenants));
     let state = AppState { dispatcher: dispatcher.clone(), registry: registry.clone(), not_ready: ready, http: config.http.clone(), access };
     let api = tokio::spawn(api::serve(listener, state, async {
         let _ = api_closed.await;

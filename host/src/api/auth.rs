@@ -1,13 +1,15 @@
-//! Authentication: with API keys configured (`[admin] api_keys`), every
-//! call but the health probes must carry one (`Authorization: Bearer
-//! KEY`), or it is refused with 401 before any handler runs. Keys are
-//! checked against their hashes in constant time, every configured hash
-//! each time; refusals are logged with the route, at most one line a
+//! Authentication: with API keys configured (`[admin] api_keys`,
+//! `[tenants.NAME] api_keys`), every call but the health probes must carry
+//! one (`Authorization: Bearer KEY`), or it is refused with 401 before any
+//! handler runs; the handler gets the [`Caller`] the key belongs to. Keys
+//! are checked against their hashes in constant time, every configured
+//! hash each time; refusals are logged with the route (and the tenant,
+//! for a tenant reaching for what is not its own), at most one line a
 //! second (with how many were not logged), so a client hammering with bad
 //! keys cannot fill the host's log.
 
 use super::AppError;
-use crate::tenant::KeyHash;
+use crate::tenant::{Caller, KeyRing};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
@@ -21,7 +23,7 @@ pub const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 /// Who may call the API.
 #[derive(Debug, Clone, Default)]
 pub struct Access {
-    admin: Arc<[KeyHash]>,
+    keys: KeyRing,
     refusals: Arc<RefusalLog>,
 }
 
@@ -34,30 +36,23 @@ struct RefusalLog {
 }
 
 impl Access {
-    pub fn new(admin: &[KeyHash]) -> Self {
-        Self { admin: admin.into(), refusals: Arc::default() }
+    pub fn new(keys: KeyRing) -> Self {
+        Self { keys, refusals: Arc::default() }
     }
 
     /// No keys configured: whoever reaches the socket may do everything.
     pub fn is_open(&self) -> bool {
-        self.admin.is_empty()
+        self.keys.is_empty()
     }
 
-    fn admits(&self, key: &str) -> bool {
-        if key.len() > crate::tenant::keys::MAX_KEY_BYTES {
-            return false;
-        }
-        let presented = KeyHash::of(key);
-        // Every hash, not the first match: the time says nothing of which.
-        self.admin.iter().fold(false, |found, hash| hash.matches(&presented) | found)
-    }
-
-    fn note_refusal(&self, method: &http::Method, path: &str, why: &str) {
+    /// Logs a refused call (rate-limited, see the module).
+    pub fn note_refusal(&self, method: &http::Method, path: &str, tenant: Option<&str>, why: &str) {
         let now = crate::queue::Clock::now(&crate::queue::SystemClock);
         let last = self.refusals.last_logged_ms.load(Ordering::Relaxed);
         if now - last >= 1000 && self.refusals.last_logged_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
             let unlogged = self.refusals.unlogged.swap(0, Ordering::Relaxed);
-            tracing::warn!(%method, route = %path, unlogged_since_last = unlogged, "API call refused: {why}");
+            let tenant = tenant.unwrap_or("-");
+            tracing::warn!(%method, route = %path, %tenant, unlogged_since_last = unlogged, "API call refused: {why}");
         } else {
             self.refusals.unlogged.fetch_add(1, Ordering::Relaxed);
         }
@@ -72,17 +67,21 @@ fn bearer(request: &Request) -> Option<&str> {
 }
 
 /// The check above, as a middleware.
-pub async fn authenticate(State(access): State<Access>, request: Request, next: Next) -> Response {
+pub async fn authenticate(State(access): State<Access>, mut request: Request, next: Next) -> Response {
     if access.is_open() || OPEN_PATHS.contains(&request.uri().path()) {
+        request.extensions_mut().insert(Caller::Admin);
         return next.run(request).await;
     }
-    let why = match bearer(&request) {
-        Some(key) if access.admits(key) => return next.run(request).await,
-        Some(_) => "the key is not one this host knows",
+    let why = match bearer(&request).map(|key| access.keys.identify(key)) {
+        Some(Some(caller)) => {
+            request.extensions_mut().insert(caller);
+            return next.run(request).await;
+        }
+        Some(None) => "the key is not one this host knows",
         None if request.headers().contains_key(header::AUTHORIZATION) => "the Authorization header is not `Bearer KEY`",
         None => "no API key (send `Authorization: Bearer KEY`; the CLI reads KILN_API_KEY)",
     };
-    access.note_refusal(request.method(), request.uri().path(), why);
+    access.note_refusal(request.method(), request.uri().path(), None, why);
     let mut response = AppError::Unauthorized(format!("unauthorized: {why}")).into_response();
     response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"kiln\""));
     response

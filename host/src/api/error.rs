@@ -93,7 +93,11 @@ impl From<crate::plugin::DeployError> for AppError {
         use crate::plugin::DeployError;
         match e {
             DeployError::Upload { busy: true, .. } => AppError::Unavailable(e.to_string()),
-            DeployError::Invalid(_) | DeployError::Upload { .. } | DeployError::NameMismatch { .. } | DeployError::BadName(_) => {
+            DeployError::Invalid(_)
+            | DeployError::Upload { .. }
+            | DeployError::NameMismatch { .. }
+            | DeployError::BadName(_)
+            | DeployError::TenantName(_) => {
                 AppError::BadRequest(e.to_string())
             }
             DeployError::NotLoaded(_) => AppError::NotFound(e.to_string()),

@@ -6,7 +6,8 @@ use super::{AppError, AppState};
 use crate::capability::kv::{MAX_KEY_BYTES, MAX_VALUE_BYTES, PAGE_KEYS};
 use crate::queue::{KvChange, KvWrite};
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{Extension, FromRequestParts, Path, Query, State};
+use crate::tenant::Caller;
 use axum::http::request::Parts;
 use base64::Engine as _;
 use serde::Deserialize;
@@ -37,10 +38,11 @@ pub struct SetRequest {
     value_base64: Option<String>,
 }
 
-/// The plugin's namespace and the store, both checked: a plugin this host
-/// serves, a store it has.
-fn target(state: &AppState, plugin: &str, store: Option<String>) -> Result<(String, String), AppError> {
-    if state.registry.get(plugin).is_none() {
+/// The plugin's namespace (its kind) and the store, both checked: a
+/// plugin this host serves to the caller, a store it has.
+fn target(state: &AppState, caller: &Caller, plugin: &str, store: Option<String>) -> Result<(String, String), AppError> {
+    let kind = caller.kind(plugin);
+    if state.registry.get(&kind).is_none() {
         return Err(AppError::NotFound(format!("no plugin {plugin:?} is loaded on this host")));
     }
     let store = store.unwrap_or_else(|| crate::capability::DEFAULT_KV_STORE.to_string());
@@ -48,7 +50,7 @@ fn target(state: &AppState, plugin: &str, store: Option<String>) -> Result<(Stri
     if !stores.contains(&store) {
         return Err(AppError::NotFound(format!("no kv store {store:?} on this host (stores: {})", stores.join(", "))));
     }
-    Ok((plugin.to_string(), store))
+    Ok((kind, store))
 }
 
 fn check_key(key: &str) -> Result<(), AppError> {
@@ -74,7 +76,8 @@ impl FromRequestParts<AppState> for KeyAt {
         let Path((plugin, key)) =
             Path::<(String, String)>::from_request_parts(parts, state).await.map_err(|e| AppError::BadRequest(e.body_text()))?;
         let Query(q) = Query::<KeyQuery>::from_request_parts(parts, state).await.map_err(|e| AppError::BadRequest(e.body_text()))?;
-        let (namespace, store) = target(state, &plugin, q.store)?;
+        let caller = parts.extensions.get::<Caller>().cloned().unwrap_or(Caller::Admin);
+        let (namespace, store) = target(state, &caller, &plugin, q.store)?;
         check_key(&key)?;
         Ok(Self { plugin, namespace, store, key })
     }
@@ -94,8 +97,13 @@ fn value_json(key: &str, value: &[u8]) -> serde_json::Value {
 
 /// `GET /plugins/{name}/kv?store=&prefix=&offset=&limit=`: keys in byte
 /// order with their values, a page at a time.
-pub async fn list(State(state): State<AppState>, Path(plugin): Path<String>, Query(q): Query<ListQuery>) -> Result<Json<serde_json::Value>, AppError> {
-    let (namespace, store) = target(&state, &plugin, q.store)?;
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(plugin): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let (namespace, store) = target(&state, &caller, &plugin, q.store)?;
     check_key(&q.prefix)?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > PAGE_KEYS {

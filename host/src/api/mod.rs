@@ -1,5 +1,11 @@
 //! The HTTP API: jobs, queues, plugins and their kv stores, health and metrics. Calls into the
 //! worker and the store; holds no logic of its own.
+//!
+//! Every handler acts as the [`Caller`] the request's key belongs to: a
+//! tenant names its own plugins (`echo` is its `acme/echo`), sees only its
+//! own jobs and plugins, and gets 404 for anything else, so ids leak
+//! nothing. The operator sees everything and writes a tenant's kinds as
+//! `acme/echo`.
 
 pub mod auth;
 pub mod browser_guard;
@@ -18,12 +24,13 @@ use crate::queue::{JobState, ListFilter, from_rfc3339};
 use crate::worker::{Dispatcher, EnqueueRequest};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use crate::plugin::Registry;
+use crate::tenant::Caller;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -107,7 +114,7 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, AppError> {
     })
 }
 
-fn parse_request(value: serde_json::Value, index: usize) -> Result<EnqueueRequest, AppError> {
+fn parse_request(value: serde_json::Value, index: usize, caller: &Caller) -> Result<EnqueueRequest, AppError> {
     let request: JobRequest = serde_json::from_value(value)
         .map_err(|e| AppError::BadRequest(format!("job {index}: {e}")))?;
     let payload = match request.payload {
@@ -121,7 +128,7 @@ fn parse_request(value: serde_json::Value, index: usize) -> Result<EnqueueReques
         .transpose()
         .map_err(|e| AppError::BadRequest(format!("job {index}: scheduled_at: {e}")))?;
     Ok(EnqueueRequest {
-        kind: request.kind,
+        kind: caller.kind(&request.kind),
         payload,
         queue: request.queue,
         priority: request.priority,
@@ -132,24 +139,28 @@ fn parse_request(value: serde_json::Value, index: usize) -> Result<EnqueueReques
 }
 
 /// `POST /jobs`: one job object, or an array of them.
-async fn enqueue(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<axum::response::Response, AppError> {
+async fn enqueue(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::response::Response, AppError> {
     let body = body_bytes(body)?;
     let value: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| AppError::BadRequest(format!("request body is not JSON: {e}")))?;
     let (requests, many) = match value {
         serde_json::Value::Array(items) => {
-            (items.into_iter().enumerate().map(|(i, v)| parse_request(v, i)).collect::<Result<Vec<_>, _>>()?, true)
+            (items.into_iter().enumerate().map(|(i, v)| parse_request(v, i, &caller)).collect::<Result<Vec<_>, _>>()?, true)
         }
-        object @ serde_json::Value::Object(_) => (vec![parse_request(object, 0)?], false),
+        object @ serde_json::Value::Object(_) => (vec![parse_request(object, 0, &caller)?], false),
         _ => return Err(AppError::BadRequest("request body must be a job object or an array of job objects".into())),
     };
     if requests.is_empty() {
         return Err(AppError::BadRequest("request body is an empty array".into()));
     }
-    let inserted = state.dispatcher.enqueue(requests).await?;
+    let inserted = state.dispatcher.enqueue(requests).await.map_err(|e| scoped_enqueue_error(e, &caller))?;
     let created = inserted.iter().any(|i| i.created);
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    let mut views: Vec<EnqueuedView> = inserted.iter().map(|i| EnqueuedView { job: JobView::from(&i.job), created: i.created }).collect();
+    let mut views: Vec<EnqueuedView> = inserted.iter().map(|i| EnqueuedView { job: JobView::of(&i.job, &caller), created: i.created }).collect();
     Ok(if many {
         (status, Json(views)).into_response()
     } else {
@@ -159,7 +170,11 @@ async fn enqueue(State(state): State<AppState>, body: Result<Bytes, BytesRejecti
 
 /// `GET /jobs?state=S&kind=K&queue=Q&after=ID&limit=N` (oldest first), or
 /// `...&order=newest&before=ID` (newest first).
-async fn list_jobs(State(state): State<AppState>, query: Result<Query<ListQuery>, QueryRejection>) -> Result<Json<JobPage>, AppError> {
+async fn list_jobs(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<JobPage>, AppError> {
     let Query(q) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
     let job_state = q.state.as_deref().map(str::parse::<JobState>).transpose().map_err(AppError::BadRequest)?;
     let limit = q.limit.unwrap_or(100);
@@ -179,12 +194,36 @@ async fn list_jobs(State(state): State<AppState>, query: Result<Query<ListQuery>
     };
     // However large the jobs, a page holds about MAX_PAGE_BYTES of them
     // (plus one): the rest is on the next page.
-    let filter =
-        ListFilter { state: job_state, kind: q.kind, queue: q.queue, after_id: cursor, newest_first, limit, max_bytes: MAX_PAGE_BYTES };
+    let filter = ListFilter {
+        state: job_state,
+        kind: q.kind.map(|k| caller.kind(&k)),
+        queue: q.queue,
+        tenant: caller.tenant().map(str::to_string),
+        after_id: cursor,
+        newest_first,
+        limit,
+        max_bytes: MAX_PAGE_BYTES,
+    };
     let page = state.dispatcher.store().list(filter).await?;
     let next = if page.more { page.jobs.last().map(|j| j.id) } else { None };
     let (next_after, next_before) = if newest_first { (None, next) } else { (next, None) };
-    Ok(Json(JobPage { jobs: page.jobs.iter().map(JobView::from).collect(), next_after, next_before }))
+    Ok(Json(JobPage { jobs: page.jobs.iter().map(|j| JobView::of(j, &caller)).collect(), next_after, next_before }))
+}
+
+/// An enqueue error in the caller's words: a tenant is told of its own
+/// kinds only, by its own names.
+fn scoped_enqueue_error(e: crate::worker::EnqueueError, caller: &Caller) -> AppError {
+    use crate::worker::EnqueueError;
+    match (e, caller) {
+        (EnqueueError::UnknownKind { kind, known }, Caller::Tenant(_)) => {
+            let known: Vec<&str> = known.split(", ").filter(|k| caller.owns(k)).map(|k| caller.name_of(k)).collect();
+            EnqueueError::UnknownKind { kind: caller.name_of(&kind).to_string(), known: known.join(", ") }.into()
+        }
+        (EnqueueError::NotEnqueued { kind, trigger }, Caller::Tenant(_)) => {
+            EnqueueError::NotEnqueued { kind: caller.name_of(&kind).to_string(), trigger }.into()
+        }
+        (e, _) => e.into(),
+    }
 }
 
 /// A job id as a path names it: digits only (`+1`, ` 1`, `01x` are not ids).
@@ -196,17 +235,41 @@ fn job_id(id: &str) -> Result<i64, AppError> {
     id.parse().map_err(|_| bad())
 }
 
-async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, AppError> {
-    let id = job_id(&id)?;
-    let job = state.dispatcher.store().get(id).await?.ok_or_else(|| AppError::NotFound(format!("job {id} not found")))?;
-    Ok(Json(JobView::from(&job)))
+/// The job a `/jobs/{id}` path names, if the caller owns it: another
+/// tenant's job is not found, as one that does not exist. A job's kind,
+/// so its tenant, never changes: what is checked here still holds when
+/// the handler acts on it.
+struct OwnedJob {
+    job: crate::queue::Job,
+    caller: Caller,
 }
 
-async fn retry_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, AppError> {
-    let job = state.dispatcher.store().retry_by_hand(job_id(&id)?).await?;
+impl axum::extract::FromRequestParts<AppState> for OwnedJob {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut http::request::Parts, state: &AppState) -> Result<Self, AppError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state).await.map_err(|e| AppError::BadRequest(e.body_text()))?;
+        let caller = parts.extensions.get::<Caller>().cloned().unwrap_or(Caller::Admin);
+        let id = job_id(&id)?;
+        let not_found = || AppError::NotFound(format!("job {id} not found"));
+        let job = state.dispatcher.store().get(id).await?.ok_or_else(not_found)?;
+        if !caller.owns(&job.kind) {
+            state.access.note_refusal(&parts.method, parts.uri.path(), caller.tenant(), "another tenant's job (answered 404)");
+            return Err(not_found());
+        }
+        Ok(Self { job, caller })
+    }
+}
+
+async fn get_job(OwnedJob { job, caller }: OwnedJob) -> Json<JobView> {
+    Json(JobView::of(&job, &caller))
+}
+
+async fn retry_job(State(state): State<AppState>, OwnedJob { job, caller }: OwnedJob) -> Result<Json<JobView>, AppError> {
+    let job = state.dispatcher.store().retry_by_hand(job.id).await?;
     state.dispatcher.wake(&job.queue);
     tracing::info!(kind = %job.kind, job = job.id, attempt = job.attempt, max_attempts = job.max_attempts, "job retried by hand");
-    Ok(Json(JobView::from(&job)))
+    Ok(Json(JobView::of(&job, &caller)))
 }
 
 /// The most jobs one bulk call (`POST /jobs/retry`, `DELETE /jobs`) acts
@@ -243,6 +306,7 @@ enum BulkAction {
 /// page at a time.
 async fn on_dead_jobs(
     state: &AppState,
+    caller: &Caller,
     query: Result<Query<DeadJobsQuery>, QueryRejection>,
     action: BulkAction,
 ) -> Result<(DeadJobsQuery, Bulk), AppError> {
@@ -261,8 +325,9 @@ async fn on_dead_jobs(
     while bulk.more && bulk.done + bulk.skipped < MAX_BULK {
         let filter = ListFilter {
             state: Some(JobState::Dead),
-            kind: q.kind.clone(),
+            kind: q.kind.as_deref().map(|k| caller.kind(k)),
             queue: q.queue.clone(),
+            tenant: caller.tenant().map(str::to_string),
             after_id: after,
             limit: MAX_PAGE.min(MAX_BULK - bulk.done - bulk.skipped),
             ..ListFilter::default()
@@ -294,8 +359,12 @@ async fn on_dead_jobs(
 /// (of a kind, a queue), up to MAX_BULK a call: `{"retried", "skipped",
 /// "more"}`. A job whose unique key another job took meanwhile is left
 /// dead and counted in `skipped`.
-async fn retry_many(State(state): State<AppState>, query: Result<Query<DeadJobsQuery>, QueryRejection>) -> Result<Json<serde_json::Value>, AppError> {
-    let (q, bulk) = on_dead_jobs(&state, query, BulkAction::Retry).await?;
+async fn retry_many(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<DeadJobsQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let (q, bulk) = on_dead_jobs(&state, &caller, query, BulkAction::Retry).await?;
     for queue in &bulk.queues {
         state.dispatcher.wake(queue);
     }
@@ -306,32 +375,37 @@ async fn retry_many(State(state): State<AppState>, query: Result<Query<DeadJobsQ
 /// `DELETE /jobs?state=dead[&kind=K][&queue=Q]`: deletes every dead job (of
 /// a kind, a queue), up to MAX_BULK a call: `{"deleted", "skipped",
 /// "more"}`. A schedule's newest tick is kept and counted in `skipped`.
-async fn delete_many(State(state): State<AppState>, query: Result<Query<DeadJobsQuery>, QueryRejection>) -> Result<Json<serde_json::Value>, AppError> {
-    let (q, bulk) = on_dead_jobs(&state, query, BulkAction::Delete).await?;
+async fn delete_many(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<DeadJobsQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let (q, bulk) = on_dead_jobs(&state, &caller, query, BulkAction::Delete).await?;
     tracing::info!(deleted = bulk.done, skipped = bulk.skipped, kind = q.kind.as_deref().unwrap_or("any"), "dead jobs deleted by hand");
     Ok(Json(serde_json::json!({ "deleted": bulk.done, "skipped": bulk.skipped, "more": bulk.more })))
 }
 
 /// `DELETE /jobs/{id}`: deletes a dead or cancelled job; answers it as it was.
-async fn delete_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, AppError> {
-    let job = state.dispatcher.store().delete_by_hand(job_id(&id)?).await?;
+async fn delete_job(State(state): State<AppState>, OwnedJob { job, caller }: OwnedJob) -> Result<Json<JobView>, AppError> {
+    let job = state.dispatcher.store().delete_by_hand(job.id).await?;
     tracing::info!(kind = %job.kind, job = job.id, state = job.state.as_str(), "job deleted by hand");
-    Ok(Json(JobView::from(&job)))
+    Ok(Json(JobView::of(&job, &caller)))
 }
 
-async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, AppError> {
-    let job = state.dispatcher.cancel(job_id(&id)?).await?;
+async fn cancel_job(State(state): State<AppState>, OwnedJob { job, caller }: OwnedJob) -> Result<Json<JobView>, AppError> {
+    let job = state.dispatcher.cancel(job.id).await?;
     match job.state {
         JobState::Cancelled => tracing::info!(kind = %job.kind, job = job.id, "job cancelled by hand"),
         _ => tracing::info!(kind = %job.kind, job = job.id, "cancel requested by hand; the running job is asked to stop"),
     }
-    Ok(Json(JobView::from(&job)))
+    Ok(Json(JobView::of(&job, &caller)))
 }
 
 /// `GET /queues`: each queue served here, whether it is paused, its jobs by
 /// state (every state, zeros included), and how long its oldest due job
-/// has waited (`null` when none is due).
-async fn list_queues(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
+/// has waited (`null` when none is due). A tenant sees its own jobs'
+/// counts, and no waiting time (that is every tenant's).
+async fn list_queues(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<Json<serde_json::Value>, AppError> {
     let store = state.dispatcher.store();
     let known = store.queues().await?;
     let counts = store.counts().await?;
@@ -342,19 +416,26 @@ async fn list_queues(State(state): State<AppState>) -> Result<Json<serde_json::V
         let by_state: serde_json::Map<String, serde_json::Value> = JobState::ALL
             .iter()
             .map(|s| {
-                let n = counts.iter().find(|c| c.queue == q.name && c.state == *s).map_or(0, |c| c.count);
+                let n: u64 = counts
+                    .iter()
+                    .filter(|c| c.queue == q.name && c.state == *s && (caller.tenant().is_none() || c.tenant.as_deref() == caller.tenant()))
+                    .map(|c| c.count)
+                    .sum();
                 (s.as_str().to_string(), n.into())
             })
             .collect();
-        let oldest_due = store.next_due(&q.name).await?.filter(|at| *at <= now);
-        queues.push(serde_json::json!({
+        let mut queue = serde_json::json!({
             "name": q.name,
             "concurrency": q.concurrency,
             "light_concurrency": q.light_concurrency,
             "paused": paused,
             "jobs": by_state,
-            "oldest_waiting_ms": oldest_due.map(|at| now - at),
-        }));
+        });
+        if caller == Caller::Admin {
+            let oldest_due = store.next_due(&q.name).await?.filter(|at| *at <= now);
+            queue["oldest_waiting_ms"] = oldest_due.map(|at| now - at).into();
+        }
+        queues.push(queue);
     }
     Ok(Json(serde_json::json!({ "queues": queues })))
 }
@@ -367,14 +448,32 @@ fn served_queue(state: &AppState, name: &str) -> Result<(), AppError> {
     }
 }
 
-async fn pause_queue(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, AppError> {
+/// Queues hold every tenant's jobs: pausing one is the operator's.
+fn operator_only(caller: &Caller, what: &str) -> Result<(), AppError> {
+    match caller {
+        Caller::Admin => Ok(()),
+        Caller::Tenant(_) => Err(AppError::Forbidden(format!("{what} is the operator's: it covers every tenant (use an admin key)"))),
+    }
+}
+
+async fn pause_queue(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    operator_only(&caller, "pausing a queue")?;
     served_queue(&state, &name)?;
     state.dispatcher.store().pause_queue(&name).await?;
     tracing::info!(queue = %name, "queue paused");
     Ok(Json(serde_json::json!({ "name": name, "paused": true })))
 }
 
-async fn resume_queue(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, AppError> {
+async fn resume_queue(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    operator_only(&caller, "resuming a queue")?;
     served_queue(&state, &name)?;
     state.dispatcher.store().resume_queue(&name).await?;
     state.dispatcher.wake(&name);
@@ -405,7 +504,8 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
     Ok(Json(serde_json::json!({ "status": "ready" })))
 }
 
-async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, AppError> {
+async fn metrics(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<impl IntoResponse, AppError> {
+    operator_only(&caller, "/metrics")?;
     let counts = state.dispatcher.store().counts().await?;
     let text = state.dispatcher.metrics().render(&counts);
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text))

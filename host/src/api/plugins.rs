@@ -7,7 +7,8 @@ use crate::plugin::{Registry, VersionInfo};
 use crate::queue::{LoopState, to_rfc3339};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
+use crate::tenant::Caller;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -61,18 +62,20 @@ fn capabilities_json(g: &crate::capability::Grants) -> serde_json::Value {
     })
 }
 
-pub async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
+pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<Json<serde_json::Value>, AppError> {
     let loops = state.dispatcher.store().loops().await?;
     let registry = state.registry.clone();
     let plugins = tokio::task::spawn_blocking(move || {
         registry
             .snapshot()
             .values()
+            .filter(|p| caller.owns(&p.kind))
             .map(|p| {
                 let m = &p.manifest;
                 let budget = m.budget();
                 serde_json::json!({
-                    "name": m.name,
+                    "name": caller.name_of(&p.kind),
+                    "tenant": crate::queue::tenant_of(&p.kind),
                     "version": m.version,
                     "version_id": p.version_id,
                     "description": m.description,
@@ -86,8 +89,8 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Valu
                         "output_bytes": budget.max_output_bytes,
                     },
                     "capabilities": capabilities_json(p.component.grants()),
-                    "versions": registry.versions(&m.name).iter().map(version_json).collect::<Vec<_>>(),
-                    "loop": loops.iter().find(|l| l.name == m.name).map(loop_json),
+                    "versions": registry.versions(&p.kind).iter().map(version_json).collect::<Vec<_>>(),
+                    "loop": loops.iter().find(|l| l.name == p.kind).map(loop_json),
                 })
             })
             .collect::<Vec<_>>()
@@ -105,9 +108,10 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&registry)).await.map_err(|e| AppError::Internal(e.to_string()))?.map_err(AppError::from)
 }
 
-fn deployed_json(d: &crate::plugin::Deployed) -> Json<serde_json::Value> {
+fn deployed_json(d: &crate::plugin::Deployed, caller: &Caller) -> Json<serde_json::Value> {
     Json(serde_json::json!({
-        "name": d.name,
+        "name": caller.name_of(&d.name),
+        "tenant": crate::queue::tenant_of(&d.name),
         "version": d.version,
         "version_id": d.version_id,
         "previous": d.previous,
@@ -119,6 +123,7 @@ fn deployed_json(d: &crate::plugin::Deployed) -> Json<serde_json::Value> {
 /// writes it into the plugins directory. A refused version changes nothing.
 pub async fn deploy(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
@@ -128,14 +133,23 @@ pub async fn deploy(
     let wasm = base64::engine::general_purpose::STANDARD
         .decode(request.wasm_base64.trim())
         .map_err(|e| AppError::BadRequest(format!("wasm_base64 is not base64: {e}")))?;
-    let deployed = blocking(&state.registry, move |r| r.deploy_upload(&name, &request.manifest, &wasm)).await?;
-    Ok(deployed_json(&deployed))
+    let kind = caller.kind(&name);
+    let deployed = blocking(&state.registry, move |r| r.deploy_upload(&kind, &request.manifest, &wasm)).await?;
+    Ok(deployed_json(&deployed, &caller))
 }
 
 /// `POST /plugins/{name}/rollback`: the previous archived version serves again.
-pub async fn rollback(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, AppError> {
-    let deployed = blocking(&state.registry, move |r| r.rollback(&name)).await?;
-    Ok(deployed_json(&deployed))
+pub async fn rollback(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let kind = caller.kind(&name);
+    if state.registry.get(&kind).is_none() {
+        return Err(AppError::NotFound(format!("no plugin {name:?} is loaded")));
+    }
+    let deployed = blocking(&state.registry, move |r| r.rollback(&kind)).await?;
+    Ok(deployed_json(&deployed, &caller))
 }
 
 /// `DELETE /plugins/{name}[?force=true]`: refused while jobs of the kind
@@ -143,19 +157,21 @@ pub async fn rollback(State(state): State<AppState>, Path(name): Path<String>) -
 /// claimed, and can be retried by hand after a redeploy).
 pub async fn remove(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     query: Result<Query<RemoveQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
     let Query(query) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
-    if state.registry.get(&name).is_none() {
+    let kind = caller.kind(&name);
+    if state.registry.get(&kind).is_none() {
         return Err(AppError::NotFound(format!("no plugin {name:?} is loaded")));
     }
-    let pending = state.dispatcher.store().pending_count(&name).await?;
+    let pending = state.dispatcher.store().pending_count(&kind).await?;
     if pending > 0 && !query.force {
         return Err(AppError::Conflict(format!(
             "plugin {name:?} still has {pending} pending jobs (waiting or running); let them finish, cancel them, or remove with force"
         )));
     }
-    let removed = blocking(&state.registry, move |r| r.remove(&name)).await?;
-    Ok(Json(serde_json::json!({ "name": removed.manifest.name, "version": removed.manifest.version, "removed": true, "pending_jobs": pending })))
+    let removed = blocking(&state.registry, move |r| r.remove(&kind)).await?;
+    Ok(Json(serde_json::json!({ "name": name, "version": removed.manifest.version, "removed": true, "pending_jobs": pending })))
 }

@@ -1,12 +1,14 @@
 //! The JSON shapes of the API: what a client sends and what it gets back.
 
 use crate::queue::{AttemptError, Job, to_rfc3339};
+use crate::tenant::Caller;
 use serde::{Deserialize, Serialize};
 
 /// `POST /jobs` body (or an array of these).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
+    /// A tenant's plugin name; the operator writes a tenant's as `acme/echo`.
     pub kind: String,
     /// Any JSON; stored as its JSON text. Absent: an empty payload.
     #[serde(default)]
@@ -23,7 +25,10 @@ pub struct JobRequest {
 #[derive(Debug, Serialize)]
 pub struct JobView {
     pub id: i64,
+    /// As the caller writes it: `echo` for its tenant, `acme/echo` for the operator.
     pub kind: String,
+    /// The tenant the job belongs to; null for the host's own kinds.
+    pub tenant: Option<String>,
     pub queue: String,
     pub priority: i32,
     pub state: String,
@@ -71,11 +76,13 @@ pub fn bytes_value(bytes: &[u8]) -> serde_json::Value {
     serde_json::from_slice(bytes).unwrap_or_else(|_| String::from_utf8_lossy(bytes).into_owned().into())
 }
 
-impl From<&Job> for JobView {
-    fn from(job: &Job) -> Self {
+impl JobView {
+    /// `job` as `caller` sees it.
+    pub fn of(job: &Job, caller: &Caller) -> Self {
         Self {
             id: job.id,
-            kind: job.kind.clone(),
+            kind: caller.name_of(&job.kind).to_string(),
+            tenant: job.tenant().map(str::to_string),
             queue: job.queue.clone(),
             priority: job.priority,
             state: job.state.to_string(),

@@ -5,6 +5,7 @@
 
 use super::manifest::{Limits, ManifestError};
 use crate::sandbox;
+use crate::tenant::settings::TenantCeilings;
 use serde::Deserialize;
 
 /// Fuel ceiling: 10× the default budget, tens of seconds of CPU.
@@ -27,6 +28,10 @@ pub struct Ceilings {
     pub memory_mib: u64,
     pub timeout_ms: u64,
     pub output_bytes: u64,
+    /// A tenant's own ceilings (`[tenants.NAME] ceilings`), under these,
+    /// for its plugins.
+    #[serde(skip)]
+    pub tenant: Option<(String, TenantCeilings)>,
 }
 
 impl Default for Ceilings {
@@ -36,19 +41,37 @@ impl Default for Ceilings {
             memory_mib: DEFAULT_CEILING_MEMORY_MIB,
             timeout_ms: DEFAULT_CEILING_TIMEOUT_MS,
             output_bytes: DEFAULT_CEILING_OUTPUT_BYTES,
+            tenant: None,
         }
     }
 }
 
 impl Ceilings {
-    /// Refuses `limits` (of the manifest at `origin`) over any ceiling.
+    /// These ceilings with `tenant`'s own under them.
+    pub fn for_tenant(&self, tenant: &str, ceilings: &TenantCeilings) -> Self {
+        Self { tenant: Some((tenant.to_string(), ceilings.clone())), ..self.clone() }
+    }
+
+    /// Refuses `limits` (of the manifest at `origin`) over any ceiling:
+    /// the host's, then the tenant's.
     pub fn check(&self, limits: &Limits, origin: &str) -> Result<(), ManifestError> {
-        for (field, asked, ceiling, key) in [
-            ("limits.fuel", limits.fuel, self.fuel, "ceilings.fuel"),
-            ("limits.memory_mib", limits.memory_mib, self.memory_mib, "ceilings.memory_mib"),
-            ("limits.timeout_ms", limits.timeout_ms, self.timeout_ms, "ceilings.timeout_ms"),
-            ("limits.output_bytes", limits.output_bytes, self.output_bytes, "ceilings.output_bytes"),
-        ] {
+        let host = [
+            ("limits.fuel", limits.fuel, self.fuel, "ceilings.fuel".to_string()),
+            ("limits.memory_mib", limits.memory_mib, self.memory_mib, "ceilings.memory_mib".to_string()),
+            ("limits.timeout_ms", limits.timeout_ms, self.timeout_ms, "ceilings.timeout_ms".to_string()),
+            ("limits.output_bytes", limits.output_bytes, self.output_bytes, "ceilings.output_bytes".to_string()),
+        ];
+        let tenant = self.tenant.iter().flat_map(|(name, c)| {
+            let key = move |field: &str| format!("tenants.{name}.ceilings.{field}");
+            [
+                c.fuel.map(|v| ("limits.fuel", limits.fuel, v.get(), key("fuel"))),
+                c.memory_mib.map(|v| ("limits.memory_mib", limits.memory_mib, v.get(), key("memory_mib"))),
+                c.timeout_ms.map(|v| ("limits.timeout_ms", limits.timeout_ms, v.get(), key("timeout_ms"))),
+            ]
+            .into_iter()
+            .flatten()
+        });
+        for (field, asked, ceiling, key) in host.into_iter().chain(tenant) {
             if asked > ceiling {
                 return Err(ManifestError::Invalid {
                     path: origin.to_string(),
@@ -62,7 +85,7 @@ impl Ceilings {
 
     /// Why these ceilings cannot be used: each must admit the default a
     /// manifest gets when it names none, and memory must fit a pool slot.
-    pub fn problem(&self) -> Option<(&'static str, String)> {
+    pub fn problem(&self) -> Option<(String, String)> {
         let defaults = Limits::default();
         for (key, ceiling, default) in [
             ("ceilings.fuel", self.fuel, defaults.fuel),
@@ -71,12 +94,26 @@ impl Ceilings {
             ("ceilings.output_bytes", self.output_bytes, defaults.output_bytes),
         ] {
             if ceiling < default {
-                return Some((key, format!("is {ceiling}, below the default of {default} that a manifest gets when it names none")));
+                return Some((key.into(), format!("is {ceiling}, below the default of {default} that a manifest gets when it names none")));
+            }
+        }
+        if let Some((tenant, c)) = &self.tenant {
+            for (field, ceiling, default) in [
+                ("fuel", c.fuel, defaults.fuel),
+                ("memory_mib", c.memory_mib, defaults.memory_mib),
+                ("timeout_ms", c.timeout_ms, defaults.timeout_ms),
+            ] {
+                if let Some(ceiling) = ceiling.filter(|c| c.get() < default) {
+                    return Some((
+                        format!("tenants.{tenant}.ceilings.{field}"),
+                        format!("is {ceiling}, below the default of {default} that a manifest gets when it names none"),
+                    ));
+                }
             }
         }
         let max_mib = sandbox::MAX_MEMORY_BYTES >> 20;
         if self.memory_mib > max_mib {
-            return Some(("ceilings.memory_mib", format!("is {}, over the most any instance can have ({max_mib})", self.memory_mib)));
+            return Some(("ceilings.memory_mib".into(), format!("is {}, over the most any instance can have ({max_mib})", self.memory_mib)));
         }
         None
     }
@@ -100,6 +137,22 @@ mod tests {
         assert!(ceilings.check(&slow, "m").unwrap_err().to_string().contains("`limits.timeout_ms` is 300001"));
         let exact = Limits { fuel: ceilings.fuel, memory_mib: ceilings.memory_mib, timeout_ms: ceilings.timeout_ms, output_bytes: ceilings.output_bytes };
         assert!(ceilings.check(&exact, "m").is_ok(), "a ceiling itself may be asked for");
+    }
+
+    #[test]
+    fn a_tenant_ceiling_narrows_the_host_and_is_named_when_it_refuses() {
+        let tenant = TenantCeilings { timeout_ms: std::num::NonZeroU64::new(60_000), ..TenantCeilings::default() };
+        assert_eq!(Ceilings::default().for_tenant("acme", &tenant).problem(), None);
+        let tight = TenantCeilings { timeout_ms: std::num::NonZeroU64::new(1_000), ..TenantCeilings::default() };
+        let (key, problem) = Ceilings::default().for_tenant("acme", &tight).problem().unwrap();
+        assert_eq!(key, "tenants.acme.ceilings.timeout_ms", "{problem}");
+        let ceilings = Ceilings::default().for_tenant("acme", &tenant);
+        let long = Limits { timeout_ms: 60_001, ..Limits::default() };
+        let err = ceilings.check(&long, "m").unwrap_err().to_string();
+        assert!(err.contains("`limits.timeout_ms` is 60001, over this host's ceiling of 60000 (`tenants.acme.ceilings.timeout_ms`"), "{err}");
+        assert!(Ceilings::default().check(&long, "m").is_ok(), "only the tenant's plugins are held to it");
+        let greedy = Limits { fuel: DEFAULT_CEILING_FUEL + 1, ..Limits::default() };
+        assert!(ceilings.check(&greedy, "m").unwrap_err().to_string().contains("(`ceilings.fuel`"), "the host's ceiling still holds");
     }
 
     #[test]

@@ -35,6 +35,9 @@ use std::time::{Duration, Instant};
 /// A loaded, validated plugin version.
 #[derive(Debug, Clone)]
 pub struct Plugin {
+    /// What the host knows it by: its name, or `tenant/name` for a
+    /// tenant's plugin (see [`crate::queue::tenant_of`]).
+    pub kind: String,
     pub manifest: Manifest,
     pub component: JobComponent,
     pub wasm_path: PathBuf,
@@ -70,6 +73,8 @@ pub struct LoadPolicy {
     pub ceilings: Ceilings,
     pub compiler: Arc<Compiler>,
     pub capabilities: Arc<HostCapabilities>,
+    /// The tenant whose plugin this is (`None`: the host's own).
+    pub tenant: Option<String>,
 }
 
 /// Why a plugin cannot be loaded. Each names the file at fault.
@@ -155,9 +160,10 @@ pub fn load_with(sandbox: &Sandbox, cache: Option<&ArtifactCache>, files: &Plugi
         CompileError::Invalid(reason) => PluginError::InvalidComponent { path: path.clone(), reason },
         source => PluginError::Compile { path: path.clone(), source },
     })?;
-    let grants = Grants::resolve(&manifest.name, &manifest.capabilities, &policy.capabilities, &wasm_sha256);
+    let kind = crate::queue::qualified_kind(policy.tenant.as_deref(), &manifest.name);
+    let grants = Grants::resolve(&kind, &manifest.capabilities, &policy.capabilities, &wasm_sha256);
     if !grants.config_missing.is_empty() {
-        tracing::warn!(plugin = %manifest.name, keys = %grants.config_missing.join(", "),
+        tracing::warn!(plugin = %kind, keys = %grants.config_missing.join(", "),
             "the manifest names config keys this host holds no value for ([config] or [secrets] in kiln.toml); the plugin reads them as absent");
     }
     let component = sandbox.prepare(&component, grants).map_err(|source| PluginError::Prepare { path: path.clone(), source })?;
@@ -166,6 +172,7 @@ pub fn load_with(sandbox: &Sandbox, cache: Option<&ArtifactCache>, files: &Plugi
         return Err(PluginError::MemoryOverBudget { path, min_bytes: component.min_memory_bytes(), budget_bytes });
     }
     Ok(Plugin {
+        kind,
         manifest,
         component,
         wasm_path: files.wasm.clone(),

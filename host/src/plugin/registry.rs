@@ -9,14 +9,20 @@
 //! the map: the old one keeps serving.
 //!
 //! Every version that was ever active is archived under
-//! `<data_dir>/plugin-versions/<name>/<version id>/` (its manifest, its
+//! `<data_dir>/plugin-versions/<kind>/<version id>/` (its manifest, its
 //! component and a `record.json`), which is what `rollback` restores from,
 //! across restarts too. The plugins directory holds what serves now: deploys
 //! and rollbacks write there, so a restart serves the same versions.
+//!
+//! Plugins are keyed by kind: the host's own by name (`PLUGINS/echo/`), a
+//! tenant's as `tenant/name`, from the directory named after the tenant
+//! (`PLUGINS/acme/echo/`). So two tenants may each have an `echo`; a host
+//! plugin may not take a tenant's name.
 
 use super::manifest::is_valid_name;
 use super::{ArtifactCache, LoadPolicy, MANIFEST_FILE, Plugin, PluginError};
 use crate::sandbox::Sandbox;
+use crate::tenant::TenantSettings;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -24,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
-/// The plugins serving now, by name.
+/// The plugins serving now, by kind.
 pub type LiveSet = BTreeMap<String, Arc<Plugin>>;
 
 /// How a version came in.
@@ -81,6 +87,8 @@ pub enum DeployError {
     NameMismatch { expected: String, found: String, path: String },
     #[error("refused: {0:?} is not a valid plugin name (1-64 characters of a-z, 0-9, `-` or `_`, starting with a letter)")]
     BadName(String),
+    #[error("refused: {0:?} is the name of a tenant (its plugins are in the directory of that name), so it cannot be a plugin's")]
+    TenantName(String),
     #[error("no plugin {0:?} is loaded")]
     NotLoaded(String),
     #[error("plugin {name:?} has no earlier version to roll back to (archived: {archived})")]
@@ -104,6 +112,8 @@ pub struct Registry {
     policy: LoadPolicy,
     plugins_dir: PathBuf,
     archive_dir: PathBuf,
+    /// Tenants, each with a directory of plugins and what it narrows.
+    tenants: BTreeMap<String, TenantSettings>,
     live: ArcSwap<LiveSet>,
     /// Serialises writers; readers never take it.
     writer: Mutex<()>,
@@ -126,6 +136,7 @@ impl Registry {
             policy: LoadPolicy::default(),
             plugins_dir,
             archive_dir,
+            tenants: Default::default(),
             live: ArcSwap::from_pointee(LiveSet::new()),
             writer: Mutex::new(()),
             generation: watch::Sender::new(0),
@@ -138,8 +149,66 @@ impl Registry {
         self
     }
 
+    /// The same registry, with a directory of plugins for each of
+    /// `tenants`, loaded under its narrower ceilings and grants.
+    pub fn with_tenants(mut self, tenants: &BTreeMap<String, TenantSettings>) -> Self {
+        self.tenants = tenants.clone();
+        self
+    }
+
     pub fn policy(&self) -> &LoadPolicy {
         &self.policy
+    }
+
+    /// Whether `name` is a tenant's (and its directory holds plugins).
+    pub fn is_tenant(&self, name: &str) -> bool {
+        self.tenants.contains_key(name)
+    }
+
+    /// The policy `kind`'s versions load under: for a tenant's, the host's
+    /// narrowed by the tenant's ceilings and `allow_http`, and without the
+    /// example services (they are the host's, for the host's examples).
+    fn policy_for(&self, kind: &str) -> LoadPolicy {
+        let Some(tenant) = crate::queue::tenant_of(kind) else { return self.policy.clone() };
+        let mut policy = LoadPolicy { tenant: Some(tenant.to_string()), ..self.policy.clone() };
+        if let Some(settings) = self.tenants.get(tenant) {
+            policy.ceilings = policy.ceilings.for_tenant(tenant, &settings.ceilings);
+            let mut capabilities = crate::capability::HostCapabilities::clone(&policy.capabilities);
+            capabilities.examples = None;
+            if let Some(allowed) = &settings.allow_http {
+                let host = std::mem::take(&mut capabilities.policy.allow_http);
+                capabilities.policy.allow_http = host.iter().flat_map(|h| allowed.iter().filter_map(|t| h.intersect(t))).collect();
+            }
+            policy.capabilities = Arc::new(capabilities);
+        }
+        policy
+    }
+
+    /// Where `kind` serves from in the plugins directory.
+    fn dir_of(&self, kind: &str) -> PathBuf {
+        self.plugins_dir.join(kind)
+    }
+
+    /// The kind a directory in the plugins directory holds: `acme/echo`
+    /// for `PLUGINS/acme/echo`, `echo` for `PLUGINS/echo`.
+    fn kind_of_dir(&self, dir: &Path) -> String {
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let parent = dir.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned());
+        match parent.filter(|p| self.is_tenant(p) && dir.parent().and_then(Path::parent) == Some(self.plugins_dir.as_path())) {
+            Some(tenant) => format!("{tenant}/{name}"),
+            None => name,
+        }
+    }
+
+    /// Checks `kind` names a plugin this registry may hold.
+    fn check_kind(&self, kind: &str) -> Result<(), DeployError> {
+        let name = crate::queue::plain_name(kind);
+        match crate::queue::tenant_of(kind) {
+            _ if !is_valid_name(name) => Err(DeployError::BadName(name.to_string())),
+            Some(tenant) if !self.is_tenant(tenant) => Err(DeployError::NotLoaded(kind.to_string())),
+            None if self.is_tenant(name) => Err(DeployError::TenantName(name.to_string())),
+            _ => Ok(()),
+        }
     }
 
     /// A registry holding `plugins`, with no directory behind it (tests and
@@ -173,14 +242,23 @@ impl Registry {
         self.generation.subscribe()
     }
 
-    /// Loads every plugin directory in the plugins directory. One that fails
-    /// is reported and left out; the others serve. Returns the failures.
+    /// Loads every plugin directory in the plugins directory (and in each
+    /// tenant's directory there). One that fails is reported and left out;
+    /// the others serve. Returns the failures.
     pub fn load_all(&self) -> Result<Vec<(PathBuf, DeployError)>, DeployError> {
-        let entries = std::fs::read_dir(&self.plugins_dir).map_err(io_error(&self.plugins_dir))?;
-        let mut dirs: Vec<PathBuf> = entries
-            .filter_map(|e| Some(e.ok()?.path()))
-            .filter(|p| !is_hidden(p) && p.join(MANIFEST_FILE).is_file())
-            .collect();
+        let plugin_dirs = |dir: &Path| -> Result<Vec<PathBuf>, DeployError> {
+            let entries = std::fs::read_dir(dir).map_err(io_error(dir))?;
+            Ok(entries.filter_map(|e| Some(e.ok()?.path())).filter(|p| !is_hidden(p)).collect())
+        };
+        let mut dirs = Vec::new();
+        for dir in plugin_dirs(&self.plugins_dir)? {
+            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if self.is_tenant(&name) {
+                dirs.extend(plugin_dirs(&dir)?.into_iter().filter(|p| p.join(MANIFEST_FILE).is_file()));
+            } else if dir.join(MANIFEST_FILE).is_file() {
+                dirs.push(dir);
+            }
+        }
         dirs.sort();
         let mut failures = Vec::new();
         for dir in dirs {
@@ -199,7 +277,8 @@ impl Registry {
     /// Loads the plugin in `dir` (named by the directory) and makes it the
     /// serving version, unless that exact version already serves.
     pub fn deploy_dir(&self, dir: &Path, source: Source) -> Result<Deployed, DeployError> {
-        let expected = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let expected = self.kind_of_dir(dir);
+        self.check_kind(&expected)?;
         let plugin = self.load_checked(dir, &expected)?;
         let _writer = self.writer.lock().expect("registry writer poisoned");
         // Loading took a while: if a deploy or rollback rewrote the directory
@@ -220,13 +299,12 @@ impl Registry {
         self.activate(plugin, source)
     }
 
-    /// Validates an uploaded version of `name`, makes it serve, and writes it
+    /// Validates an uploaded version of `kind`, makes it serve, and writes it
     /// into the plugins directory (so a restart serves it too).
-    pub fn deploy_upload(&self, name: &str, manifest_text: &str, wasm: &[u8]) -> Result<Deployed, DeployError> {
-        if !is_valid_name(name) {
-            return Err(DeployError::BadName(name.to_string()));
-        }
-        let staging = self.plugins_dir.join(format!(".{name}.deploy-{:016x}", fastrand::u64(..)));
+    pub fn deploy_upload(&self, kind: &str, manifest_text: &str, wasm: &[u8]) -> Result<Deployed, DeployError> {
+        self.check_kind(kind)?;
+        let name = crate::queue::plain_name(kind);
+        let staging = staging_beside(&self.dir_of(kind), "deploy");
         let result = (|| {
             std::fs::create_dir_all(&staging).map_err(io_error(&staging))?;
             let wasm_path = staging.join(format!("{name}.wasm"));
@@ -235,7 +313,7 @@ impl Registry {
             std::fs::write(&manifest_path, manifest_text).map_err(io_error(&manifest_path))?;
             // Errors name the upload as `NAME/plugin.toml`, never the
             // server's staging directory.
-            let plugin = self.load_checked(&staging, name).map_err(|e| match e {
+            let plugin = self.load_checked(&staging, kind).map_err(|e| match e {
                 DeployError::NameMismatch { expected, found, .. } => {
                     DeployError::NameMismatch { expected, found, path: "the uploaded manifest".into() }
                 }
@@ -246,7 +324,7 @@ impl Registry {
             })?;
             let _writer = self.writer.lock().expect("registry writer poisoned");
             let deployed = self.activate(plugin, Source::Api)?;
-            self.install(&staging, name)?;
+            self.install(&staging, kind)?;
             Ok(deployed)
         })();
         let _ = std::fs::remove_dir_all(&staging);
@@ -268,8 +346,8 @@ impl Registry {
             message: e.to_string().replace(&archived.display().to_string(), &format!("{name} (archived version {})", target.version_id)),
         })?;
         let deployed = self.activate(plugin, Source::Rollback)?;
-        let staging = self.plugins_dir.join(format!(".{name}.rollback-{:016x}", fastrand::u64(..)));
-        let copied = copy_plugin(&archived, &staging, name).and_then(|()| self.install(&staging, name));
+        let staging = staging_beside(&self.dir_of(name), "rollback");
+        let copied = copy_plugin(&archived, &staging, crate::queue::plain_name(name)).and_then(|()| self.install(&staging, name));
         let _ = std::fs::remove_dir_all(&staging);
         copied?;
         Ok(deployed)
@@ -284,7 +362,7 @@ impl Registry {
         let removed = next.remove(name).ok_or_else(|| DeployError::NotLoaded(name.to_string()))?;
         self.live.store(Arc::new(next));
         self.generation.send_modify(|g| *g += 1);
-        let dir = self.plugins_dir.join(name);
+        let dir = self.dir_of(name);
         let gone = if dir.is_symlink() || dir.is_file() { std::fs::remove_file(&dir) } else { std::fs::remove_dir_all(&dir) };
         if let Err(e) = gone.or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }) {
             tracing::warn!(plugin = name, "removed from the registry, but its directory stays: {e}");
@@ -316,13 +394,13 @@ impl Registry {
         versions
     }
 
-    /// Loads `dir` and checks its manifest names `expected`.
+    /// Loads `dir` as kind `expected` and checks its manifest names it.
     fn load_checked(&self, dir: &Path, expected: &str) -> Result<Plugin, DeployError> {
         let files = super::resolve(&dir.display().to_string(), &[])?;
-        let plugin = super::load_with(&self.sandbox, Some(&self.cache), &files, &self.policy)?;
-        if plugin.manifest.name != expected {
+        let plugin = super::load_with(&self.sandbox, Some(&self.cache), &files, &self.policy_for(expected))?;
+        if plugin.kind != expected {
             return Err(DeployError::NameMismatch {
-                expected: expected.to_string(),
+                expected: crate::queue::plain_name(expected).to_string(),
                 found: plugin.manifest.name.clone(),
                 path: files.manifest.as_ref().unwrap_or(&files.wasm).display().to_string(),
             });
@@ -332,7 +410,7 @@ impl Registry {
 
     /// Swaps `plugin` in (the writer lock is held) and archives it.
     fn activate(&self, plugin: Plugin, source: Source) -> Result<Deployed, DeployError> {
-        let name = plugin.manifest.name.clone();
+        let name = plugin.kind.clone();
         let current = self.live.load();
         let previous = current.get(&name).cloned();
         let mut deployed = Deployed {
@@ -370,7 +448,7 @@ impl Registry {
         if self.archive_dir.as_os_str().is_empty() {
             return;
         }
-        let name = &plugin.manifest.name;
+        let name = &plugin.kind;
         let dir = self.archive_dir.join(name).join(&plugin.version_id);
         let record = VersionInfo {
             version: plugin.manifest.version.clone(),
@@ -382,7 +460,7 @@ impl Registry {
         };
         let written = (|| -> std::io::Result<()> {
             std::fs::create_dir_all(&dir)?;
-            let wasm = dir.join(format!("{name}.wasm"));
+            let wasm = dir.join(format!("{}.wasm", plugin.manifest.name));
             if !wasm.is_file() {
                 std::fs::copy(&plugin.wasm_path, &wasm)?;
                 std::fs::write(dir.join(MANIFEST_FILE), plugin.manifest_text.as_deref().unwrap_or_default())?;
@@ -396,12 +474,12 @@ impl Registry {
         }
     }
 
-    /// Moves the staged directory into the plugins directory as `name`,
+    /// Moves the staged directory into the plugins directory as `kind`,
     /// replacing what was there (a directory or a symlink) in one rename
     /// each, so the watcher never sees half a plugin.
-    fn install(&self, staging: &Path, name: &str) -> Result<(), DeployError> {
-        let target = self.plugins_dir.join(name);
-        let old = self.plugins_dir.join(format!(".{name}.old-{:016x}", fastrand::u64(..)));
+    fn install(&self, staging: &Path, kind: &str) -> Result<(), DeployError> {
+        let target = self.dir_of(kind);
+        let old = staging_beside(&target, "old");
         if target.is_symlink() || target.is_file() {
             std::fs::remove_file(&target).map_err(io_error(&target))?;
         } else if target.is_dir() {
@@ -411,6 +489,13 @@ impl Registry {
         let _ = std::fs::remove_dir_all(&old);
         Ok(())
     }
+}
+
+/// A fresh dot-entry beside `target` (the same directory, so a rename
+/// moves it into place): `.echo.deploy-<random>` beside `echo`.
+fn staging_beside(target: &Path, what: &str) -> PathBuf {
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    target.with_file_name(format!(".{name}.{what}-{:016x}", fastrand::u64(..)))
 }
 
 fn copy_plugin(from: &Path, to: &Path, name: &str) -> Result<(), DeployError> {

@@ -38,12 +38,13 @@ pub fn watch_plugins_dir(registry: Arc<Registry>) -> notify::Result<PluginWatche
     let (tx, rx) = mpsc::unbounded_channel::<String>();
     // Events may name paths absolutely whatever the watch was given.
     let watched = root.canonicalize().unwrap_or_else(|_| root.clone());
+    let tenants = registry.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
         Ok(event) if !changes_content(&event.kind) => {}
         Ok(event) => {
             for path in &event.paths {
-                if let Some(name) = plugin_of(&watched, &absolute(path)) {
-                    let _ = tx.send(name);
+                if let Some(kind) = plugin_of(&watched, &absolute(path), |name| tenants.is_tenant(name)) {
+                    let _ = tx.send(kind);
                 }
             }
         }
@@ -78,13 +79,20 @@ fn absolute(path: &Path) -> std::path::PathBuf {
         .unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// The plugin directory `path` is in, if it is inside `root` and not a
-/// staging area.
-fn plugin_of(root: &Path, path: &Path) -> Option<String> {
+/// The plugin directory `path` is in, as the kind it holds (`echo`, or
+/// `acme/echo` inside the directory of a tenant, as `is_tenant` says), if
+/// it is inside `root` and not a staging area.
+fn plugin_of(root: &Path, path: &Path, is_tenant: impl Fn(&str) -> bool) -> Option<String> {
     let relative = path.strip_prefix(root).ok()?;
-    let Some(Component::Normal(first)) = relative.components().next() else { return None };
-    let first = Path::new(first);
-    (!is_hidden(first)).then(|| first.to_string_lossy().into_owned())
+    let mut parts = relative.components().map(|c| match c {
+        Component::Normal(part) => Some(Path::new(part)).filter(|p| !is_hidden(p)).map(|p| p.to_string_lossy().into_owned()),
+        _ => None,
+    });
+    let first = parts.next()??;
+    if !is_tenant(&first) {
+        return Some(first);
+    }
+    Some(format!("{first}/{}", parts.next()??))
 }
 
 async fn deploy_changes(registry: Arc<Registry>, mut rx: mpsc::UnboundedReceiver<String>) {
@@ -133,10 +141,15 @@ mod tests {
     #[test]
     fn events_map_to_their_plugin_directory() {
         let root = Path::new("/p");
-        assert_eq!(plugin_of(root, Path::new("/p/echo/echo.wasm")), Some("echo".into()));
-        assert_eq!(plugin_of(root, Path::new("/p/echo")), Some("echo".into()));
-        assert_eq!(plugin_of(root, Path::new("/p/.echo.deploy-1/echo.wasm")), None, "staging areas are not plugins");
-        assert_eq!(plugin_of(root, Path::new("/p")), None);
-        assert_eq!(plugin_of(root, Path::new("/elsewhere/echo")), None);
+        let of = |path: &str| plugin_of(root, Path::new(path), |name| name == "acme");
+        assert_eq!(of("/p/echo/echo.wasm"), Some("echo".into()));
+        assert_eq!(of("/p/echo"), Some("echo".into()));
+        assert_eq!(of("/p/.echo.deploy-1/echo.wasm"), None, "staging areas are not plugins");
+        assert_eq!(of("/p"), None);
+        assert_eq!(of("/elsewhere/echo"), None);
+        assert_eq!(of("/p/acme/echo/echo.wasm"), Some("acme/echo".into()), "a tenant's plugin");
+        assert_eq!(of("/p/acme/echo"), Some("acme/echo".into()));
+        assert_eq!(of("/p/acme/.echo.deploy-1/plugin.toml"), None, "a staging area in a tenant's directory");
+        assert_eq!(of("/p/acme"), None, "the tenant's directory itself holds no plugin");
     }
 }

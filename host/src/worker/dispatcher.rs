@@ -402,7 +402,7 @@ impl Dispatcher {
         if children.is_empty() {
             return Ok(());
         }
-        let jobs = child_jobs(&self.inner, None, children, self.inner.clock.now());
+        let jobs = child_jobs(&self.inner, plugin, None, children, self.inner.clock.now());
         let inserted = self.inner.store.insert_many(jobs).await?;
         let mut woken: Vec<&str> = inserted.iter().filter(|i| i.created).map(|i| i.job.queue.as_str()).collect();
         woken.sort_unstable();
@@ -844,7 +844,7 @@ async fn run_job(inner: Arc<Inner>, job: Job, stop: StopSignal, _slot: OwnedSema
     match decide(&job, &report.outcome, reason, &policy, now) {
         Some(mut transition) => {
             if let Transition::Complete { effects, .. } = &mut transition {
-                effects.children = child_jobs(&inner, Some(job.id), std::mem::take(&mut report.enqueued), now);
+                effects.children = child_jobs(&inner, &job.kind, Some(job.id), std::mem::take(&mut report.enqueued), now);
                 effects.kv = kv_writes(&job.kind, std::mem::take(&mut report.kv_writes));
             }
             log_run_end(&job, &report, &transition);
@@ -855,11 +855,13 @@ async fn run_job(inner: Arc<Inner>, job: Job, stop: StopSignal, _slot: OwnedSema
     }
 }
 
-/// The jobs a run enqueued, as the store inserts them with its completion:
-/// each names its parent, takes its kind's retry policy (the default when
-/// no plugin of that kind is loaded here: it waits for one), and is due
-/// after its delay from now, the completion.
-fn child_jobs(inner: &Inner, parent_id: Option<JobId>, children: Vec<crate::capability::ChildJob>, now: Millis) -> Vec<NewJob> {
+/// The jobs a run of `parent_kind` enqueued, as the store inserts them
+/// with its completion: each is of a kind of the parent's own tenant (a
+/// tenant's plugin names `echo` and gets its tenant's `echo`, never
+/// another's), names its parent, takes its kind's retry policy (the
+/// default when no plugin of that kind is loaded here: it waits for one),
+/// and is due after its delay from now, the completion.
+fn child_jobs(inner: &Inner, parent_kind: &str, parent_id: Option<JobId>, children: Vec<crate::capability::ChildJob>, now: Millis) -> Vec<NewJob> {
     use crate::capability::Due;
     // A fan-out names few kinds for many children: look each kind up once.
     let mut attempts: HashMap<String, u32> = HashMap::new();
@@ -870,8 +872,9 @@ fn child_jobs(inner: &Inner, parent_id: Option<JobId>, children: Vec<crate::capa
     };
     children
         .into_iter()
-        .map(|c| NewJob {
-            max_attempts: max_attempts(&c.kind),
+        .map(|c| (crate::queue::qualified_kind(crate::queue::tenant_of(parent_kind), &c.kind), c))
+        .map(|(kind, c)| NewJob {
+            max_attempts: max_attempts(&kind),
             queue: c.queue.unwrap_or_else(|| crate::queue::DEFAULT_QUEUE.to_string()),
             priority: c.priority.unwrap_or(0),
             scheduled_at: c.due.map(|due| match due {
@@ -881,7 +884,7 @@ fn child_jobs(inner: &Inner, parent_id: Option<JobId>, children: Vec<crate::capa
             unique_key: c.unique_key,
             parent_id,
             payload: c.payload,
-            kind: c.kind,
+            kind,
         })
         .collect()
 }
