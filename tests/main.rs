@@ -23,4 +23,5 @@ mod sandbox_in_process;
 mod serve;
 mod shutdown;
 mod support;
+mod tenants;
 mod triggers;

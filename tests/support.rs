@@ -78,3 +78,11 @@ pub fn assert_each_says(got: &[String], want: &[&str]) {
     }
     assert_eq!(got.len(), want.len(), "{got:?}");
 }
+
+/// A fresh API key and its hash, from `kiln keys new --json`.
+pub fn new_api_key() -> (String, String) {
+    let out = kiln().args(["keys", "new", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (made["key"].as_str().unwrap().to_string(), made["hash"].as_str().unwrap().to_string())
+}

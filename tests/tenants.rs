@@ -1,0 +1,268 @@
+//! Tenants end to end, over the real `kiln serve`: each tenant's key sees
+//! and touches only its own plugins, jobs and kv; another tenant's ids
+//! answer 404 exactly as ids that do not exist, and leave what they name
+//! unchanged; the operator's key sees everything; two tenants' plugins of
+//! one name run side by side, each with its own kv.
+
+use crate::host::{Host, HostDir, eventually};
+use crate::support::{built, new_api_key, wasm_of};
+use serde_json::{Value, json};
+use std::path::Path;
+
+const CONFIG: &str = "lease_ms = 5000\npoll_interval_ms = 100\nshutdown_grace_ms = 1000\n\n[queues.default]\nconcurrency = 4\n";
+
+/// A caller of one host with one key (or none).
+struct Client<'h> {
+    host: &'h Host,
+    key: Option<String>,
+}
+
+impl Client<'_> {
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_idle_connections(0).build().into();
+        let mut request = http::Request::builder().method(method).uri(format!("{}{path}", self.host.url)).header("content-type", "application/json");
+        if let Some(key) = &self.key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        let body = body.map(Value::to_string).unwrap_or_default();
+        let mut response = agent.run(request.body(body).unwrap()).unwrap();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (response.status().as_u16(), serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        let (status, answer) = self.call(method, path, body);
+        assert!((200..300).contains(&status), "{method} {path}: {status} {answer}");
+        answer
+    }
+
+    fn enqueue(&self, job: Value) -> i64 {
+        self.ok("POST", "/jobs", Some(&job))["id"].as_i64().unwrap()
+    }
+
+    fn wait_for(&self, id: i64, state: &str) -> Value {
+        let mut job = Value::Null;
+        eventually(&format!("job {id} is {state}"), || {
+            job = self.ok("GET", &format!("/jobs/{id}"), None);
+            job["state"] == state
+        });
+        job
+    }
+}
+
+/// Puts the built plugin `built` in `tenant`'s directory, its manifest's
+/// version set to `version` (so the tests can tell whose ran).
+fn add_tenant_plugin(dir: &HostDir, tenant: &str, built: &str, version: &str) {
+    let name = Path::new(built).file_name().unwrap().to_str().unwrap();
+    let target = dir.plugins().join(tenant).join(name);
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::copy(wasm_of(built), target.join(format!("{name}.wasm"))).unwrap();
+    let manifest = std::fs::read_to_string(Path::new(built).join("plugin.toml")).unwrap();
+    let manifest: String =
+        manifest.lines().map(|l| if l.starts_with("version") { format!("version = \"{version}\"\n") } else { format!("{l}\n") }).collect();
+    std::fs::write(target.join("plugin.toml"), manifest).unwrap();
+}
+
+struct Tenants {
+    _dir: HostDir,
+    host: Host,
+    admin: String,
+    acme: String,
+    beta: String,
+}
+
+fn two_tenants() -> Tenants {
+    let (admin, admin_hash) = new_api_key();
+    let (acme, acme_hash) = new_api_key();
+    let (beta, beta_hash) = new_api_key();
+    let config = format!(
+        "{CONFIG}\n[admin]\napi_keys = [\"{admin_hash}\"]\n\n[tenants.acme]\napi_keys = [\"{acme_hash}\"]\n\n[tenants.beta]\napi_keys = [\"{beta_hash}\"]\n"
+    );
+    let dir = HostDir::new(&config);
+    for (tenant, version) in [("acme", "1.0.0-acme"), ("beta", "2.0.0-beta")] {
+        add_tenant_plugin(&dir, tenant, built::ECHO, version);
+        add_tenant_plugin(&dir, tenant, built::KV_PROBE, version);
+    }
+    let host = dir.start();
+    Tenants { _dir: dir, host, admin, acme, beta }
+}
+
+fn kv_ops(ops: Value, then: &str) -> Value {
+    json!({"ops": ops, "then": then})
+}
+
+#[test]
+fn a_tenant_sees_and_touches_only_its_own_and_another_tenants_ids_answer_404() {
+    let t = two_tenants();
+    let client = |key: &str| Client { host: &t.host, key: Some(key.to_string()) };
+    let (admin, acme, beta) = (client(&t.admin), client(&t.acme), client(&t.beta));
+
+    // Each tenant's `echo` is its own.
+    let a_done = acme.enqueue(json!({"kind": "echo", "payload": {"from": "acme"}}));
+    let b_done = beta.enqueue(json!({"kind": "echo", "payload": {"from": "beta"}}));
+    let a_job = acme.wait_for(a_done, "completed");
+    let b_job = beta.wait_for(b_done, "completed");
+    assert_eq!((a_job["kind"].as_str(), a_job["tenant"].as_str(), a_job["plugin_version"].as_str()), (Some("echo"), Some("acme"), Some("1.0.0-acme")));
+    assert_eq!((b_job["tenant"].as_str(), b_job["plugin_version"].as_str()), (Some("beta"), Some("2.0.0-beta")));
+    assert_eq!(a_job["result"], json!({"from": "acme"}));
+    // Something of acme's in each state a route acts on: completed, dead, waiting.
+    let a_dead = acme.enqueue(json!({"kind": "kv-probe", "payload": kv_ops(json!([]), "retry"), "max_attempts": 1}));
+    acme.wait_for(a_dead, "dead");
+    let a_later = acme.enqueue(json!({"kind": "echo", "payload": 1, "scheduled_at": "2999-01-01T00:00:00Z"}));
+    acme.ok("PUT", "/plugins/kv-probe/kv/k", Some(&json!({"value": "acme's"})));
+    let acme_ids = [a_done, a_dead, a_later];
+    let acme_view = || {
+        let jobs: Vec<Value> = acme_ids.iter().map(|id| acme.ok("GET", &format!("/jobs/{id}"), None)).collect();
+        (jobs, acme.ok("GET", "/plugins", None), acme.ok("GET", "/plugins/kv-probe/kv", None))
+    };
+    let before = acme_view();
+
+    // Beta's key on each of acme's ids: 404, worded as for an id that does not exist.
+    let missing = 999_999_999;
+    for id in acme_ids {
+        for (method, path) in [("GET", format!("/jobs/{id}")), ("DELETE", format!("/jobs/{id}")), ("POST", format!("/jobs/{id}/retry")), ("POST", format!("/jobs/{id}/cancel"))] {
+            let (status, body) = beta.call(method, &path, None);
+            let (_, none) = beta.call(method, &path.replace(&id.to_string(), &missing.to_string()), None);
+            assert_eq!(status, 404, "{method} {path} as beta: {body}");
+            assert_eq!(body["error"].as_str().unwrap().replace(&id.to_string(), "ID"), none["error"].as_str().unwrap().replace(&missing.to_string(), "ID"),
+                "{method} {path}: another tenant's id reads as one that does not exist");
+        }
+    }
+    // Lists and bulk routes see beta's own only.
+    let listed = beta.ok("GET", "/jobs?limit=1000", None);
+    let ids: Vec<i64> = listed["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, [b_done], "beta lists its own job only");
+    assert_eq!(beta.ok("GET", "/jobs?kind=echo", None)["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(beta.ok("POST", "/jobs/retry?state=dead", None)["retried"], 0, "acme's dead job is not beta's to retry");
+    assert_eq!(beta.ok("DELETE", "/jobs?state=dead", None)["deleted"], 0, "nor to delete");
+    let queues = beta.ok("GET", "/queues", None);
+    let jobs = &queues["queues"][0]["jobs"];
+    assert_eq!((jobs["completed"].as_u64(), jobs["dead"].as_u64(), jobs["scheduled"].as_u64()), (Some(1), Some(0), Some(0)), "{queues}");
+    // Plugins: beta sees its own, by their own names, and nothing of acme's or the host's.
+    let plugins = beta.ok("GET", "/plugins", None);
+    let mut names: Vec<&str> = plugins["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["echo", "kv-probe"], "{plugins}");
+    assert!(plugins["plugins"].as_array().unwrap().iter().all(|p| p["tenant"] == "beta" && p["versions"][0]["version"] == "2.0.0-beta"));
+    // Beta's kv is its own: acme's key is not there, and writing it changes acme's nothing.
+    assert_eq!(beta.call("GET", "/plugins/kv-probe/kv/k", None).0, 404);
+    beta.ok("PUT", "/plugins/kv-probe/kv/k", Some(&json!({"value": "beta's"})));
+    beta.ok("DELETE", "/plugins/kv-probe/kv/k", None);
+    // Deploying, rolling back, removing: beta acts on its own plugins only.
+    let wasm = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, std::fs::read(wasm_of(built::ECHO)).unwrap());
+    let deploy = json!({"manifest": "name = \"echo\"\nversion = \"2.0.1-beta\"\n", "wasm_base64": wasm});
+    let deployed = beta.ok("PUT", "/plugins/echo", Some(&deploy));
+    assert_eq!((deployed["name"].as_str(), deployed["tenant"].as_str()), (Some("echo"), Some("beta")));
+    beta.ok("POST", "/plugins/echo/rollback", None);
+    assert_eq!(beta.call("DELETE", "/plugins/spin?force=true", None).0, 404, "the host's plugin is not beta's");
+    assert_eq!(beta.call("POST", "/plugins/spin/rollback", None).0, 404);
+    assert_eq!(beta.call("GET", "/plugins/spin/kv", None).0, 404);
+    assert_eq!(beta.call("GET", "/plugins/acme%2Fecho/kv", None).0, 404, "naming acme's kind from beta names nothing");
+    assert_eq!(beta.call("DELETE", "/plugins/acme%2Fecho", None).0, 404);
+    assert_eq!(beta.call("POST", "/jobs", Some(&json!({"kind": "acme/echo"}))).0, 400, "beta cannot enqueue acme's kind");
+    let (status, body) = beta.call("POST", "/jobs", Some(&json!({"kind": "spin"})));
+    assert_eq!(status, 400, "{body}");
+    assert!(!body["error"].as_str().unwrap().contains("acme"), "an unknown kind's error names beta's own kinds only: {body}");
+    // What covers every tenant is the operator's.
+    for (method, path) in [("POST", "/queues/default/pause"), ("POST", "/queues/default/resume"), ("GET", "/metrics")] {
+        assert_eq!(beta.call(method, path, None).0, 403, "{method} {path}");
+    }
+    assert_eq!(before, acme_view(), "nothing of acme's changed");
+    assert!(t.host.stderr().contains("another tenant's job") && t.host.stderr().contains("tenant=beta"), "refusals are logged with the tenant");
+
+    // A missing or wrong key is 401 on every tenant route.
+    let nobody = Client { host: &t.host, key: None };
+    let wrong = Client { host: &t.host, key: Some(new_api_key().0) };
+    for caller in [&nobody, &wrong] {
+        assert_eq!(caller.call("GET", &format!("/jobs/{a_done}"), None).0, 401);
+        assert_eq!(caller.call("GET", "/plugins", None).0, 401);
+    }
+
+    // The operator sees everything, and writes a tenant's kinds in full.
+    let all = admin.ok("GET", "/jobs?limit=1000", None);
+    let tenants: Vec<(&str, &str)> =
+        all["jobs"].as_array().unwrap().iter().map(|j| (j["kind"].as_str().unwrap(), j["tenant"].as_str().unwrap_or("-"))).collect();
+    assert!(tenants.contains(&("acme/echo", "acme")) && tenants.contains(&("beta/echo", "beta")), "{tenants:?}");
+    assert_eq!(admin.ok("GET", &format!("/jobs/{a_done}"), None)["kind"], "acme/echo");
+    let plugins = admin.ok("GET", "/plugins", None);
+    let names: Vec<&str> = plugins["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"acme/echo") && names.contains(&"beta/echo") && names.contains(&"echo"), "{names:?}");
+    let by_admin = admin.enqueue(json!({"kind": "beta/echo", "payload": 5}));
+    assert_eq!(beta.wait_for(by_admin, "completed")["result"], 5, "the operator enqueues for a tenant");
+    assert_eq!(admin.ok("GET", "/plugins/acme%2Fkv-probe/kv/k", None)["value"], "acme's");
+    admin.ok("POST", &format!("/jobs/{a_later}/cancel"), None);
+    assert_eq!(acme.ok("GET", &format!("/jobs/{a_later}"), None)["state"], "cancelled");
+}
+
+#[test]
+fn two_tenants_plugins_of_one_name_run_side_by_side_each_with_its_own_kv() {
+    let t = two_tenants();
+    let client = |key: &str| Client { host: &t.host, key: Some(key.to_string()) };
+    let (acme, beta) = (client(&t.acme), client(&t.beta));
+    let count = |c: &Client, n: usize| -> Vec<i64> {
+        (0..n).map(|_| c.enqueue(json!({"kind": "kv-probe", "payload": kv_ops(json!([{"op": "incr", "key": "runs"}]), "ok")}))).collect()
+    };
+    let (a_ids, b_ids) = (count(&acme, 5), count(&beta, 3));
+    a_ids.iter().for_each(|id| drop(acme.wait_for(*id, "completed")));
+    b_ids.iter().for_each(|id| drop(beta.wait_for(*id, "completed")));
+    let runs = |c: &Client| c.ok("GET", "/plugins/kv-probe/kv/runs", None)["value"].as_str().unwrap().to_string();
+    assert_eq!((runs(&acme), runs(&beta)), ("5".to_string(), "3".to_string()), "each tenant's kv-probe counts its own runs");
+    // A run reads its own tenant's store.
+    let seen = acme.enqueue(json!({"kind": "kv-probe", "payload": kv_ops(json!([{"op": "get", "key": "runs"}]), "ok")}));
+    assert_eq!(acme.wait_for(seen, "completed")["result"]["results"], json!(["5"]));
+}
+
+#[test]
+fn a_tenants_plugins_are_held_to_its_own_ceilings_and_a_host_plugin_may_not_take_a_tenants_name() {
+    let (admin_key, hash) = new_api_key();
+    let (key, key_hash) = new_api_key();
+    let config = format!(
+        "{CONFIG}\n[capabilities]\nallow_http = [\"http://127.0.0.1:*\", \"https://api.acme.example\"]\n\n[admin]\napi_keys = [\"{hash}\"]\n\n\
+         [tenants.acme]\napi_keys = [\"{key_hash}\"]\nceilings = {{ timeout_ms = 40000 }}\nallow_http = [\"https://api.acme.example\"]\n"
+    );
+    let dir = HostDir::new(&config);
+    add_tenant_plugin(&dir, "acme", built::ECHO, "1.0.0");
+    // One http-probe asking for both origins, as the host's and as acme's.
+    let asks_both = "[capabilities]\nhttp = [\"http://127.0.0.1:*\", \"https://api.acme.example\"]\n";
+    for at in [dir.plugins().join("http-probe"), dir.plugins().join("acme/http-probe")] {
+        std::fs::create_dir_all(&at).unwrap();
+        std::fs::copy(wasm_of(built::HTTP_PROBE), at.join("http-probe.wasm")).unwrap();
+        std::fs::write(at.join("plugin.toml"), format!("name = \"http-probe\"\nversion = \"0.1.0\"\n{asks_both}")).unwrap();
+    }
+    let host = dir.start();
+    let acme = Client { host: &host, key: Some(key) };
+    let admin = Client { host: &host, key: Some(admin_key) };
+    let wasm = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, std::fs::read(wasm_of(built::ECHO)).unwrap());
+    // The tenant's allow_http narrows the host's for its plugins only.
+    let plugins = admin.ok("GET", "/plugins", None);
+    let granted = |name: &str| -> Vec<String> {
+        let plugin = plugins["plugins"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("{name}: {plugins}"));
+        plugin["capabilities"]["granted"]["http"].as_array().unwrap().iter().map(|o| o.as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(granted("http-probe").len(), 2, "the host's plugin gets both origins");
+    let narrowed = granted("acme/http-probe");
+    assert!(narrowed.len() == 1 && narrowed[0].contains("api.acme.example"), "acme's gets only what acme allows: {narrowed:?}");
+    // A host plugin may not take a tenant's name (its directory is the tenant's).
+    let clash = json!({"manifest": "name = \"acme\"\nversion = \"1.0.0\"\n", "wasm_base64": wasm});
+    let (status, body) = admin.call("PUT", "/plugins/acme", Some(&clash));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("is the name of a tenant"), "{body}");
+    let slow = json!({"manifest": "name = \"echo\"\nversion = \"1.1.0\"\n[limits]\ntimeout_ms = 60000\n", "wasm_base64": wasm});
+    let (status, body) = acme.call("PUT", "/plugins/echo", Some(&slow));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("`tenants.acme.ceilings.timeout_ms`"), "{body}");
+    let echo_version = || {
+        let plugins = acme.ok("GET", "/plugins", None);
+        plugins["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "echo").map(|p| p["version"].clone()).unwrap_or_default()
+    };
+    assert_eq!(echo_version(), "1.0.0", "the old version keeps serving");
+    let within = json!({"manifest": "name = \"echo\"\nversion = \"1.2.0\"\n[limits]\ntimeout_ms = 40000\n", "wasm_base64": wasm});
+    acme.ok("PUT", "/plugins/echo", Some(&within));
+    assert!(dir.plugins().join("acme/echo/echo.wasm").is_file(), "a tenant's deploy lands in its own directory");
+    let id = acme.enqueue(json!({"kind": "echo", "payload": 3}));
+    assert_eq!(acme.wait_for(id, "completed")["plugin_version"], "1.2.0");
+    // The operator deploys into a tenant by its full kind.
+    let by_admin = json!({"manifest": "name = \"echo\"\nversion = \"1.3.0\"\n", "wasm_base64": wasm});
+    assert_eq!(admin.ok("PUT", "/plugins/acme%2Fecho", Some(&by_admin))["tenant"], "acme");
+    assert_eq!(echo_version(), "1.3.0");
+}
