@@ -3,7 +3,7 @@
 //! backend with [`conformance_tests!`]. Time is a [`ManualClock`] the tests
 //! move; nothing sleeps.
 
-use super::clock::ManualClock;
+use super::clock::{Clock as _, ManualClock};
 use super::job::{AttemptError, JobState, Lease};
 use super::store::*;
 
@@ -14,7 +14,7 @@ fn new_job(kind: &str) -> NewJob {
 }
 
 fn claim(queue: &str, limit: usize) -> ClaimParams {
-    ClaimParams { queue: queue.into(), limit, host: "host-a".into(), lease_ms: 30_000 }
+    ClaimParams { queue: queue.into(), limit, host: "host-a".into(), lease_ms: 30_000, shares: Vec::new() }
 }
 
 fn err(attempt: u32, message: &str) -> AttemptError {
@@ -568,6 +568,67 @@ pub async fn jobs_belong_to_the_tenant_their_kind_names(store: &dyn JobStore, _c
     assert_eq!((count(Some("acme")), count(Some("beta")), count(None)), (2, 1, 1));
 }
 
+pub async fn a_claim_takes_each_tenants_share_first_then_more_of_each(store: &dyn JobStore, clock: &ManualClock) {
+    // acme's backlog is older than beta's and the host's: without shares a claim takes acme's only.
+    store.insert_many((0..10).map(|_| new_job("acme/echo")).collect()).await.unwrap();
+    clock.advance(10);
+    store.insert_many((0..2).map(|_| new_job("beta/echo")).chain([new_job("echo")]).collect()).await.unwrap();
+    let share = |tenant: Option<&str>, want| ClaimShare { tenant: tenant.map(str::to_string), want, ..ClaimShare::default() };
+    let tenants = |jobs: &[crate::queue::Job]| {
+        let mut t: Vec<_> = jobs.iter().map(|j| j.tenant().unwrap_or("-").to_string()).collect();
+        t.sort();
+        t
+    };
+    let fair = ClaimParams { shares: vec![share(Some("acme"), 2), share(Some("beta"), 2), share(None, 1)], ..claim(DEFAULT_QUEUE, 5) };
+    let got = store.claim(fair).await.unwrap();
+    assert_eq!(tenants(&got), ["-", "acme", "acme", "beta", "beta"], "each share first");
+    // beta has none left: what it would have taken goes to the others (acme).
+    let short = ClaimParams { shares: vec![share(Some("beta"), 3), share(Some("acme"), 1)], ..claim(DEFAULT_QUEUE, 4) };
+    let got = store.claim(short).await.unwrap();
+    assert_eq!(tenants(&got), ["acme", "acme", "acme", "acme"], "the claim fills its limit from whoever has due jobs");
+    assert!(got.windows(2).all(|w| w[0].id < w[1].id), "best first among what was taken");
+    // A share is never more than the limit.
+    let over = ClaimParams { shares: vec![share(Some("acme"), 10)], ..claim(DEFAULT_QUEUE, 1) };
+    assert_eq!(store.claim(over).await.unwrap().len(), 1);
+    store.pause_queue(DEFAULT_QUEUE).await.unwrap();
+    let paused = ClaimParams { shares: vec![share(Some("acme"), 3)], ..claim(DEFAULT_QUEUE, 3) };
+    assert!(store.claim(paused).await.unwrap().is_empty(), "a paused queue gives nothing, shares or not");
+}
+
+pub async fn a_tenants_limits_hold_at_claim_time_and_say_what_held_it_back(store: &dyn JobStore, clock: &ManualClock) {
+    store.insert_many((0..10).map(|_| new_job("acme/echo")).chain((0..10).map(|_| new_job("beta/echo"))).collect()).await.unwrap();
+    let acme = ClaimShare { tenant: Some("acme".into()), want: 10, weight: 1, limits: TenantLimits { max_running: Some(3), rate: None } };
+    let rate = StartRate { count: 2, per_ms: 1000 };
+    let beta = ClaimShare { tenant: Some("beta".into()), want: 10, weight: 1, limits: TenantLimits { max_running: None, rate: Some(rate) } };
+    let fair = |shares: Vec<ClaimShare>| ClaimParams { shares, ..claim(DEFAULT_QUEUE, 20) };
+    let first = store.claim_fair(fair(vec![acme.clone(), beta.clone()])).await.unwrap();
+    let of = |c: &Claimed, t: &str| c.jobs.iter().filter(|j| j.tenant() == Some(t)).count();
+    assert_eq!((of(&first, "acme"), of(&first, "beta")), (3, 2), "max_running 3; a bucket of 2");
+    let now = clock.now();
+    assert_eq!(
+        first.held_back,
+        [
+            HeldBack { tenant: Some("acme".into()), by: Limit::MaxRunning, until: None },
+            HeldBack { tenant: Some("beta".into()), by: Limit::Rate, until: Some(now + 500) },
+        ]
+    );
+    let again = store.claim_fair(fair(vec![acme.clone(), beta.clone()])).await.unwrap();
+    assert!(again.jobs.is_empty() && again.held_back.len() == 2, "nothing more until a run ends or a token comes: {again:?}");
+    // A run of acme's ends: one more of acme's may start.
+    store.complete(first.jobs.iter().find(|j| j.tenant() == Some("acme")).unwrap().lease(), vec![]).await.unwrap();
+    let after_one = store.claim_fair(fair(vec![acme.clone()])).await.unwrap();
+    assert_eq!(of(&after_one, "acme"), 1);
+    // Half a second later beta's bucket holds one token; ten seconds later, two (its size).
+    clock.advance(500);
+    assert_eq!(of(&store.claim_fair(fair(vec![beta.clone()])).await.unwrap(), "beta"), 1);
+    clock.advance(10_000);
+    assert_eq!(of(&store.claim_fair(fair(vec![beta.clone()])).await.unwrap(), "beta"), 2);
+    // No other tenant's jobs fill a limited tenant's room, and a tenant with nothing due is not held back.
+    let empty = ClaimShare { tenant: Some("zeta".into()), want: 5, weight: 1, limits: TenantLimits { max_running: Some(1), rate: None } };
+    let none = store.claim_fair(fair(vec![empty])).await.unwrap();
+    assert!(none.jobs.is_empty() && none.held_back.is_empty(), "{none:?}");
+}
+
 /// Instantiates every conformance test for one backend. `$factory` is an
 /// async fn returning `(Arc<dyn JobStore>, ManualClock, guard)`; the guard
 /// (a temp dir, a schema) lives as long as the test. Attributes after it
@@ -600,6 +661,8 @@ macro_rules! conformance_tests {
             a_completion_inserts_its_children_with_it_or_not_at_all,
             kv_writes_commit_with_the_completion_or_not_at_all,
             jobs_belong_to_the_tenant_their_kind_names,
+            a_claim_takes_each_tenants_share_first_then_more_of_each,
+            a_tenants_limits_hold_at_claim_time_and_say_what_held_it_back,
         );
     };
     (@each $factory:ident, $attrs:tt, $($test:ident),+ $(,)?) => {

@@ -15,6 +15,7 @@ pub use job::{AttemptError, Job, JobId, JobState, Lease, Millis, plain_name, qua
 pub use postgres::{DEFAULT_SCHEMA, PostgresStore, WAKE_ALL, check_schema};
 pub use sqlite::SqliteStore;
 pub use store::{
+    ClaimRounds, ClaimShare, Claimed, HeldBack, Limit, StartRate, TenantLimits, claim_cap, rate_bucket_name,
     ClaimParams, DEFAULT_PAGE_BYTES, DEFAULT_QUEUE, Effects, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, KvChange, KvWrite, ListFilter, LoopClaim,
     LoopLease, LoopSave, LoopState, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, schedule_key,
     SCHEDULE_TICK_KEPT, schedule_key_range, schedule_tick_key, tick_of_key,

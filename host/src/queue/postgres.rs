@@ -19,7 +19,8 @@
 use super::clock::SharedClock;
 use super::job::{AttemptError, Job, JobId, JobState, Lease, Millis};
 use super::store::{
-    ClaimParams, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, KvChange, KvWrite, ListFilter, LoopClaim, LoopLease, LoopSave,
+    ClaimParams, Claimed, Finish, HeartbeatParams, HeartbeatResult, HeldBack, Inserted, JobList, JobStore, KvChange, KvWrite, Limit, ListFilter,
+    LoopClaim, LoopLease, LoopSave, ClaimRounds, claim_cap, rate_bucket_name,
     LoopState, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, SCHEDULE_TICK_KEPT, schedule_key_range, schedule_tick_key, tick_of_key,
 };
 use async_trait::async_trait;
@@ -162,6 +163,22 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
     ALTER TABLE jobs ADD COLUMN tenant text
         GENERATED ALWAYS AS (CASE WHEN strpos(kind, '/') > 0 THEN split_part(kind, '/', 1) END) STORED;
     CREATE INDEX jobs_tenant ON jobs (tenant, id) WHERE tenant IS NOT NULL;
+    -- A fair-share claim's path: one tenant's due jobs of one queue, best first.
+    CREATE INDEX jobs_tenant_due ON jobs (queue, coalesce(tenant, ''), priority DESC, scheduled_at, id)
+        WHERE state IN ('available', 'scheduled', 'retryable');
+    "#,
+), (
+    6,
+    "tenant limits",
+    r#"
+    -- max_running's count: a tenant's running jobs.
+    CREATE INDEX jobs_running_tenant ON jobs (coalesce(tenant, '')) WHERE state = 'running';
+    -- rate's token buckets: tokens left at updated_at.
+    CREATE TABLE rate_buckets (
+        name       text             PRIMARY KEY,
+        tokens     double precision NOT NULL,
+        updated_at bigint           NOT NULL
+    );
     "#,
 )];
 
@@ -178,6 +195,12 @@ macro_rules! columns {
 /// How many columns `columns!()` names: a query that adds one of its own
 /// reads it at this index.
 const JOB_COLUMNS: usize = 21;
+/// A job's tenant compared with a parameter that follows (`''`: the host's own).
+macro_rules! tenant_is {
+    () => {
+        "coalesce(tenant, '') = "
+    };
+}
 /// The states a claim takes jobs from (once due).
 macro_rules! waiting {
     () => {
@@ -706,6 +729,30 @@ async fn insert_jobs(client: &impl GenericClient, jobs: &[NewJob], now: Millis) 
     Ok(inserted)
 }
 
+/// Takes up to `limit` of the best due jobs of the claim's queue (unless paused).
+async fn claim_best(client: &deadpool_postgres::Object, p: &ClaimParams, now: Millis, limit: usize) -> Result<Vec<Job>, StoreError> {
+    let stmt = client
+        .prepare_cached(concat!(
+            "WITH picked AS (SELECT id FROM jobs WHERE queue = $1 AND state IN ",
+            waiting!(),
+            " AND scheduled_at <= $2 AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused) \
+               ORDER BY priority DESC, scheduled_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = lease_token + 1, \
+               leased_by = $4, lease_expires_at = $5, attempted_at = $2 \
+             FROM picked WHERE jobs.id = picked.id RETURNING ",
+            columns!()
+        ))
+        .await
+        .map_err(pg_error)?;
+    let rows = client.query(&stmt, &[&p.queue, &now, &(limit as i64), &p.host, &(now + p.lease_ms)]).await.map_err(pg_error)?;
+    jobs_from_rows(&rows)
+}
+
+/// Best first: as the claim query orders them.
+fn sort_best_first(jobs: &mut [Job]) {
+    jobs.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.scheduled_at.cmp(&b.scheduled_at)).then(a.id.cmp(&b.id)));
+}
+
 #[async_trait]
 impl JobStore for PostgresStore {
     async fn insert_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Inserted>, StoreError> {
@@ -722,12 +769,62 @@ impl JobStore for PostgresStore {
         Ok(inserted)
     }
 
-    async fn claim(&self, p: ClaimParams) -> Result<Vec<Job>, StoreError> {
+    async fn claim_fair(&self, p: ClaimParams) -> Result<Claimed, StoreError> {
+        let mut client = self.client().await?;
+        if p.shares.is_empty() {
+            let mut jobs = claim_best(&client, &p, self.now(), p.limit).await?;
+            sort_best_first(&mut jobs);
+            return Ok(Claimed { jobs, held_back: Vec::new() });
+        }
+        // One transaction: a limited tenant's lock (taken in the order of
+        // the shares, the same on every host) keeps another host's claim
+        // for it waiting until this one's running jobs and bucket are
+        // written, so its limits hold across hosts. The time is read once
+        // the locks are held: a claim that waited stamps when it took.
+        let tx = client.transaction().await.map_err(pg_error)?;
+        for share in p.shares.iter().filter(|s| !s.limits.is_empty()) {
+            let tenant = share.tenant.as_deref().unwrap_or("");
+            tx.execute("SELECT pg_advisory_xact_lock(hashtextextended('kiln:tenant:' || $1, 0))", &[&tenant]).await.map_err(pg_error)?;
+        }
+        // What each limited tenant has running and in its bucket, then the
+        // time: read after them, it is later than any finish they missed.
+        let mut stored = Vec::with_capacity(p.shares.len());
+        for share in &p.shares {
+            let tenant = share.tenant.as_deref().unwrap_or("");
+            let running: i64 = match share.limits.max_running {
+                Some(_) => tx
+                    .query_one(concat!("SELECT count(*) FROM jobs WHERE state = 'running' AND ", tenant_is!(), "$1"), &[&tenant])
+                    .await
+                    .map_err(pg_error)?
+                    .get(0),
+                None => 0,
+            };
+            let bucket: Option<(f64, i64)> = match share.limits.rate {
+                Some(_) => tx
+                    .query_opt("SELECT tokens, updated_at FROM rate_buckets WHERE name = $1", &[&rate_bucket_name(share.tenant.as_deref())])
+                    .await
+                    .map_err(pg_error)?
+                    .map(|row| (row.get(0), row.get(1))),
+                None => None,
+            };
+            stored.push((running, bucket));
+        }
         let now = self.now();
-        let client = self.client().await?;
-        let stmt = client
+        let until = now + p.lease_ms;
+        let caps: Vec<_> = p
+            .shares
+            .iter()
+            .zip(&stored)
+            .map(|(share, &(running, bucket))| {
+                let tokens = share.limits.rate.map(|rate| bucket.map_or(f64::from(rate.count), |(tokens, at)| rate.refill(tokens, at, now)));
+                (claim_cap(&share.limits, running as u64, tokens), tokens)
+            })
+            .collect();
+        let tenant_stmt = tx
             .prepare_cached(concat!(
-                "WITH picked AS (SELECT id FROM jobs WHERE queue = $1 AND state IN ",
+                "WITH picked AS (SELECT id FROM jobs WHERE queue = $1 AND ",
+                tenant_is!(),
+                "$6 AND state IN ",
                 waiting!(),
                 " AND scheduled_at <= $2 AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused) \
                    ORDER BY priority DESC, scheduled_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
@@ -738,11 +835,52 @@ impl JobStore for PostgresStore {
             ))
             .await
             .map_err(pg_error)?;
-        let limit = p.limit as i64;
-        let rows = client.query(&stmt, &[&p.queue, &now, &limit, &p.host, &(now + p.lease_ms)]).await.map_err(pg_error)?;
-        let mut jobs = jobs_from_rows(&rows)?;
-        jobs.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.scheduled_at.cmp(&b.scheduled_at)).then(a.id.cmp(&b.id)));
-        Ok(jobs)
+        let mut jobs = Vec::with_capacity(p.limit);
+        let mut rounds = ClaimRounds::new(&p.shares, &caps.iter().map(|c| c.0.0).collect::<Vec<_>>(), p.limit);
+        let mut got = vec![0usize; p.shares.len()];
+        while let Some((i, take)) = rounds.next() {
+            let tenant = p.shares[i].tenant.as_deref().unwrap_or("");
+            let rows = tx.query(&tenant_stmt, &[&p.queue, &now, &(take as i64), &p.host, &until, &tenant]).await.map_err(pg_error)?;
+            rounds.took(i, take, rows.len());
+            got[i] += rows.len();
+            jobs.extend(jobs_from_rows(&rows)?);
+        }
+        let mut held_back = Vec::new();
+        for (i, share) in p.shares.iter().enumerate() {
+            let ((cap, by), tokens) = caps[i];
+            let left = tokens.map(|t| t - got[i] as f64);
+            if let Some(left) = left {
+                tx.execute(
+                    "INSERT INTO rate_buckets (name, tokens, updated_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at",
+                    &[&rate_bucket_name(share.tenant.as_deref()), &left, &now],
+                )
+                .await
+                .map_err(pg_error)?;
+            }
+            let Some(by) = by else { continue };
+            let tenant = share.tenant.as_deref().unwrap_or("");
+            if got[i] >= cap && !rounds.is_exhausted(i) {
+                let due: bool = tx
+                    .query_one(
+                        concat!("SELECT EXISTS (SELECT 1 FROM jobs WHERE queue = $1 AND ", tenant_is!(), "$2 AND state IN ", waiting!(), " AND scheduled_at <= $3)"),
+                        &[&p.queue, &tenant, &now],
+                    )
+                    .await
+                    .map_err(pg_error)?
+                    .get(0);
+                if due {
+                    let until = match (by, share.limits.rate, left) {
+                        (Limit::Rate, Some(rate), Some(left)) => Some(rate.next_token_at(left, now)),
+                        _ => None,
+                    };
+                    held_back.push(HeldBack { tenant: share.tenant.clone(), by, until });
+                }
+            }
+        }
+        tx.commit().await.map_err(pg_error)?;
+        sort_best_first(&mut jobs);
+        Ok(Claimed { jobs, held_back })
     }
 
     async fn heartbeat(&self, p: HeartbeatParams) -> Result<HeartbeatResult, StoreError> {
@@ -1297,6 +1435,35 @@ pub(crate) mod tests {
     }
 
     crate::queue::conformance::conformance_tests!(postgres_store, #[cfg_attr(not(kiln_postgres), ignore = "needs Postgres: set KILN_TEST_DATABASE_URL")]);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(not(kiln_postgres), ignore = "needs Postgres: set KILN_TEST_DATABASE_URL")]
+    async fn hosts_claiming_at_once_keep_a_tenants_max_running_and_rate_between_them() {
+        use crate::queue::{ClaimShare, StartRate, TenantLimits};
+        let url = test_database_url();
+        let schema = TestSchema::new(&url);
+        let mut hosts = Vec::new();
+        for _ in 0..3 {
+            hosts.push(Arc::new(PostgresStore::connect(&schema.url(), &schema.name, Arc::new(SystemClock)).await.unwrap()));
+        }
+        let jobs = (0..40).map(|_| NewJob::new("acme/echo", b"1".to_vec())).chain((0..40).map(|_| NewJob::new("beta/echo", b"1".to_vec())));
+        hosts[0].insert_many(jobs.collect()).await.unwrap();
+        let shares = vec![
+            ClaimShare { tenant: Some("acme".into()), want: 10, weight: 1, limits: TenantLimits { max_running: Some(4), rate: None } },
+            ClaimShare { tenant: Some("beta".into()), want: 10, weight: 1, limits: TenantLimits { max_running: None, rate: Some(StartRate { count: 5, per_ms: 3_600_000 }) } },
+        ];
+        let mut claims = tokio::task::JoinSet::new();
+        for round in 0..30 {
+            let (store, shares) = (hosts[round % 3].clone(), shares.clone());
+            claims.spawn(async move {
+                let params = ClaimParams { queue: "default".into(), limit: 20, host: format!("host-{}", round % 3), lease_ms: 60_000, shares };
+                store.claim_fair(params).await.unwrap().jobs
+            });
+        }
+        let claimed: Vec<Job> = claims.join_all().await.into_iter().flatten().collect();
+        let of = |t: &str| claimed.iter().filter(|j| j.tenant() == Some(t)).count();
+        assert_eq!((of("acme"), of("beta")), (4, 5), "max_running 4 and a bucket of 5, whichever host claimed");
+    }
 
     #[tokio::test]
     #[cfg_attr(not(kiln_postgres), ignore = "needs Postgres: set KILN_TEST_DATABASE_URL")]

@@ -13,7 +13,7 @@
 use super::clock::SharedClock;
 use super::job::{AttemptError, Job, JobId, JobState, Lease, Millis};
 use super::store::{
-    ClaimParams, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, KvChange, KvWrite, ListFilter, LoopClaim, LoopLease, LoopSave,
+    ClaimParams, ClaimRounds, Claimed, HeldBack, Limit, claim_cap, rate_bucket_name, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, KvChange, KvWrite, ListFilter, LoopClaim, LoopLease, LoopSave,
     LoopState, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, SCHEDULE_TICK_KEPT, schedule_key_range, schedule_tick_key, tick_of_key,
 };
 use async_trait::async_trait;
@@ -134,6 +134,23 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ALTER TABLE jobs ADD COLUMN tenant TEXT
         GENERATED ALWAYS AS (CASE WHEN instr(kind, '/') > 0 THEN substr(kind, 1, instr(kind, '/') - 1) END) VIRTUAL;
     CREATE INDEX jobs_tenant ON jobs (tenant, id) WHERE tenant IS NOT NULL;
+    -- A fair-share claim's path: one tenant's due jobs of one queue, best first.
+    CREATE INDEX jobs_tenant_due ON jobs (queue, coalesce(tenant, ''), priority DESC, scheduled_at, id)
+        WHERE state IN ('available', 'scheduled', 'retryable');
+    "#,
+    ),
+    (
+        7,
+        "tenant limits",
+        r#"
+    -- max_running's count: a tenant's running jobs.
+    CREATE INDEX jobs_running_tenant ON jobs (coalesce(tenant, '')) WHERE state = 'running';
+    -- rate's token buckets: tokens left at updated_at.
+    CREATE TABLE rate_buckets (
+        name       TEXT    PRIMARY KEY,
+        tokens     REAL    NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
     "#,
     ),
 ];
@@ -166,6 +183,12 @@ macro_rules! clear_lease {
 macro_rules! fence {
     () => {
         ", plugin_version = coalesce(?9, plugin_version) WHERE id = ?1 AND lease_token = ?2 AND state = 'running'"
+    };
+}
+/// A job's tenant compared with a parameter that follows (`''`: the host's own).
+macro_rules! tenant_is {
+    () => {
+        "coalesce(tenant, '') = "
     };
 }
 /// The states of a job not yet done with.
@@ -574,6 +597,124 @@ fn insert_jobs(tx: &rusqlite::Transaction<'_>, jobs: &[NewJob], now: Millis) -> 
     Ok(inserted)
 }
 
+/// What a claim stamps on the jobs it takes: the host, the lease's end,
+/// now, and the queue.
+type ClaimLease<'a> = (&'a str, Millis, Millis, &'a str);
+
+/// Takes up to `limit` of the best due jobs of the lease's queue (unless paused).
+fn claim_best(tx: &rusqlite::Transaction<'_>, (host, until, now, queue): ClaimLease<'_>, limit: usize) -> rusqlite::Result<Vec<Job>> {
+    tx.prepare_cached(concat!(
+        "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = lease_token + 1, \
+         leased_by = ?1, lease_expires_at = ?2, attempted_at = ?3 \
+         WHERE id IN (SELECT id FROM jobs WHERE queue = ?4 AND state IN ",
+        waiting!(),
+        " AND scheduled_at <= ?3 ORDER BY priority DESC, scheduled_at, id LIMIT ?5) \
+           AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?4 AND paused = 1) \
+         RETURNING ",
+        columns!()
+    ))?
+    .query_map(params![host, until, now, queue, limit as i64], job_from_row)?
+    .collect()
+}
+
+/// The same, of one tenant's jobs only (`""`: the host's own kinds).
+fn claim_of_tenant(tx: &rusqlite::Transaction<'_>, (host, until, now, queue): ClaimLease<'_>, tenant: &str, limit: usize) -> rusqlite::Result<Vec<Job>> {
+    tx.prepare_cached(concat!(
+        "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = lease_token + 1, \
+         leased_by = ?1, lease_expires_at = ?2, attempted_at = ?3 \
+         WHERE id IN (SELECT id FROM jobs WHERE queue = ?4 AND ",
+        tenant_is!(),
+        "?6 AND state IN ",
+        waiting!(),
+        " AND scheduled_at <= ?3 ORDER BY priority DESC, scheduled_at, id LIMIT ?5) \
+           AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?4 AND paused = 1) \
+         RETURNING ",
+        columns!()
+    ))?
+    .query_map(params![host, until, now, queue, limit as i64, tenant], job_from_row)?
+    .collect()
+}
+
+/// A claim, in the writer's transaction (so no other claim runs beside
+/// it: the counts and buckets it reads stay true until it commits).
+fn claim_shares(tx: &rusqlite::Transaction<'_>, p: &ClaimParams, now: Millis) -> rusqlite::Result<Claimed> {
+    let lease = (p.host.as_str(), now + p.lease_ms, now, p.queue.as_str());
+    let mut jobs = Vec::with_capacity(p.limit);
+    if p.shares.is_empty() {
+        jobs = claim_best(tx, lease, p.limit)?;
+        sort_best_first(&mut jobs);
+        return Ok(Claimed { jobs, held_back: Vec::new() });
+    }
+    // Each share's cap from its limits, and its bucket's tokens now.
+    let mut caps = Vec::with_capacity(p.shares.len());
+    for share in &p.shares {
+        let tenant = share.tenant.as_deref().unwrap_or("");
+        let running: i64 = match share.limits.max_running {
+            Some(_) => tx.prepare_cached(concat!("SELECT count(*) FROM jobs WHERE state = 'running' AND ", tenant_is!(), "?1"))?.query_row([tenant], |r| r.get(0))?,
+            None => 0,
+        };
+        let tokens = match share.limits.rate {
+            Some(rate) => {
+                let stored: Option<(f64, i64)> = tx
+                    .prepare_cached("SELECT tokens, updated_at FROM rate_buckets WHERE name = ?1")?
+                    .query_row([rate_bucket_name(share.tenant.as_deref())], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                Some(stored.map_or(f64::from(rate.count), |(tokens, at)| rate.refill(tokens, at, now)))
+            }
+            None => None,
+        };
+        caps.push((claim_cap(&share.limits, running as u64, tokens), tokens));
+    }
+    let mut rounds = ClaimRounds::new(&p.shares, &caps.iter().map(|c| c.0.0).collect::<Vec<_>>(), p.limit);
+    let mut got = vec![0usize; p.shares.len()];
+    while let Some((i, take)) = rounds.next() {
+        let claimed = claim_of_tenant(tx, lease, p.shares[i].tenant.as_deref().unwrap_or(""), take)?;
+        rounds.took(i, take, claimed.len());
+        got[i] += claimed.len();
+        jobs.extend(claimed);
+    }
+    let mut held_back = Vec::new();
+    for (i, share) in p.shares.iter().enumerate() {
+        let ((cap, by), tokens) = caps[i];
+        let left = tokens.map(|t| t - got[i] as f64);
+        if let Some(left) = left {
+            tx.prepare_cached(
+                "INSERT INTO rate_buckets (name, tokens, updated_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (name) DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at",
+            )?
+            .execute(params![rate_bucket_name(share.tenant.as_deref()), left, now])?;
+        }
+        let Some(by) = by else { continue };
+        let tenant = share.tenant.as_deref().unwrap_or("");
+        if got[i] >= cap && !rounds.is_exhausted(i) && has_due(tx, lease, tenant)? {
+            let until = match (by, share.limits.rate, left) {
+                (Limit::Rate, Some(rate), Some(left)) => Some(rate.next_token_at(left, now)),
+                _ => None,
+            };
+            held_back.push(HeldBack { tenant: share.tenant.clone(), by, until });
+        }
+    }
+    sort_best_first(&mut jobs);
+    Ok(Claimed { jobs, held_back })
+}
+
+/// Best first: as the claim query orders them.
+fn sort_best_first(jobs: &mut [Job]) {
+    jobs.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.scheduled_at.cmp(&b.scheduled_at)).then(a.id.cmp(&b.id)));
+}
+
+/// Whether one of `tenant`'s jobs of the lease's queue is due and waiting.
+fn has_due(tx: &rusqlite::Transaction<'_>, (_, _, now, queue): ClaimLease<'_>, tenant: &str) -> rusqlite::Result<bool> {
+    tx.prepare_cached(concat!(
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE queue = ?1 AND ",
+        tenant_is!(),
+        "?2 AND state IN ",
+        waiting!(),
+        " AND scheduled_at <= ?3)"
+    ))?
+    .query_row(params![queue, tenant, now], |r| r.get(0))
+}
+
 /// The first string after every string that starts with `prefix` (`None`:
 /// there is none, or the prefix is empty and every key matches).
 fn prefix_end(prefix: &str) -> Option<String> {
@@ -597,28 +738,8 @@ impl JobStore for SqliteStore {
         self.write(move |tx, now| insert_jobs(tx, &jobs, now).map_err(db_error)).await
     }
 
-    async fn claim(&self, p: ClaimParams) -> Result<Vec<Job>, StoreError> {
-        self.write(move |tx, now| {
-            let mut jobs: Vec<Job> = tx
-                .prepare_cached(concat!(
-                    "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = lease_token + 1, \
-                     leased_by = ?1, lease_expires_at = ?2, attempted_at = ?3 \
-                     WHERE id IN (SELECT id FROM jobs WHERE queue = ?4 AND state IN ",
-                    waiting!(),
-                    " AND scheduled_at <= ?3 ORDER BY priority DESC, scheduled_at, id LIMIT ?5) \
-                       AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?4 AND paused = 1) \
-                     RETURNING ",
-                    columns!()
-                ))
-                .and_then(|mut s| {
-                    s.query_map(params![p.host, now + p.lease_ms, now, p.queue, p.limit as i64], job_from_row)?
-                        .collect::<rusqlite::Result<_>>()
-                })
-                .map_err(db_error)?;
-            jobs.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.scheduled_at.cmp(&b.scheduled_at)).then(a.id.cmp(&b.id)));
-            Ok(jobs)
-        })
-        .await
+    async fn claim_fair(&self, p: ClaimParams) -> Result<Claimed, StoreError> {
+        self.write(move |tx, now| claim_shares(tx, &p, now).map_err(db_error)).await
     }
 
     async fn heartbeat(&self, p: HeartbeatParams) -> Result<HeartbeatResult, StoreError> {
