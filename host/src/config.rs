@@ -302,6 +302,18 @@ impl Config {
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             cancel_grace: Duration::from_millis(self.cancel_grace_ms),
             max_payload_bytes: self.max_payload_bytes,
+            tenants: self
+                .tenants
+                .iter()
+                .map(|(name, t)| crate::worker::fair_share::TenantPolicy {
+                    tenant: Some(name.clone()),
+                    weight: t.weight.get(),
+                    limits: crate::queue::TenantLimits {
+                        max_running: t.max_running.map(|m| m.get()),
+                        rate: t.rate.map(|r| crate::queue::StartRate { count: r.count.get(), per_ms: r.per.as_millis() as i64 }),
+                    },
+                })
+                .collect(),
         }
     }
 

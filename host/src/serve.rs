@@ -65,9 +65,6 @@ pub fn job_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 fn check_access(config: &Config) -> anyhow::Result<()> {
     for (name, tenant) in &config.tenants {
         let unenforced = [
-            ("weight", tenant.weight.get() != 1),
-            ("max_running", tenant.max_running.is_some()),
-            ("rate", tenant.rate.is_some()),
             ("max_waiting", tenant.max_waiting.is_some()),
             ("kv_quota_bytes", tenant.kv_quota_bytes.is_some()),
             ("require_signature", tenant.require_signature),
@@ -76,7 +73,7 @@ fn check_access(config: &Config) -> anyhow::Result<()> {
         if let Some((key, _)) = unenforced.iter().find(|(_, set)| *set) {
             anyhow::bail!(
                 "kiln.toml: `tenants.{name}.{key}` is read but this version does not enforce it yet; \
-                 remove it rather than rely on a limit that does not hold (keys, allow_http and ceilings are enforced)"
+                 remove it rather than rely on a limit that does not hold (keys, weight, max_running, rate, allow_http and ceilings are enforced)"
             );
         }
     }
@@ -161,7 +158,14 @@ pub async fn serve(
     let (readiness, ready) = tokio::sync::watch::channel(Some("running start-up plugins".to_string()));
     let (close_api, api_closed) = tokio::sync::oneshot::channel::<()>();
     let access = api::auth::Access::new(crate::tenant::KeyRing::new(&config.admin.api_keys, &config.tenants));
-    let state = AppState { dispatcher: dispatcher.clone(), registry: registry.clone(), not_ready: ready, http: config.http.clone(), access };
+    let state = AppState {
+        dispatcher: dispatcher.clone(),
+        registry: registry.clone(),
+        not_ready: ready,
+        http: config.http.clone(),
+        access,
+        tenants: Arc::new(config.tenants.clone()),
+    };
     let api = tokio::spawn(api::serve(listener, state, async {
         let _ = api_closed.await;
     }));

@@ -13,6 +13,7 @@ mod error;
 mod kv;
 mod plugins;
 pub mod server;
+mod tenants;
 mod views;
 
 pub use error::AppError;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub http: HttpLimits,
     /// Who may call it.
     pub access: auth::Access,
+    /// The tenants kiln.toml names, for `GET /tenants`.
+    pub tenants: Arc<std::collections::BTreeMap<String, crate::tenant::TenantSettings>>,
 }
 
 /// The API's routes, without a socket (tests can call it directly).
@@ -69,6 +72,7 @@ pub fn app(state: AppState) -> Router {
         .route("/queues", get(list_queues))
         .route("/queues/{name}/pause", post(pause_queue))
         .route("/queues/{name}/resume", post(resume_queue))
+        .route("/tenants", get(tenants::list))
         .route("/plugins", get(plugins::list))
         .route("/plugins/{name}", axum::routing::put(plugins::deploy).delete(plugins::remove))
         .route("/plugins/{name}/rollback", post(plugins::rollback))

@@ -84,6 +84,17 @@ impl std::str::FromStr for Rate {
     }
 }
 
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.per.as_secs() {
+            1 => "s",
+            60 => "m",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
 impl<'de> Deserialize<'de> for Rate {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
@@ -121,6 +132,7 @@ mod tests {
     fn rates_parse_and_bad_ones_say_what_a_rate_looks_like() {
         let r: Rate = "100/s".parse().unwrap();
         assert_eq!((r.count.get(), r.per), (100, Duration::from_secs(1)));
+        assert_eq!(("5/h".parse::<Rate>().unwrap().to_string(), r.to_string()), ("5/h".to_string(), "100/s".to_string()));
         assert_eq!("5/h".parse::<Rate>().unwrap().per, Duration::from_secs(3600));
         for bad in ["0/s", "100", "100/d", "-1/s", "x/s", "1000001/s", ""] {
             assert!(bad.parse::<Rate>().unwrap_err().contains("is not a rate: COUNT/s"), "{bad}");

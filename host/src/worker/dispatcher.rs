@@ -3,6 +3,7 @@
 //! turns the outcome into a state transition, keeps leases alive, and shuts
 //! down without losing a job.
 
+use super::fair_share::{FairShare, Held, TenantPolicy};
 use super::metrics::Metrics;
 use super::rescuer::Rescuer;
 use super::retry_policy::{StopReason, decide};
@@ -102,6 +103,9 @@ pub struct DispatcherConfig {
     pub cancel_grace: Duration,
     /// The largest payload accepted at enqueue.
     pub max_payload_bytes: usize,
+    /// Tenants and their weights, for fair share (see `fair_share`);
+    /// empty: claims take the best due jobs, whoever's.
+    pub tenants: Vec<TenantPolicy>,
 }
 
 impl Default for DispatcherConfig {
@@ -121,6 +125,7 @@ impl Default for DispatcherConfig {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             cancel_grace: DEFAULT_CANCEL_GRACE,
             max_payload_bytes: crate::sandbox::DEFAULT_MAX_PAYLOAD_BYTES,
+            tenants: Vec::new(),
         }
     }
 }
@@ -540,6 +545,8 @@ struct ClaimedAhead {
     job: Job,
     stop: StopSignal,
     counted: InFlight,
+    /// Counted against its tenant's fair share until the run ends.
+    held: Option<Held>,
 }
 
 /// What a queue's recent runs cost: how long they took (a moving
@@ -623,6 +630,24 @@ fn held_back(held: &mut Option<OwnedSemaphorePermit>, want: usize, slot: OwnedSe
     None
 }
 
+/// The tenants the last claim said were held back by a limit, and when:
+/// the time until the next claim is counted as throttled
+/// (`kiln_tenant_throttled_seconds`).
+#[derive(Debug, Default)]
+struct Throttles {
+    since: HashMap<(Option<String>, crate::queue::Limit), std::time::Instant>,
+}
+
+impl Throttles {
+    fn saw(&mut self, metrics: &Metrics, held_back: &[crate::queue::HeldBack]) {
+        let now = std::time::Instant::now();
+        for ((tenant, limit), since) in self.since.drain() {
+            metrics.throttled(tenant.as_deref(), limit, now.duration_since(since).as_secs_f64());
+        }
+        self.since.extend(held_back.iter().map(|h| ((h.tenant.clone(), h.by), now)));
+    }
+}
+
 /// One queue on this host: claims jobs and starts each in a free slot.
 ///
 /// Claims are where a short job's time goes (one write transaction each),
@@ -631,6 +656,12 @@ fn held_back(held: &mut Option<OwnedSemaphorePermit>, want: usize, slot: OwnedSe
 /// its recent runs (at most `claim_batch`), topped up once half of that is
 /// left. A queue whose jobs take a second never claims ahead, so its jobs
 /// never wait here behind one another while another host has free slots.
+///
+/// With tenants, each claim is split between them by `fair_share`, a job
+/// of a tenant with nothing claimed ahead is started before those that
+/// are, and a job enqueued while the queue waits on its claimed-ahead jobs
+/// is claimed at once (it may be another tenant's, which should not wait
+/// behind them).
 ///
 /// A queue runs `concurrency` jobs at once, and `light_concurrency` after
 /// [`LIGHT_STREAK`] light runs in a row (under [`LIGHT_RUN_FUEL`] and
@@ -645,12 +676,14 @@ async fn queue_loop(inner: Arc<Inner>, queue: QueueConfig) {
     let mut stopping = inner.stopping.subscribe();
     let runtime = Dispatcher { inner: inner.clone() }.job_runtime();
     let pace = Arc::new(RunPace::default());
+    let fair = FairShare::new(&inner.config.tenants);
+    let mut throttles = Throttles::default();
     let mut ahead: VecDeque<ClaimedAhead> = VecDeque::new();
     // The last claim found fewer jobs than it asked for: claim again only
     // once what was claimed ahead has started.
     let mut drained = false;
     let start = |claimed: ClaimedAhead, slot: OwnedSemaphorePermit| {
-        runtime.spawn(run_job(inner.clone(), claimed.job, claimed.stop, slot, claimed.counted, pace.clone()));
+        runtime.spawn(run_job(inner.clone(), claimed.job, claimed.stop, (slot, claimed.counted, claimed.held), pace.clone()));
     };
     loop {
         if *stopping.borrow() {
@@ -663,15 +696,22 @@ async fn queue_loop(inner: Arc<Inner>, queue: QueueConfig) {
             start(ahead.pop_front().expect("not empty"), slot);
         }
         let target = pace.ahead(width, inner.config.claim_batch);
+        let mut woken = false;
         if !ahead.is_empty() && (drained || ahead.len() > target / 2) {
             let slot = tokio::select! {
-                slot = slots.clone().acquire_owned() => slot.expect("semaphore never closed"),
+                slot = slots.clone().acquire_owned() => Some(slot.expect("semaphore never closed")),
+                () = wake.notified(), if fair.is_some() => None,
                 _ = stopping.changed() => break,
             };
-            if let Some(slot) = held_back(&mut held, hold(pace.width(&queue)), slot) {
-                start(ahead.pop_front().expect("not empty"), slot);
+            match slot {
+                Some(slot) => {
+                    if let Some(slot) = held_back(&mut held, hold(pace.width(&queue)), slot) {
+                        start(ahead.pop_front().expect("not empty"), slot);
+                    }
+                    continue;
+                }
+                None => woken = true,
             }
-            continue;
         }
         // Free slots are claimed for only when nothing claimed ahead waits
         // (those go first, in the order they were claimed).
@@ -702,7 +742,7 @@ async fn queue_loop(inner: Arc<Inner>, queue: QueueConfig) {
             permits = Some(first);
         }
         let for_slots = permits.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
-        let wanted = for_slots + target.saturating_sub(ahead.len());
+        let wanted = (for_slots + target.saturating_sub(ahead.len())).max(usize::from(woken));
         // Counted before the check, so shutdown either stops this claim
         // here or waits for it to hand its jobs on.
         let claiming = inner.begin();
@@ -711,15 +751,16 @@ async fn queue_loop(inner: Arc<Inner>, queue: QueueConfig) {
         }
         let claimed = inner
             .store
-            .claim(ClaimParams {
+            .claim_fair(ClaimParams {
                 queue: queue.name.clone(),
                 limit: wanted,
                 host: inner.config.host.clone(),
                 lease_ms: inner.config.lease.as_millis() as i64,
+                shares: fair.as_ref().map_or_else(Vec::new, |f| f.split(wanted)),
             })
             .await;
-        let jobs = match claimed {
-            Ok(jobs) => jobs,
+        let (jobs, held_back) = match claimed {
+            Ok(claimed) => (claimed.jobs, claimed.held_back),
             Err(e) => {
                 tracing::error!(queue = %queue.name, "claim failed: {e}; retrying after {:?}", inner.config.poll_interval);
                 drop((permits, claiming));
@@ -727,18 +768,34 @@ async fn queue_loop(inner: Arc<Inner>, queue: QueueConfig) {
                 continue;
             }
         };
+        throttles.saw(&inner.metrics, &held_back);
         drained = jobs.len() < wanted;
         if jobs.is_empty() {
             drop((permits, claiming));
             if !ahead.is_empty() {
                 continue;
             }
-            let until_due = match inner.store.next_due(&queue.name).await {
-                Ok(Some(at)) => Duration::from_millis((at - inner.clock.now()).max(1) as u64),
-                _ => inner.config.poll_interval,
+            // Due jobs held back by their tenants' limits: look again when
+            // the first may start (its rate's next token, or one of this
+            // queue's runs ending; another host's, at the poll).
+            let until_due = if held_back.is_empty() {
+                match inner.store.next_due(&queue.name).await {
+                    Ok(Some(at)) => Duration::from_millis((at - inner.clock.now()).max(1) as u64),
+                    _ => inner.config.poll_interval,
+                }
+            } else {
+                let now = inner.clock.now();
+                held_back.iter().filter_map(|h| h.until).min().map_or(inner.config.poll_interval, |at| Duration::from_millis((at - now).max(1) as u64))
+            };
+            let run_ended = async {
+                match &fair {
+                    Some(fair) if held_back.iter().any(|h| h.by == crate::queue::Limit::MaxRunning) => fair.released().await,
+                    _ => std::future::pending().await,
+                }
             };
             tokio::select! {
                 () = wake.notified() => {}
+                () = run_ended => {}
                 () = tokio::time::sleep(until_due.min(inner.config.poll_interval)) => {}
                 _ = stopping.changed() => break,
             }
@@ -766,9 +823,12 @@ async fn queue_loop(inner: Arc<Inner>, queue: QueueConfig) {
             inner.put_back(job);
         }
         for (job, stop) in starting {
-            let claimed = ClaimedAhead { job, stop, counted: inner.begin() };
+            let held = fair.as_ref().and_then(|f| f.hold(job.tenant()));
+            let first_of_its_tenant = fair.is_some() && !ahead.iter().any(|c| c.job.tenant() == job.tenant());
+            let claimed = ClaimedAhead { job, stop, counted: inner.begin(), held };
             match permits.as_mut().and_then(|p| p.split(1)) {
                 Some(slot) => start(claimed, slot),
+                None if first_of_its_tenant => ahead.push_front(claimed),
                 None => ahead.push_back(claimed),
             }
         }
@@ -786,7 +846,9 @@ async fn queue_loop(inner: Arc<Inner>, queue: QueueConfig) {
     tracing::info!(queue = %queue.name, "queue loop stopped");
 }
 
-async fn run_job(inner: Arc<Inner>, job: Job, stop: StopSignal, _slot: OwnedSemaphorePermit, _counted: InFlight, pace: Arc<RunPace>) {
+/// Runs one claimed job in its slot; `_holds` (the slot, the in-flight
+/// count, the fair-share count) are let go when the run has ended.
+async fn run_job(inner: Arc<Inner>, job: Job, stop: StopSignal, _holds: (OwnedSemaphorePermit, InFlight, Option<Held>), pace: Arc<RunPace>) {
     let lease = job.lease();
     // Stopped between the claim and this start: never started at all.
     let stopped = inner.running.lock().expect("poisoned").get(&job.id).and_then(|r| r.reason);
@@ -1204,6 +1266,50 @@ mod tests {
         for id in ids {
             wait_until(store, id, JobState::Completed).await;
         }
+    }
+
+    /// Where each of `ids` ran in `ran` (the order runs ended).
+    fn positions(ran: &[String], ids: &[JobId]) -> Vec<usize> {
+        ids.iter().map(|id| ran.iter().position(|r| *r == id.to_string()).expect("it ran")).collect()
+    }
+
+    async fn run_two_tenants(weights: (u32, u32), acme: usize, beta: usize) -> (Vec<usize>, Vec<usize>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("kiln.db"), Arc::new(SystemClock)).unwrap());
+        // acme's backlog first: oldest first, one line, beta's would run last.
+        let insert = async |kind: &str, n: usize| -> Vec<JobId> {
+            store.insert_many((0..n).map(|_| job(kind)).collect()).await.unwrap().iter().map(|i| i.job.id).collect()
+        };
+        let (a, b) = (insert("acme/quick", acme).await, insert("beta/quick", beta).await);
+        let runner = Arc::new(TestRunner::default());
+        let tenants = vec![
+            TenantPolicy { tenant: Some("acme".into()), weight: weights.0, ..TenantPolicy::default() },
+            TenantPolicy { tenant: Some("beta".into()), weight: weights.1, ..TenantPolicy::default() },
+        ];
+        let config = DispatcherConfig { queues: vec![QueueConfig::fixed(crate::queue::DEFAULT_QUEUE, 2)], tenants, ..DispatcherConfig::default() };
+        let dispatcher = Dispatcher::new(store.clone(), runner.clone(), config, Arc::new(SystemClock), Arc::new(Metrics::new()));
+        let running = dispatcher.start();
+        for id in a.iter().chain(&b) {
+            wait_until(&store, *id, JobState::Completed).await;
+        }
+        dispatcher.shutdown().await;
+        running.stopped().await;
+        let ran = runner.ran.lock().unwrap().clone();
+        (positions(&ran, &a), positions(&ran, &b))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tenant_with_a_few_jobs_is_not_kept_behind_another_tenants_backlog() {
+        let (_, beta) = run_two_tenants((1, 1), 3000, 10).await;
+        let last = beta.iter().max().unwrap();
+        assert!(*last < 600, "beta's 10 jobs ran among the first of 3,010, not after acme's backlog: the last at {last}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tenants_that_both_have_work_waiting_get_runs_by_weight() {
+        let (_, beta) = run_two_tenants((3, 1), 2000, 2000).await;
+        let beta_first = beta.iter().filter(|p| **p < 1000).count();
+        assert!((150..=350).contains(&beta_first), "beta (weight 1 of 4) ran {beta_first} of the first 1,000 jobs, not about 250");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

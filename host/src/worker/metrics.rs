@@ -22,6 +22,12 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ThrottleLabels {
+    tenant: String,
+    limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DepthLabels {
     queue: String,
     state: String,
@@ -52,6 +58,7 @@ pub struct Metrics {
     http_bytes_sent: Family<KindLabels, Counter>,
     http_bytes_received: Family<KindLabels, Counter>,
     depth: Family<DepthLabels, Gauge>,
+    throttled: Family<ThrottleLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -81,7 +88,38 @@ impl Metrics {
         registry.register("fuel_used", "Fuel (≈ wasm instructions) used by job runs, by plugin", fuel_used.clone());
         registry.register("peak_memory_bytes", "Peak memory of one job run, by plugin", peak_memory.clone());
         registry.register("queue_depth", "Jobs by queue and state", depth.clone());
-        Self { registry, finished, failures, queue_delay, run_duration, fuel_used, peak_memory, http_requests, http_bytes_sent, http_bytes_received, depth }
+        let throttled = Family::<ThrottleLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "tenant_throttled_seconds",
+            "Time a tenant's due jobs waited on one of its limits (max_running, rate), as this host's claims saw it",
+            throttled.clone(),
+        );
+        Self {
+            registry,
+            finished,
+            failures,
+            queue_delay,
+            run_duration,
+            fuel_used,
+            peak_memory,
+            http_requests,
+            http_bytes_sent,
+            http_bytes_received,
+            depth,
+            throttled,
+        }
+    }
+
+    /// `tenant`'s due jobs waited `seconds` more on `limit`.
+    pub fn throttled(&self, tenant: Option<&str>, limit: crate::queue::Limit, seconds: f64) {
+        let labels = ThrottleLabels { tenant: tenant.unwrap_or("").to_string(), limit: limit.as_str().to_string() };
+        self.throttled.get_or_create(&labels).inc_by(seconds);
+    }
+
+    /// The seconds `tenant`'s due jobs waited on `limit` so far.
+    pub fn throttled_seconds(&self, tenant: Option<&str>, limit: crate::queue::Limit) -> f64 {
+        let labels = ThrottleLabels { tenant: tenant.unwrap_or("").to_string(), limit: limit.as_str().to_string() };
+        self.throttled.get(&labels).map_or(0.0, |c| c.get())
     }
 
     /// A run starts `delay_ms` after its job was due.

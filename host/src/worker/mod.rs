@@ -11,6 +11,7 @@
 //! store), [`metrics`].
 
 pub mod dispatcher;
+pub mod fair_share;
 pub mod kv_backend;
 pub mod looper;
 pub mod metrics;
