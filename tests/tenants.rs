@@ -266,3 +266,105 @@ fn a_tenants_plugins_are_held_to_its_own_ceilings_and_a_host_plugin_may_not_take
     assert_eq!(admin.ok("PUT", "/plugins/acme%2Fecho", Some(&by_admin))["tenant"], "acme");
     assert_eq!(echo_version(), "1.3.0");
 }
+
+/// The most intervals `[start, end)` open at once (an end before a start at the same instant).
+fn most_at_once(intervals: &[(i64, i64)]) -> usize {
+    let mut events: Vec<(i64, i32)> = intervals.iter().flat_map(|&(start, end)| [(start, 1), (end, -1)]).collect();
+    events.sort();
+    let (mut open, mut most) = (0i32, 0i32);
+    for (_, change) in events {
+        open += change;
+        most = most.max(open);
+    }
+    most as usize
+}
+
+#[test]
+#[cfg_attr(not(kiln_postgres), ignore = "needs Postgres: set KILN_TEST_DATABASE_URL")]
+fn max_running_and_rate_hold_across_three_hosts_on_postgres() {
+    const ACME_JOBS: i64 = 60;
+    const BETA_JOBS: i64 = 100;
+    let db = crate::postgres_db::Database::new();
+    let (admin_key, admin_hash) = new_api_key();
+    let (acme_key, acme_hash) = new_api_key();
+    let (beta_key, beta_hash) = new_api_key();
+    let config = db.config(&format!(
+        "lease_ms = 5000\npoll_interval_ms = 100\nshutdown_grace_ms = 1000\n\n[queues.default]\nconcurrency = 16\n\n\
+         [admin]\napi_keys = [\"{admin_hash}\"]\n\n[tenants.acme]\napi_keys = [\"{acme_hash}\"]\nmax_running = 4\n\n\
+         [tenants.beta]\napi_keys = [\"{beta_hash}\"]\nrate = \"20/s\"\n"
+    ));
+    let dir = HostDir::new(&config);
+    add_tenant_plugin(&dir, "acme", built::SPIN, "1.0.0");
+    add_tenant_plugin(&dir, "beta", built::ECHO, "1.0.0");
+    let hosts = [dir.start(), dir.start(), dir.start()];
+    let acme = Client { host: &hosts[0], key: Some(acme_key) };
+    let beta = Client { host: &hosts[1], key: Some(beta_key) };
+    // Three hosts of 16 slots each: without the limits, all of them at once.
+    let spins: Vec<Value> = (0..ACME_JOBS).map(|_| json!({"kind": "spin", "payload": {"iterations": 20_000_000}})).collect();
+    acme.ok("POST", "/jobs", Some(&Value::Array(spins)));
+    let echoes: Vec<Value> = (0..BETA_JOBS).map(|i| json!({"kind": "echo", "payload": i})).collect();
+    beta.ok("POST", "/jobs", Some(&Value::Array(echoes)));
+    // Meanwhile, which hosts run acme's jobs.
+    let mut seen_hosts = std::collections::BTreeSet::new();
+    let mut sampled_most = 0;
+    eventually("every job completed", || {
+        let rows = db.query("SELECT leased_by FROM jobs WHERE state = 'running' AND tenant = 'acme'");
+        sampled_most = sampled_most.max(rows.len());
+        for row in rows {
+            seen_hosts.insert(row.get::<_, String>(0));
+        }
+        let done = db.count("SELECT count(*) FROM jobs WHERE state = 'completed'");
+        if done < ACME_JOBS + BETA_JOBS {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        done == ACME_JOBS + BETA_JOBS
+    });
+    let spans = |tenant: &str| -> Vec<(i64, i64)> {
+        db.query(&format!("SELECT attempted_at, finalized_at FROM jobs WHERE tenant = '{tenant}' ORDER BY attempted_at"))
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    };
+    let most = most_at_once(&spans("acme"));
+    let detail = || {
+        db.query("SELECT id, attempted_at, finalized_at, attempt, errors::text FROM jobs WHERE tenant = 'acme' ORDER BY attempted_at LIMIT 20")
+            .iter()
+            .map(|r| format!("{} {} {} {} {}", r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2), r.get::<_, i32>(3), r.get::<_, String>(4)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(most <= 4, "acme's max_running is 4, but {most} of its jobs were running at once (sampled {sampled_most}, on {seen_hosts:?}):\n{}", detail());
+    assert!(most >= 2, "the limit was reached for, not the jobs run one by one: {most}");
+    assert!(seen_hosts.len() >= 2, "more than one host ran acme's jobs: {seen_hosts:?}");
+    // Beta: 20 start at once (its bucket), then 20 a second.
+    let starts: Vec<i64> = spans("beta").iter().map(|s| s.0).collect();
+    let busiest = starts.iter().map(|&t| starts.iter().filter(|&&s| (t..t + 1000).contains(&s)).count()).max().unwrap();
+    assert!(busiest <= 40, "at most 20 + 20 of beta's jobs start within a second, not {busiest}");
+    let span_ms = starts.last().unwrap() - starts.first().unwrap();
+    assert!(span_ms >= 3500, "100 jobs at 20/s after a burst of 20 take about 4 s to start, not {span_ms} ms");
+    // The waiting shows as throttled time, on the host that held them back.
+    let admin = |host: &Host| Client { host, key: Some(admin_key.clone()) }.call("GET", "/metrics", None).1;
+    let throttled: f64 = hosts
+        .iter()
+        .map(|h| {
+            let text = admin(h).as_str().unwrap_or_default().to_string();
+            text.lines()
+                .filter(|l| l.starts_with("kiln_tenant_throttled_seconds_total{") && l.contains("tenant=\"beta\"") && l.contains("limit=\"rate\""))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        })
+        .sum();
+    assert!(throttled > 1.0, "beta waited seconds on its rate; /metrics says {throttled} s");
+    // And in the API, to beta itself.
+    let mut from_api = 0.0;
+    for host in &hosts {
+        let answer = Client { host, key: Some(beta.key.clone().unwrap()) }.ok("GET", "/tenants", None);
+        let tenants = answer["tenants"].as_array().unwrap();
+        assert_eq!(tenants.len(), 1, "a tenant sees itself only: {answer}");
+        assert_eq!((tenants[0]["name"].as_str(), tenants[0]["rate"].as_str()), (Some("beta"), Some("20/s")));
+        from_api += tenants[0]["throttled_seconds"]["rate"].as_f64().unwrap();
+    }
+    assert!((from_api - throttled).abs() < 1.0, "the API and /metrics tell the same throttled time: {from_api} and {throttled}");
+    let all = Client { host: &hosts[0], key: Some(admin_key.clone()) }.ok("GET", "/tenants", None);
+    assert_eq!(all["tenants"].as_array().unwrap().len(), 2, "the operator sees every tenant: {all}");
+}
