@@ -729,11 +729,14 @@ async fn insert_jobs(client: &impl GenericClient, jobs: &[NewJob], now: Millis) 
     Ok(inserted)
 }
 
-/// Takes up to `limit` of the best due jobs of the claim's queue (unless paused).
-async fn claim_best(client: &deadpool_postgres::Object, p: &ClaimParams, now: Millis, limit: usize) -> Result<Vec<Job>, StoreError> {
-    let stmt = client
-        .prepare_cached(concat!(
-            "WITH picked AS (SELECT id FROM jobs WHERE queue = $1 AND state IN ",
+/// The claim statement: the best due jobs of queue `$1` (unless paused)
+/// that pass `$filter`, at most `$3`, to running for host `$4` until `$5`.
+macro_rules! claim_sql {
+    ($filter:expr) => {
+        concat!(
+            "WITH picked AS (SELECT id FROM jobs WHERE queue = $1 AND ",
+            $filter,
+            "state IN ",
             waiting!(),
             " AND scheduled_at <= $2 AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused) \
                ORDER BY priority DESC, scheduled_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
@@ -741,9 +744,13 @@ async fn claim_best(client: &deadpool_postgres::Object, p: &ClaimParams, now: Mi
                leased_by = $4, lease_expires_at = $5, attempted_at = $2 \
              FROM picked WHERE jobs.id = picked.id RETURNING ",
             columns!()
-        ))
-        .await
-        .map_err(pg_error)?;
+        )
+    };
+}
+
+/// Takes up to `limit` of the best due jobs of the claim's queue (unless paused).
+async fn claim_best(client: &deadpool_postgres::Object, p: &ClaimParams, now: Millis, limit: usize) -> Result<Vec<Job>, StoreError> {
+    let stmt = client.prepare_cached(claim_sql!("")).await.map_err(pg_error)?;
     let rows = client.query(&stmt, &[&p.queue, &now, &(limit as i64), &p.host, &(now + p.lease_ms)]).await.map_err(pg_error)?;
     jobs_from_rows(&rows)
 }
@@ -820,21 +827,7 @@ impl JobStore for PostgresStore {
                 (claim_cap(&share.limits, running as u64, tokens), tokens)
             })
             .collect();
-        let tenant_stmt = tx
-            .prepare_cached(concat!(
-                "WITH picked AS (SELECT id FROM jobs WHERE queue = $1 AND ",
-                tenant_is!(),
-                "$6 AND state IN ",
-                waiting!(),
-                " AND scheduled_at <= $2 AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused) \
-                   ORDER BY priority DESC, scheduled_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-                 UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = lease_token + 1, \
-                   leased_by = $4, lease_expires_at = $5, attempted_at = $2 \
-                 FROM picked WHERE jobs.id = picked.id RETURNING ",
-                columns!()
-            ))
-            .await
-            .map_err(pg_error)?;
+        let tenant_stmt = tx.prepare_cached(claim_sql!(concat!(tenant_is!(), "$6 AND "))).await.map_err(pg_error)?;
         let mut jobs = Vec::with_capacity(p.limit);
         let mut rounds = ClaimRounds::new(&p.shares, &caps.iter().map(|c| c.0.0).collect::<Vec<_>>(), p.limit);
         let mut got = vec![0usize; p.shares.len()];

@@ -601,38 +601,36 @@ fn insert_jobs(tx: &rusqlite::Transaction<'_>, jobs: &[NewJob], now: Millis) -> 
 /// now, and the queue.
 type ClaimLease<'a> = (&'a str, Millis, Millis, &'a str);
 
-/// Takes up to `limit` of the best due jobs of the lease's queue (unless paused).
-fn claim_best(tx: &rusqlite::Transaction<'_>, (host, until, now, queue): ClaimLease<'_>, limit: usize) -> rusqlite::Result<Vec<Job>> {
-    tx.prepare_cached(concat!(
-        "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = lease_token + 1, \
-         leased_by = ?1, lease_expires_at = ?2, attempted_at = ?3 \
-         WHERE id IN (SELECT id FROM jobs WHERE queue = ?4 AND state IN ",
-        waiting!(),
-        " AND scheduled_at <= ?3 ORDER BY priority DESC, scheduled_at, id LIMIT ?5) \
-           AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?4 AND paused = 1) \
-         RETURNING ",
-        columns!()
-    ))?
-    .query_map(params![host, until, now, queue, limit as i64], job_from_row)?
-    .collect()
+/// The claim statement: the best due jobs of queue `?4` (unless paused)
+/// that pass `$filter`, at most `?5`, to running for host `?1` until `?2`.
+macro_rules! claim_sql {
+    ($filter:expr) => {
+        concat!(
+            "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = lease_token + 1, \
+             leased_by = ?1, lease_expires_at = ?2, attempted_at = ?3 \
+             WHERE id IN (SELECT id FROM jobs WHERE queue = ?4 AND ",
+            $filter,
+            "state IN ",
+            waiting!(),
+            " AND scheduled_at <= ?3 ORDER BY priority DESC, scheduled_at, id LIMIT ?5) \
+               AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?4 AND paused = 1) \
+             RETURNING ",
+            columns!()
+        )
+    };
 }
 
-/// The same, of one tenant's jobs only (`""`: the host's own kinds).
-fn claim_of_tenant(tx: &rusqlite::Transaction<'_>, (host, until, now, queue): ClaimLease<'_>, tenant: &str, limit: usize) -> rusqlite::Result<Vec<Job>> {
-    tx.prepare_cached(concat!(
-        "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = lease_token + 1, \
-         leased_by = ?1, lease_expires_at = ?2, attempted_at = ?3 \
-         WHERE id IN (SELECT id FROM jobs WHERE queue = ?4 AND ",
-        tenant_is!(),
-        "?6 AND state IN ",
-        waiting!(),
-        " AND scheduled_at <= ?3 ORDER BY priority DESC, scheduled_at, id LIMIT ?5) \
-           AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?4 AND paused = 1) \
-         RETURNING ",
-        columns!()
-    ))?
-    .query_map(params![host, until, now, queue, limit as i64, tenant], job_from_row)?
-    .collect()
+/// Takes up to `limit` of the best due jobs of the lease's queue: of one
+/// tenant's (`""`: the host's own kinds), or, with `None`, of anyone's.
+fn claim_of(tx: &rusqlite::Transaction<'_>, (host, until, now, queue): ClaimLease<'_>, tenant: Option<&str>, limit: usize) -> rusqlite::Result<Vec<Job>> {
+    let limit = limit as i64;
+    match tenant {
+        None => tx.prepare_cached(claim_sql!(""))?.query_map(params![host, until, now, queue, limit], job_from_row)?.collect(),
+        Some(tenant) => tx
+            .prepare_cached(claim_sql!(concat!(tenant_is!(), "?6 AND ")))?
+            .query_map(params![host, until, now, queue, limit, tenant], job_from_row)?
+            .collect(),
+    }
 }
 
 /// A claim, in the writer's transaction (so no other claim runs beside
@@ -641,7 +639,7 @@ fn claim_shares(tx: &rusqlite::Transaction<'_>, p: &ClaimParams, now: Millis) ->
     let lease = (p.host.as_str(), now + p.lease_ms, now, p.queue.as_str());
     let mut jobs = Vec::with_capacity(p.limit);
     if p.shares.is_empty() {
-        jobs = claim_best(tx, lease, p.limit)?;
+        jobs = claim_of(tx, lease, None, p.limit)?;
         sort_best_first(&mut jobs);
         return Ok(Claimed { jobs, held_back: Vec::new() });
     }
@@ -668,7 +666,7 @@ fn claim_shares(tx: &rusqlite::Transaction<'_>, p: &ClaimParams, now: Millis) ->
     let mut rounds = ClaimRounds::new(&p.shares, &caps.iter().map(|c| c.0.0).collect::<Vec<_>>(), p.limit);
     let mut got = vec![0usize; p.shares.len()];
     while let Some((i, take)) = rounds.next() {
-        let claimed = claim_of_tenant(tx, lease, p.shares[i].tenant.as_deref().unwrap_or(""), take)?;
+        let claimed = claim_of(tx, lease, Some(p.shares[i].tenant.as_deref().unwrap_or("")), take)?;
         rounds.took(i, take, claimed.len());
         got[i] += claimed.len();
         jobs.extend(claimed);
