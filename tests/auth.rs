@@ -154,10 +154,10 @@ fn without_keys_a_host_listens_beyond_loopback_only_when_told_insecure() {
 #[test]
 fn a_tenant_limit_this_version_does_not_enforce_is_refused_rather_than_ignored() {
     let (_, hash) = new_api_key();
-    let dir = HostDir::new(&format!("{CONFIG}\n[tenants.acme]\napi_keys = [\"{hash}\"]\nmax_waiting = 100\n"));
+    let dir = HostDir::new(&format!("{CONFIG}\n[tenants.acme]\napi_keys = [\"{hash}\"]\nrequire_signature = true\n"));
     let (code, stderr) = dir.run_to_exit();
     assert_ne!(code, Some(0), "{stderr}");
-    assert!(stderr.contains("`tenants.acme.max_waiting` is read but this version does not enforce it yet"), "{stderr}");
+    assert!(stderr.contains("`tenants.acme.require_signature` is read but this version does not enforce it yet"), "{stderr}");
     // A bad tenant table is an error naming the key and the line.
     let bad = HostDir::new(&format!("{CONFIG}\n[tenants.acme]\napi_keys = [\"{hash}\"]\nrate = \"lots\"\n"));
     let (code, stderr) = bad.run_to_exit();

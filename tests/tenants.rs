@@ -76,7 +76,7 @@ fn two_tenants() -> Tenants {
     let (acme, acme_hash) = new_api_key();
     let (beta, beta_hash) = new_api_key();
     let config = format!(
-        "{CONFIG}\n[admin]\napi_keys = [\"{admin_hash}\"]\n\n[tenants.acme]\napi_keys = [\"{acme_hash}\"]\n\n[tenants.beta]\napi_keys = [\"{beta_hash}\"]\n"
+        "{CONFIG}\n[admin]\napi_keys = [\"{admin_hash}\"]\n\n[tenants.acme]\napi_keys = [\"{acme_hash}\"]\nkv_quota_bytes = 64\n\n[tenants.beta]\napi_keys = [\"{beta_hash}\"]\n"
     );
     let dir = HostDir::new(&config);
     for (tenant, version) in [("acme", "1.0.0-acme"), ("beta", "2.0.0-beta")] {
@@ -207,6 +207,16 @@ fn two_tenants_plugins_of_one_name_run_side_by_side_each_with_its_own_kv() {
     b_ids.iter().for_each(|id| drop(beta.wait_for(*id, "completed")));
     let runs = |c: &Client| c.ok("GET", "/plugins/kv-probe/kv/runs", None)["value"].as_str().unwrap().to_string();
     assert_eq!((runs(&acme), runs(&beta)), ("5".to_string(), "3".to_string()), "each tenant's kv-probe counts its own runs");
+    // acme's stores hold at most 64 bytes (its kv_quota_bytes); beta's the host's default.
+    let big = "v".repeat(100);
+    let (status, body) = acme.call("PUT", "/plugins/kv-probe/kv/big", Some(&json!({"value": big})));
+    assert_eq!(status, 413, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("over its quota of 64 bytes"), "{body}");
+    beta.ok("PUT", "/plugins/kv-probe/kv/big", Some(&json!({"value": big})));
+    let over = acme.enqueue(json!({"kind": "kv-probe", "payload": kv_ops(json!([{"op": "set", "key": "big", "value_bytes": 100}]), "ok")}));
+    let result = acme.wait_for(over, "completed")["result"]["results"][0].clone();
+    assert!(result.as_str().unwrap_or_default().contains("quota of 64"), "the guest's write is refused: {result}");
+    assert_eq!(runs(&acme), "5", "and nothing it held was touched");
     // A run reads its own tenant's store.
     let seen = acme.enqueue(json!({"kind": "kv-probe", "payload": kv_ops(json!([{"op": "get", "key": "runs"}]), "ok")}));
     assert_eq!(acme.wait_for(seen, "completed")["result"]["results"], json!(["5"]));
@@ -367,4 +377,36 @@ fn max_running_and_rate_hold_across_three_hosts_on_postgres() {
     assert!((from_api - throttled).abs() < 1.0, "the API and /metrics tell the same throttled time: {from_api} and {throttled}");
     let all = Client { host: &hosts[0], key: Some(admin_key.clone()) }.ok("GET", "/tenants", None);
     assert_eq!(all["tenants"].as_array().unwrap().len(), 2, "the operator sees every tenant: {all}");
+}
+
+#[test]
+fn an_enqueue_past_a_tenants_max_waiting_is_429_naming_the_quota_and_stores_nothing() {
+    let (key, hash) = new_api_key();
+    let (other, other_hash) = new_api_key();
+    let config = format!(
+        "{CONFIG}\n[tenants.acme]\napi_keys = [\"{hash}\"]\nmax_waiting = 5\n\n[tenants.beta]\napi_keys = [\"{other_hash}\"]\n"
+    );
+    let dir = HostDir::new(&config);
+    add_tenant_plugin(&dir, "acme", built::ECHO, "1.0.0");
+    add_tenant_plugin(&dir, "beta", built::ECHO, "1.0.0");
+    let host = dir.start();
+    let acme = Client { host: &host, key: Some(key) };
+    let beta = Client { host: &host, key: Some(other) };
+    let later = |n: usize| Value::Array((0..n).map(|i| json!({"kind": "echo", "payload": i, "scheduled_at": "2999-01-01T00:00:00Z"})).collect());
+    acme.ok("POST", "/jobs", Some(&later(3)));
+    let (status, body) = acme.call("POST", "/jobs", Some(&later(3)));
+    assert_eq!(status, 429, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("`tenants.acme.max_waiting`") && error.contains("quota of 5") && error.contains("3 jobs waiting"), "{error}");
+    let listed = acme.ok("GET", "/jobs?limit=100", None);
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 3, "the refused batch stored nothing, and what was there is there");
+    acme.ok("POST", "/jobs", Some(&later(2)));
+    assert_eq!(acme.call("POST", "/jobs", Some(&later(1))).0, 429, "exactly at the quota, one more is refused");
+    beta.ok("POST", "/jobs", Some(&later(10)));
+    // Running and finished jobs are not waiting: once one is cancelled, one more fits.
+    let first = listed["jobs"][0]["id"].as_i64().unwrap();
+    acme.ok("POST", &format!("/jobs/{first}/cancel"), None);
+    acme.ok("POST", "/jobs", Some(&later(1)));
+    let tenants = acme.ok("GET", "/tenants", None);
+    assert_eq!((tenants["tenants"][0]["waiting"].as_u64(), tenants["tenants"][0]["max_waiting"].as_u64()), (Some(5), Some(5)), "{tenants}");
 }

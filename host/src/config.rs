@@ -312,6 +312,7 @@ impl Config {
                         max_running: t.max_running.map(|m| m.get()),
                         rate: t.rate.map(|r| crate::queue::StartRate { count: r.count.get(), per_ms: r.per.as_millis() as i64 }),
                     },
+                    max_waiting: t.max_waiting.map(|m| m.get()),
                 })
                 .collect(),
         }

@@ -65,15 +65,13 @@ pub fn job_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 fn check_access(config: &Config) -> anyhow::Result<()> {
     for (name, tenant) in &config.tenants {
         let unenforced = [
-            ("max_waiting", tenant.max_waiting.is_some()),
-            ("kv_quota_bytes", tenant.kv_quota_bytes.is_some()),
             ("require_signature", tenant.require_signature),
             ("signing_keys", !tenant.signing_keys.is_empty()),
         ];
         if let Some((key, _)) = unenforced.iter().find(|(_, set)| *set) {
             anyhow::bail!(
                 "kiln.toml: `tenants.{name}.{key}` is read but this version does not enforce it yet; \
-                 remove it rather than rely on a limit that does not hold (keys, weight, max_running, rate, allow_http and ceilings are enforced)"
+                 remove it rather than rely on a limit that does not hold (keys, weight, max_running, rate, max_waiting, allow_http, kv_quota_bytes and ceilings are enforced)"
             );
         }
     }

@@ -33,6 +33,9 @@ pub enum AppError {
     MisdirectedRequest(String),
     #[error("{0}")]
     Unauthorized(String),
+    /// Over a quota: the message names it.
+    #[error("{0}")]
+    TooManyRequests(String),
 }
 
 impl AppError {
@@ -50,6 +53,7 @@ impl AppError {
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::MisdirectedRequest(_) => StatusCode::MISDIRECTED_REQUEST,
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
@@ -82,6 +86,7 @@ impl From<EnqueueError> for AppError {
         match e {
             EnqueueError::PayloadTooLarge { .. } => AppError::PayloadTooLarge(e.to_string()),
             EnqueueError::ShuttingDown => AppError::Unavailable(e.to_string()),
+            EnqueueError::OverQuota { .. } => AppError::TooManyRequests(e.to_string()),
             EnqueueError::Store(store) => store.into(),
             _ => AppError::BadRequest(e.to_string()),
         }

@@ -153,7 +153,8 @@ pub async fn set(
         return Err(AppError::PayloadTooLarge(format!("value is {} bytes, over the most of {MAX_VALUE_BYTES}", value.len())));
     }
     let kv = state.dispatcher.store();
-    let quota = state.registry.policy().capabilities.policy.kv_quota_bytes;
+    // The plugin's own quota: a tenant's may be narrower than the host's.
+    let quota = state.registry.get(&namespace).map_or(0, |p| p.component.grants().kv_quota_bytes);
     let used = kv.kv_usage(&namespace, &store).await?;
     let after = used + (key.len() + value.len()) as u64;
     if after > quota {

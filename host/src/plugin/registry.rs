@@ -166,7 +166,8 @@ impl Registry {
     }
 
     /// The policy `kind`'s versions load under: for a tenant's, the host's
-    /// narrowed by the tenant's ceilings and `allow_http`, and without the
+    /// narrowed by the tenant's ceilings, `allow_http` and
+    /// `kv_quota_bytes` (what each of its plugins' stores may hold), and without the
     /// example services (they are the host's, for the host's examples).
     fn policy_for(&self, kind: &str) -> LoadPolicy {
         let Some(tenant) = crate::queue::tenant_of(kind) else { return self.policy.clone() };
@@ -175,6 +176,9 @@ impl Registry {
             policy.ceilings = policy.ceilings.for_tenant(tenant, &settings.ceilings);
             let mut capabilities = crate::capability::HostCapabilities::clone(&policy.capabilities);
             capabilities.examples = None;
+            if let Some(quota) = settings.kv_quota_bytes {
+                capabilities.policy.kv_quota_bytes = capabilities.policy.kv_quota_bytes.min(quota.get());
+            }
             if let Some(allowed) = &settings.allow_http {
                 let host = std::mem::take(&mut capabilities.policy.allow_http);
                 capabilities.policy.allow_http = host.iter().flat_map(|h| allowed.iter().filter_map(|t| h.intersect(t))).collect();

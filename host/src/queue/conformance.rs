@@ -566,6 +566,10 @@ pub async fn jobs_belong_to_the_tenant_their_kind_names(store: &dyn JobStore, _c
     let counts = store.counts().await.unwrap();
     let count = |tenant: Option<&str>| counts.iter().filter(|c| c.tenant.as_deref() == tenant).map(|c| c.count).sum::<u64>();
     assert_eq!((count(Some("acme")), count(Some("beta")), count(None)), (2, 1, 1));
+    let claimed = store.claim(ClaimParams { shares: vec![ClaimShare { tenant: Some("acme".into()), want: 1, ..ClaimShare::default() }], ..claim(DEFAULT_QUEUE, 1) }).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let waiting = (store.waiting_count(Some("acme")).await.unwrap(), store.waiting_count(Some("beta")).await.unwrap(), store.waiting_count(None).await.unwrap());
+    assert_eq!(waiting, (1, 1, 1), "a running job is not waiting");
 }
 
 pub async fn a_claim_takes_each_tenants_share_first_then_more_of_each(store: &dyn JobStore, clock: &ManualClock) {

@@ -180,6 +180,13 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
         updated_at bigint           NOT NULL
     );
     "#,
+), (
+    7,
+    "tenant quotas",
+    r#"
+    -- max_waiting's count: a tenant's waiting jobs.
+    CREATE INDEX jobs_waiting_tenant ON jobs (coalesce(tenant, '')) WHERE state IN ('available', 'scheduled', 'retryable');
+    "#,
 )];
 
 // SQL fragments as macros, so each statement is one literal built at
@@ -1145,6 +1152,16 @@ impl JobStore for PostgresStore {
             .client()
             .await?
             .query_one(concat!("SELECT count(*) FROM jobs WHERE state IN ", pending!(), " AND kind = $1"), &[&kind])
+            .await
+            .map_err(pg_error)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn waiting_count(&self, tenant: Option<&str>) -> Result<u64, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(concat!("SELECT count(*) FROM jobs WHERE state IN ", waiting!(), " AND ", tenant_is!(), "$1"), &[&tenant.unwrap_or("")])
             .await
             .map_err(pg_error)?;
         Ok(row.get::<_, i64>(0) as u64)

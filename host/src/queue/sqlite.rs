@@ -153,6 +153,14 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     );
     "#,
     ),
+    (
+        8,
+        "tenant quotas",
+        r#"
+    -- max_waiting's count: a tenant's waiting jobs.
+    CREATE INDEX jobs_waiting_tenant ON jobs (coalesce(tenant, '')) WHERE state IN ('available', 'scheduled', 'retryable');
+    "#,
+    ),
 ];
 
 // SQL fragments as macros, so every statement below is one literal built at
@@ -992,6 +1000,17 @@ impl JobStore for SqliteStore {
         self.read(move |conn, _| {
             conn.prepare_cached(concat!("SELECT count(*) FROM jobs WHERE state IN ", pending!(), " AND kind = ?1"))
                 .and_then(|mut s| s.query_row([kind], |r| r.get::<_, i64>(0)))
+                .map(|n| n as u64)
+                .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn waiting_count(&self, tenant: Option<&str>) -> Result<u64, StoreError> {
+        let tenant = tenant.unwrap_or("").to_string();
+        self.read(move |conn, _| {
+            conn.prepare_cached(concat!("SELECT count(*) FROM jobs WHERE state IN ", waiting!(), " AND ", tenant_is!(), "?1"))
+                .and_then(|mut s| s.query_row([tenant], |r| r.get::<_, i64>(0)))
                 .map(|n| n as u64)
                 .map_err(db_error)
         })

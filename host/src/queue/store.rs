@@ -586,6 +586,10 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// retryable) or running.
     async fn pending_count(&self, kind: &str) -> Result<u64, StoreError>;
 
+    /// How many of `tenant`'s jobs (`None`: the host's own kinds) are
+    /// waiting: available, scheduled or retryable.
+    async fn waiting_count(&self, tenant: Option<&str>) -> Result<u64, StoreError>;
+
     /// The newest tick of the schedule `kind` (its jobs carry
     /// [`schedule_key`]s) and whether any of its ticks is unfinished.
     async fn schedule_state(&self, kind: &str) -> Result<ScheduleState, StoreError>;

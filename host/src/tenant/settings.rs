@@ -33,6 +33,8 @@ pub struct TenantSettings {
     pub max_waiting: Option<NonZeroU64>,
     /// Narrows `[capabilities] allow_http` for its plugins.
     pub allow_http: Option<Vec<HttpOrigin>>,
+    /// What each of its plugins' kv stores may hold, in bytes (narrows
+    /// `[capabilities] kv_quota_bytes`).
     pub kv_quota_bytes: Option<NonZeroU64>,
     /// Narrows `[ceilings]` for its plugins.
     #[serde(default)]

@@ -151,6 +151,11 @@ pub enum EnqueueError {
     BadAttempts { index: usize, given: u32 },
     #[error("job {index}: unique_key is {size} bytes, over the limit of {limit} bytes")]
     UniqueKeyTooLong { index: usize, size: usize, limit: usize },
+    #[error(
+        "tenant {tenant:?} has {waiting} jobs waiting and this adds {adding}: over its quota of {limit} \
+         (`tenants.{tenant}.max_waiting`); nothing was enqueued"
+    )]
+    OverQuota { tenant: String, waiting: u64, adding: u64, limit: u64 },
     #[error("the host is shutting down")]
     ShuttingDown,
     #[error(transparent)]
@@ -382,6 +387,7 @@ impl Dispatcher {
                 parent_id: None,
             });
         }
+        self.check_waiting_quota(&jobs).await?;
         let inserted = self.inner.store.insert_many(jobs).await?;
         let mut woken: Vec<&str> = inserted.iter().filter(|i| i.created).map(|i| i.job.queue.as_str()).collect();
         woken.dedup();
@@ -391,6 +397,25 @@ impl Dispatcher {
             }
         }
         Ok(inserted)
+    }
+
+    /// Refuses `jobs` if they would take a tenant past its `max_waiting`.
+    /// Counted before the insert, not in its transaction: jobs enqueued
+    /// at the same moment (on other hosts too) may pass it by as many.
+    async fn check_waiting_quota(&self, jobs: &[NewJob]) -> Result<(), EnqueueError> {
+        for policy in self.inner.config.tenants.iter().filter(|p| p.max_waiting.is_some()) {
+            let tenant = policy.tenant.as_deref();
+            let adding = jobs.iter().filter(|j| crate::queue::tenant_of(&j.kind) == tenant).count() as u64;
+            let limit = policy.max_waiting.unwrap_or(u64::MAX);
+            if adding == 0 {
+                continue;
+            }
+            let waiting = self.inner.store.waiting_count(tenant).await?;
+            if waiting + adding > limit {
+                return Err(EnqueueError::OverQuota { tenant: tenant.unwrap_or("").to_string(), waiting, adding, limit });
+            }
+        }
+        Ok(())
     }
 
     /// Applies what a loop pass or a start-up run of `plugin` changed (its

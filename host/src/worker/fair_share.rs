@@ -23,6 +23,8 @@ pub struct TenantPolicy {
     pub tenant: Option<String>,
     pub weight: u32,
     pub limits: TenantLimits,
+    /// Its jobs waiting at once: an enqueue past it is refused.
+    pub max_waiting: Option<u64>,
 }
 
 /// The participants of one queue and what each holds there now.
@@ -62,7 +64,7 @@ impl FairShare {
         }
         let mut weights = weights.to_vec();
         if !weights.iter().any(|w| w.tenant.is_none()) {
-            weights.push(TenantPolicy { tenant: None, weight: 1, limits: TenantLimits::default() });
+            weights.push(TenantPolicy { tenant: None, weight: 1, ..TenantPolicy::default() });
         }
         let counts = weights.iter().map(|_| AtomicUsize::new(0)).collect();
         Some(Self { weights, held: Arc::new(HeldCounts { counts, released: Notify::new() }) })
