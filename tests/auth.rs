@@ -3,7 +3,7 @@
 //! over-long one) with 401 and changes nothing; the key admits; the
 //! health probes stay open; refusals do not flood the log; the CLI sends
 //! `KILN_API_KEY`. A host without keys will not listen beyond loopback
-//! unless told `--insecure`; a tenant limit not yet enforced is refused.
+//! unless told `--insecure`; a bad tenant table stops it, naming the key.
 
 use crate::host::{Host, HostDir};
 use crate::support::{kiln, new_api_key};
@@ -152,13 +152,13 @@ fn without_keys_a_host_listens_beyond_loopback_only_when_told_insecure() {
 }
 
 #[test]
-fn a_tenant_limit_this_version_does_not_enforce_is_refused_rather_than_ignored() {
+fn a_bad_tenant_table_is_refused_at_start_naming_the_key() {
     let (_, hash) = new_api_key();
-    let dir = HostDir::new(&format!("{CONFIG}\n[tenants.acme]\napi_keys = [\"{hash}\"]\nrequire_signature = true\n"));
-    let (code, stderr) = dir.run_to_exit();
+    let unusable = HostDir::new(&format!("{CONFIG}\n[tenants.acme]\napi_keys = [\"{hash}\"]\nrequire_signature = true\n"));
+    let (code, stderr) = unusable.run_to_exit();
     assert_ne!(code, Some(0), "{stderr}");
-    assert!(stderr.contains("`tenants.acme.require_signature` is read but this version does not enforce it yet"), "{stderr}");
-    // A bad tenant table is an error naming the key and the line.
+    assert!(stderr.contains("`tenants.acme.require_signature` is true, but signing_keys is empty"), "{stderr}");
+    // A bad value is an error naming the key and the line.
     let bad = HostDir::new(&format!("{CONFIG}\n[tenants.acme]\napi_keys = [\"{hash}\"]\nrate = \"lots\"\n"));
     let (code, stderr) = bad.run_to_exit();
     assert_ne!(code, Some(0));
@@ -167,4 +167,8 @@ fn a_tenant_limit_this_version_does_not_enforce_is_refused_rather_than_ignored()
     let (code, stderr) = tight.run_to_exit();
     assert_ne!(code, Some(0));
     assert!(stderr.contains("`tenants.acme.ceilings.timeout_ms` is 10, below the default"), "{stderr}");
+    let key = HostDir::new(&format!("{CONFIG}\n[tenants.acme]\napi_keys = [\"{hash}\"]\nsigning_keys = [\"ed25519:nope\"]\n"));
+    let (code, stderr) = key.run_to_exit();
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("is not a signing key") && stderr.contains("line 10"), "{stderr}");
 }

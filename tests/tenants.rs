@@ -410,3 +410,101 @@ fn an_enqueue_past_a_tenants_max_waiting_is_429_naming_the_quota_and_stores_noth
     let tenants = acme.ok("GET", "/tenants", None);
     assert_eq!((tenants["tenants"][0]["waiting"].as_u64(), tenants["tenants"][0]["max_waiting"].as_u64()), (Some(5), Some(5)), "{tenants}");
 }
+
+/// A fresh signing key from `kiln keys new --signing`: its file and its public key.
+fn signing_key(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
+    let file = dir.join(name);
+    let out = crate::support::kiln().args(["keys", "new", "--signing", "--out"]).arg(&file).arg("--json").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600, "the private key is the owner's only");
+    (file, made["public_key"].as_str().unwrap().to_string())
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Tamper {
+    Nothing,
+    Component,
+    Manifest,
+}
+
+/// An `echo` named `name` at `version` in `root/name`, signed with `key`
+/// (if any), then tampered with as told.
+fn variant(root: &Path, name: &str, version: &str, key: Option<&Path>, tamper: Tamper) -> std::path::PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let wasm = dir.join(format!("{name}.wasm"));
+    std::fs::copy(wasm_of(built::ECHO), &wasm).unwrap();
+    std::fs::write(dir.join("plugin.toml"), format!("name = \"{name}\"\nversion = \"{version}\"\n")).unwrap();
+    if let Some(key) = key {
+        let out = crate::support::kiln().args(["plugin", "sign"]).arg(&dir).arg("--key").arg(key).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(dir.join("plugin.sig").is_file());
+    }
+    match tamper {
+        Tamper::Nothing => {}
+        Tamper::Component => {
+            let mut bytes = std::fs::read(&wasm).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1;
+            std::fs::write(&wasm, bytes).unwrap();
+        }
+        Tamper::Manifest => std::fs::write(dir.join("plugin.toml"), format!("name = \"{name}\"\nversion = \"{version}-changed\"\n")).unwrap(),
+    }
+    dir
+}
+
+#[test]
+fn good_unsigned_tampered_and_wrongly_signed_plugins_are_told_apart_at_load_and_at_deploy() {
+    let keys = tempfile::tempdir().unwrap();
+    let (trusted, public) = signing_key(keys.path(), "trusted.key");
+    let (stranger, _) = signing_key(keys.path(), "stranger.key");
+    let (api_key, hash) = new_api_key();
+    let config = format!(
+        "{CONFIG}\n[tenants.acme]\napi_keys = [\"{hash}\"]\nrequire_signature = true\nsigning_keys = [\"{public}\"]\n"
+    );
+    let dir = HostDir::new(&config);
+    let acme_dir = dir.plugins().join("acme");
+    let cases = [
+        ("good", Some(trusted.as_path()), Tamper::Nothing, ""),
+        ("unsigned", None, Tamper::Nothing, "is not signed, and tenant \"acme\" requires signatures"),
+        ("tampered-component", Some(trusted.as_path()), Tamper::Component, "does not match"),
+        ("tampered-manifest", Some(trusted.as_path()), Tamper::Manifest, "does not match"),
+        ("unknown-key", Some(stranger.as_path()), Tamper::Nothing, "a key `tenants.acme.signing_keys` does not list"),
+    ];
+    for (name, key, tamper, _) in cases {
+        variant(&acme_dir, name, "1.0.0", key, tamper);
+    }
+    // At load: the good one serves, signed by the trusted key; each other is refused, saying why.
+    let host = dir.start();
+    let acme = Client { host: &host, key: Some(api_key.clone()) };
+    let plugins = acme.ok("GET", "/plugins", None);
+    let names: Vec<&str> = plugins["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["good"], "{plugins}");
+    assert_eq!(plugins["plugins"][0]["signed_by"], public.as_str());
+    assert_eq!(plugins["plugins"][0]["versions"][0]["signed_by"], public.as_str(), "recorded with the version");
+    let log = dir.stderr();
+    for (name, _, _, says) in cases.iter().skip(1) {
+        let line = log.lines().find(|l| l.contains(&format!("/acme/{name}/plugin.toml"))).unwrap_or_else(|| panic!("no refusal of {name}:\n{log}"));
+        assert!(line.contains(says), "{name}: {line}");
+    }
+    // At deploy: a good version serves; each bad one is refused with its reason, and the good one keeps serving.
+    let deploy = |dir: &Path| crate::support::kiln().args(["--api", &host.url, "plugin", "deploy"]).arg(dir).env("KILN_API_KEY", &api_key).output().unwrap();
+    let uploads = tempfile::tempdir().unwrap();
+    let v1 = variant(&uploads.path().join("v1"), "echo", "1.0.0", Some(&trusted), Tamper::Nothing);
+    let out = deploy(&v1);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (case, key, tamper, says) in cases.iter().skip(1) {
+        let bad = variant(&uploads.path().join(case), "echo", "2.0.0", *key, *tamper);
+        let out = deploy(&bad);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{case}: {stderr}");
+        let echo = acme.ok("GET", "/plugins", None)["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "echo").cloned().unwrap();
+        assert_eq!((echo["version"].as_str(), echo["signed_by"].as_str()), (Some("1.0.0"), Some(public.as_str())), "{case}: the old version serves");
+    }
+    let id = acme.enqueue(json!({"kind": "echo", "payload": 9}));
+    assert_eq!(acme.wait_for(id, "completed")["plugin_version"], "1.0.0");
+    // A restart loads the deployed version with its signature (it was written beside it).
+    assert!(dir.plugins().join("acme/echo/plugin.sig").is_file());
+}

@@ -437,13 +437,15 @@ concurrency = 489
 
     const HASH_A: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
     const HASH_B: &str = "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
+    /// An ed25519 public key (RFC 8032's first test vector).
+    const KEY: &str = "ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
 
     #[test]
     fn admin_and_tenants_parse_as_the_issue_writes_them() {
         let text = format!(
             "[admin]\napi_keys = [\"{HASH_A}\"]\n[tenants.acme]\napi_keys = [\"{HASH_B}\"]\nweight = 3\nmax_running = 50\nrate = \"100/s\"\n\
              max_waiting = 100000\nallow_http = [\"https://api.acme.example\"]\nkv_quota_bytes = 104857600\n\
-             ceilings = {{ fuel = 20000000000, memory_mib = 256, timeout_ms = 60000 }}\nrequire_signature = true\nsigning_keys = []\n"
+             ceilings = {{ fuel = 20000000000, memory_mib = 256, timeout_ms = 60000 }}\nrequire_signature = true\nsigning_keys = [\"{KEY}\"]\n"
         );
         let c = Config::parse(&text, "kiln.toml").unwrap();
         assert_eq!(c.admin.api_keys[0].to_string(), HASH_A);
@@ -451,6 +453,7 @@ concurrency = 489
         assert_eq!((acme.weight.get(), acme.max_running.map(|n| n.get()), acme.rate.map(|r| r.count.get())), (3, Some(50), Some(100)));
         assert_eq!(acme.ceilings.memory_mib.map(|n| n.get()), Some(256));
         assert!(acme.require_signature);
+        assert_eq!(acme.signing_keys[0].to_string(), KEY);
         assert!(Config::default().admin.api_keys.is_empty() && Config::default().tenants.is_empty());
     }
 
@@ -462,6 +465,7 @@ concurrency = 489
             (format!("[tenants.acme]\napi_keys = [\"{HASH_B}\"]\nmax_running = 0\n"), "nonzero", "line 3"),
             (format!("[tenants.acme]\napi_keys = [\"{HASH_B}\"]\n\nrate = \"fast\"\n"), "is not a rate", "line 4"),
             (format!("[tenants.acme]\napi_keys = [\"{HASH_B}\"]\nceilings = {{ fuel = 0 }}\n"), "nonzero", "line 3"),
+            (format!("[tenants.acme]\napi_keys = [\"{HASH_B}\"]\nsigning_keys = [\"ed25519:short\"]\n"), "is not a signing key", "line 3"),
         ];
         for (text, says, line) in cases {
             let e = Config::parse(&text, "kiln.toml").unwrap_err().to_string();
@@ -469,6 +473,8 @@ concurrency = 489
         }
         let e = Config::parse(&format!("[admin]\napi_keys = [\"{HASH_A}\"]\n[tenants.acme]\napi_keys = [\"{HASH_A}\"]\n"), "kiln.toml").unwrap_err().to_string();
         assert!(e.contains("`tenants.acme.api_keys`") && e.contains("is in admin.api_keys too"), "{e}");
+        let e = Config::parse(&format!("[tenants.acme]\napi_keys = [\"{HASH_B}\"]\nrequire_signature = true\n"), "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("`tenants.acme.require_signature` is true, but signing_keys is empty"), "{e}");
         let e = Config::parse("[tenants.acme]\napi_keys = []\n", "kiln.toml").unwrap_err().to_string();
         assert!(e.contains("`tenants.acme.api_keys` is empty"), "{e}");
         let e = Config::parse(&format!("[tenants.Acme]\napi_keys = [\"{HASH_B}\"]\n"), "kiln.toml").unwrap_err().to_string();

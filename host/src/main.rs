@@ -83,9 +83,17 @@ enum Command {
 enum KeysCommand {
     /// Print a fresh API key and its hash: the hash goes in kiln.toml
     /// (`[admin] api_keys`), the key to the client (`KILN_API_KEY`), once.
+    /// With --signing: write a fresh ed25519 signing key to --out (mode
+    /// 0600) and print its public key, for `[tenants.NAME] signing_keys`.
     New {
         #[arg(long)]
         json: bool,
+        /// Make a plugin signing key instead of an API key.
+        #[arg(long, requires = "out")]
+        signing: bool,
+        /// Where the signing key's private half goes (created; an existing file is refused).
+        #[arg(long, requires = "signing")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -238,6 +246,16 @@ enum QueuesCommand {
 
 #[derive(Subcommand, Debug)]
 enum PluginCommand {
+    /// Sign a plugin directory (its component and manifest) with a key
+    /// from `kiln keys new --signing`: writes DIR/plugin.sig, which
+    /// `kiln plugin deploy DIR` and the plugins directory pick up.
+    Sign {
+        /// The plugin directory: plugin.toml and one .wasm.
+        dir: PathBuf,
+        /// The signing key file.
+        #[arg(long)]
+        key: PathBuf,
+    },
     /// Validate a plugin (manifest and component) without running it, and
     /// say what it imports and what it would be granted.
     Check {
@@ -486,7 +504,31 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve(common, args).await,
         Command::Plugin(PluginCommand::Check { plugin, grants }) => check(common, &plugin, &grants),
         Command::Plugin(PluginCommand::New { name, path, sdk }) => new_plugin(&name, path, sdk),
-        Command::Keys(KeysCommand::New { json }) => {
+        Command::Plugin(PluginCommand::Sign { dir, key }) => sign_plugin(&dir, &key),
+        Command::Keys(KeysCommand::New { json, signing: true, out: Some(out) }) => {
+            let key = kiln::tenant::PrivateKey::generate().context("cannot read random bytes for a key")?;
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&out)
+                .with_context(|| format!("cannot create {} (an existing file is never overwritten)", out.display()))?;
+            file.write_all(key.to_file_text().as_bytes()).with_context(|| format!("cannot write {}", out.display()))?;
+            let public = key.public();
+            if json {
+                println!("{}", serde_json::json!({"public_key": public.to_string(), "file": out.display().to_string()}));
+            } else {
+                println!("public key: {public}
+private key: {}
+
+Trust it in kiln.toml ([tenants.NAME] signing_keys = [\"{public}\"]) and sign with
+`kiln plugin sign DIR --key {}`. Keep the private key file to yourself.", out.display(), out.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCommand::New { json, .. }) => {
             let key = kiln::tenant::new_key().context("cannot read random bytes for a key")?;
             let hash = kiln::tenant::KeyHash::of(&key);
             if json {
@@ -739,6 +781,21 @@ fn queues(client: &ApiClient, command: QueuesCommand) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+/// `kiln plugin sign DIR --key FILE`: writes DIR/plugin.sig over the
+/// directory's component and manifest as they are now.
+fn sign_plugin(dir: &std::path::Path, key: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(key).with_context(|| format!("cannot read the signing key {}", key.display()))?;
+    let key = kiln::tenant::PrivateKey::from_file_text(&text, &key.display().to_string()).map_err(anyhow::Error::msg)?;
+    let manifest_path = dir.join(plugin::MANIFEST_FILE);
+    let manifest = std::fs::read_to_string(&manifest_path).with_context(|| format!("cannot read {}", manifest_path.display()))?;
+    let files = plugin::resolve(&dir.display().to_string(), &[])?;
+    let wasm = std::fs::read(&files.wasm).with_context(|| format!("cannot read {}", files.wasm.display()))?;
+    let out = dir.join(kiln::tenant::SIGNATURE_FILE);
+    std::fs::write(&out, key.sign(&plugin::sha256_hex(&wasm), &manifest)).with_context(|| format!("cannot write {}", out.display()))?;
+    println!("signed {} and {} with {}: wrote {}", files.wasm.display(), manifest_path.display(), key.public(), out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
 fn plugins(client: &ApiClient, dirs: &[PathBuf], command: PluginCommand) -> anyhow::Result<ExitCode> {
     let answer = match command {
         PluginCommand::List { json } => {
@@ -757,10 +814,16 @@ fn plugins(client: &ApiClient, dirs: &[PathBuf], command: PluginCommand) -> anyh
                 None => plugin::Manifest::parse(&manifest, &manifest_path.display().to_string())?.name,
             };
             let wasm = std::fs::read(&files.wasm).with_context(|| format!("cannot read {}", files.wasm.display()))?;
+            let sig_path = manifest_path.with_file_name(kiln::tenant::SIGNATURE_FILE);
+            let signature = match sig_path.is_file() {
+                true => Some(std::fs::read_to_string(&sig_path).with_context(|| format!("cannot read {}", sig_path.display()))?),
+                false => None,
+            };
             use base64::Engine as _;
             let body = serde_json::to_value(kiln::api::DeployRequest {
                 manifest,
                 wasm_base64: base64::engine::general_purpose::STANDARD.encode(wasm),
+                signature,
             })?;
             let answer = client.put(&format!("/plugins/{name}"), &body)?;
             say(json, &answer, || render::deployed("deployed", &answer))
@@ -773,7 +836,7 @@ fn plugins(client: &ApiClient, dirs: &[PathBuf], command: PluginCommand) -> anyh
             let answer = client.delete(&format!("/plugins/{name}?force={force}"))?;
             say(json, &answer, || format!("removed {name} {}; its versions stay archived\n", answer["version"].as_str().unwrap_or("?")))
         }
-        PluginCommand::Check { .. } | PluginCommand::New { .. } => unreachable!("handled without the API"),
+        PluginCommand::Check { .. } | PluginCommand::New { .. } | PluginCommand::Sign { .. } => unreachable!("handled without the API"),
     };
     print!("{answer}");
     Ok(ExitCode::SUCCESS)

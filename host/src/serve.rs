@@ -58,23 +58,10 @@ pub fn job_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// Refuses what would serve the API to more callers than its config
-/// means to: a tenant setting this version reads but does not yet enforce
-/// (refused rather than silently ignored), or an address beyond loopback
-/// with no API keys unless `--insecure` says so. A host with no keys on
-/// loopback says loudly that every local client may do everything.
+/// means to: an address beyond loopback with no API keys, unless
+/// `--insecure` says so. A host with no keys on loopback says loudly that
+/// every local client may do everything.
 fn check_access(config: &Config) -> anyhow::Result<()> {
-    for (name, tenant) in &config.tenants {
-        let unenforced = [
-            ("require_signature", tenant.require_signature),
-            ("signing_keys", !tenant.signing_keys.is_empty()),
-        ];
-        if let Some((key, _)) = unenforced.iter().find(|(_, set)| *set) {
-            anyhow::bail!(
-                "kiln.toml: `tenants.{name}.{key}` is read but this version does not enforce it yet; \
-                 remove it rather than rely on a limit that does not hold (keys, weight, max_running, rate, max_waiting, allow_http, kv_quota_bytes and ceilings are enforced)"
-            );
-        }
-    }
     if !config.tenants.is_empty() {
         let names: Vec<&str> = config.tenants.keys().map(String::as_str).collect();
         tracing::info!(tenants = %names.join(", "), admin_keys = config.admin.api_keys.len(), "serving tenants: each sees and touches only its own plugins and jobs");
@@ -136,7 +123,7 @@ pub async fn serve(
         None
     };
     let policy =
-        LoadPolicy { ceilings: config.ceilings.clone(), compiler: Arc::new(compiler), capabilities: Arc::new(capabilities), tenant: None };
+        LoadPolicy { ceilings: config.ceilings.clone(), compiler: Arc::new(compiler), capabilities: Arc::new(capabilities), tenant: None, signatures: None };
     let loading = std::time::Instant::now();
     let registry = load_registry(sandbox, &config, plugins_dir, policy)?;
     tracing::info!(dir = %plugins_dir.display(), count = registry.snapshot().len(),

@@ -21,6 +21,9 @@ pub struct DeployRequest {
     pub manifest: String,
     /// The component, base64 (standard alphabet, padded).
     pub wasm_base64: String,
+    /// The `plugin.sig` text, for a signed plugin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,6 +40,7 @@ fn version_json(v: &VersionInfo) -> serde_json::Value {
         "wasm_sha256": v.wasm_sha256,
         "activated_at": to_rfc3339(v.activated_at),
         "source": v.source,
+        "signed_by": v.signed_by,
         "active": v.active,
     })
 }
@@ -76,6 +80,7 @@ pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Ca
                 serde_json::json!({
                     "name": caller.name_of(&p.kind),
                     "tenant": crate::queue::tenant_of(&p.kind),
+                    "signed_by": p.signed_by,
                     "version": m.version,
                     "version_id": p.version_id,
                     "description": m.description,
@@ -134,7 +139,7 @@ pub async fn deploy(
         .decode(request.wasm_base64.trim())
         .map_err(|e| AppError::BadRequest(format!("wasm_base64 is not base64: {e}")))?;
     let kind = caller.kind(&name);
-    let deployed = blocking(&state.registry, move |r| r.deploy_upload(&kind, &request.manifest, &wasm)).await?;
+    let deployed = blocking(&state.registry, move |r| r.deploy_upload(&kind, &request.manifest, &wasm, request.signature.as_deref())).await?;
     Ok(deployed_json(&deployed, &caller))
 }
 

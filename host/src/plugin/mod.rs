@@ -28,7 +28,7 @@ pub use watch::watch_plugins_dir;
 
 use crate::capability::{Grants, HostCapabilities};
 use crate::sandbox::{JobComponent, PrepareError, Sandbox};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,9 @@ pub struct Plugin {
     pub cache: CacheUse,
     /// Time spent compiling or loading the component.
     pub load_time: Duration,
+    /// The key that signed this version (`ed25519:...`), when its tenant
+    /// checks signatures and it was signed.
+    pub signed_by: Option<String>,
     /// A fresh compile not yet in the artifact cache: kept once the
     /// version is accepted ([`Plugin::keep_artifact`]), deleted otherwise.
     pending_artifact: Arc<Mutex<Option<PendingArtifact>>>,
@@ -75,6 +78,9 @@ pub struct LoadPolicy {
     pub capabilities: Arc<HostCapabilities>,
     /// The tenant whose plugin this is (`None`: the host's own).
     pub tenant: Option<String>,
+    /// What its signature must be (the tenant's `require_signature` and
+    /// `signing_keys`); `None`: a signature file is not read.
+    pub signatures: Option<crate::tenant::SignaturePolicy>,
 }
 
 /// Why a plugin cannot be loaded. Each names the file at fault.
@@ -104,6 +110,8 @@ pub enum PluginError {
     Prepare { path: String, source: PrepareError },
     #[error("no plugin {what}: {hint}")]
     NotFound { what: String, hint: String },
+    #[error("{path}: {reason}")]
+    Signature { path: String, reason: String },
 }
 
 /// The `\0asm` magic, then the version and layer fields of the header.
@@ -150,6 +158,24 @@ pub fn load_with(sandbox: &Sandbox, cache: Option<&ArtifactCache>, files: &Plugi
         return Err(PluginError::CoreModule { path });
     }
     let wasm_sha256 = sha256_hex(&wasm);
+    let signed_by = match &policy.signatures {
+        None => None,
+        Some(signatures) => {
+            let sig_path = files.manifest.as_ref().and_then(|m| m.parent()).unwrap_or(Path::new(".")).join(crate::tenant::SIGNATURE_FILE);
+            let limit = crate::tenant::signing::MAX_SIGNATURE_BYTES as u64;
+            let sig_text = match std::fs::metadata(&sig_path) {
+                Ok(meta) if meta.len() > limit => {
+                    let reason = format!("{} is {} bytes, over the most of {limit}", crate::tenant::SIGNATURE_FILE, meta.len());
+                    return Err(PluginError::Signature { path: manifest_origin, reason });
+                }
+                Ok(_) => Some(std::fs::read_to_string(&sig_path).map_err(|source| PluginError::ReadWasm { path: sig_path.display().to_string(), source })?),
+                Err(_) => None,
+            };
+            signatures
+                .check(sig_text.as_deref(), &wasm_sha256, manifest_text.as_deref().unwrap_or(""))
+                .map_err(|reason| PluginError::Signature { path: manifest_origin.clone(), reason })?
+        }
+    };
     let version_id = sha256_hex(format!("{wasm_sha256}\n{}", manifest_text.as_deref().unwrap_or("")).as_bytes());
     let compiled = match cache {
         Some(cache) => cache.load_or_compile(sandbox.engine(), &wasm, &files.wasm, &wasm_sha256, &policy.compiler),
@@ -181,6 +207,7 @@ pub fn load_with(sandbox: &Sandbox, cache: Option<&ArtifactCache>, files: &Plugi
         version_id,
         cache: cache_use,
         load_time: started.elapsed(),
+        signed_by,
         pending_artifact: Arc::new(Mutex::new(pending)),
     })
 }

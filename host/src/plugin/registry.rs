@@ -56,6 +56,9 @@ pub struct VersionInfo {
     /// Milliseconds since the epoch when it last became active.
     pub activated_at: i64,
     pub source: Source,
+    /// The key that signed it, when its tenant checks signatures.
+    #[serde(default)]
+    pub signed_by: Option<String>,
     /// True for the version serving now.
     #[serde(default)]
     pub active: bool,
@@ -174,6 +177,7 @@ impl Registry {
         let mut policy = LoadPolicy { tenant: Some(tenant.to_string()), ..self.policy.clone() };
         if let Some(settings) = self.tenants.get(tenant) {
             policy.ceilings = policy.ceilings.for_tenant(tenant, &settings.ceilings);
+            policy.signatures = settings.signatures(tenant);
             let mut capabilities = crate::capability::HostCapabilities::clone(&policy.capabilities);
             capabilities.examples = None;
             if let Some(quota) = settings.kv_quota_bytes {
@@ -303,9 +307,10 @@ impl Registry {
         self.activate(plugin, source)
     }
 
-    /// Validates an uploaded version of `kind`, makes it serve, and writes it
-    /// into the plugins directory (so a restart serves it too).
-    pub fn deploy_upload(&self, kind: &str, manifest_text: &str, wasm: &[u8]) -> Result<Deployed, DeployError> {
+    /// Validates an uploaded version of `kind` (with its `plugin.sig`, if
+    /// signed), makes it serve, and writes it into the plugins directory
+    /// (so a restart serves it too).
+    pub fn deploy_upload(&self, kind: &str, manifest_text: &str, wasm: &[u8], signature: Option<&str>) -> Result<Deployed, DeployError> {
         self.check_kind(kind)?;
         let name = crate::queue::plain_name(kind);
         let staging = staging_beside(&self.dir_of(kind), "deploy");
@@ -315,6 +320,10 @@ impl Registry {
             std::fs::write(&wasm_path, wasm).map_err(io_error(&wasm_path))?;
             let manifest_path = staging.join(MANIFEST_FILE);
             std::fs::write(&manifest_path, manifest_text).map_err(io_error(&manifest_path))?;
+            if let Some(signature) = signature {
+                let sig_path = staging.join(crate::tenant::SIGNATURE_FILE);
+                std::fs::write(&sig_path, signature).map_err(io_error(&sig_path))?;
+            }
             // Errors name the upload as `NAME/plugin.toml`, never the
             // server's staging directory.
             let plugin = self.load_checked(&staging, kind).map_err(|e| match e {
@@ -460,6 +469,7 @@ impl Registry {
             wasm_sha256: plugin.wasm_sha256.clone(),
             activated_at: now_millis(),
             source,
+            signed_by: plugin.signed_by.clone(),
             active: false,
         };
         let written = (|| -> std::io::Result<()> {
@@ -468,6 +478,10 @@ impl Registry {
             if !wasm.is_file() {
                 std::fs::copy(&plugin.wasm_path, &wasm)?;
                 std::fs::write(dir.join(MANIFEST_FILE), plugin.manifest_text.as_deref().unwrap_or_default())?;
+                let signature = plugin.wasm_path.with_file_name(crate::tenant::SIGNATURE_FILE);
+                if plugin.signed_by.is_some() && signature.is_file() {
+                    std::fs::copy(&signature, dir.join(crate::tenant::SIGNATURE_FILE))?;
+                }
             }
             let tmp = dir.join("record.json.tmp");
             std::fs::write(&tmp, serde_json::to_vec_pretty(&record).expect("a record serialises"))?;
@@ -506,6 +520,10 @@ fn copy_plugin(from: &Path, to: &Path, name: &str) -> Result<(), DeployError> {
     std::fs::create_dir_all(to).map_err(io_error(to))?;
     for file in [MANIFEST_FILE.to_string(), format!("{name}.wasm")] {
         std::fs::copy(from.join(&file), to.join(&file)).map_err(io_error(&to.join(&file)))?;
+    }
+    let signature = from.join(crate::tenant::SIGNATURE_FILE);
+    if signature.is_file() {
+        std::fs::copy(&signature, to.join(crate::tenant::SIGNATURE_FILE)).map_err(io_error(&signature))?;
     }
     Ok(())
 }

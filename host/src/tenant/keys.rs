@@ -75,10 +75,15 @@ impl<'de> serde::Deserialize<'de> for KeyHash {
 /// the kernel's random source.
 pub fn new_key() -> std::io::Result<String> {
     use base64::Engine as _;
+    Ok(format!("kiln_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes()?)))
+}
+
+/// 32 bytes from the system's random source.
+pub fn random_bytes() -> std::io::Result<[u8; 32]> {
     use std::io::Read as _;
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(format!("kiln_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
+    Ok(bytes)
 }
 
 #[cfg(test)]

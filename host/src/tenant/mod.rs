@@ -6,7 +6,9 @@
 mod caller;
 pub mod keys;
 pub mod settings;
+pub mod signing;
 
 pub use caller::{Caller, KeyRing};
 pub use keys::{KeyHash, new_key};
 pub use settings::{AdminSettings, Rate, TenantSettings};
+pub use signing::{PrivateKey, PublicKey, SIGNATURE_FILE, SignaturePolicy};

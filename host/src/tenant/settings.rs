@@ -41,8 +41,20 @@ pub struct TenantSettings {
     pub ceilings: TenantCeilings,
     #[serde(default)]
     pub require_signature: bool,
+    /// The keys it trusts to sign its plugins.
     #[serde(default)]
-    pub signing_keys: Vec<String>,
+    pub signing_keys: Vec<super::PublicKey>,
+}
+
+impl TenantSettings {
+    /// What `name`'s plugins' signatures must be, if it asks anything of them.
+    pub fn signatures(&self, name: &str) -> Option<super::SignaturePolicy> {
+        (self.require_signature || !self.signing_keys.is_empty()).then(|| super::SignaturePolicy {
+            tenant: name.to_string(),
+            required: self.require_signature,
+            trusted: self.signing_keys.clone(),
+        })
+    }
 }
 
 fn one() -> NonZeroU32 {
@@ -113,6 +125,9 @@ pub fn problem(admin: &AdminSettings, tenants: &std::collections::BTreeMap<Strin
         let at = |key: &str| format!("tenants.{name}.{key}");
         if !crate::capability::is_kind_name(name) {
             return Some((format!("tenants.{name}"), format!("{name:?} is not a tenant name (1-64 characters of a-z, 0-9, `-` or `_`, starting with a letter)")));
+        }
+        if tenant.require_signature && tenant.signing_keys.is_empty() {
+            return Some((at("require_signature"), "is true, but signing_keys is empty: no plugin could be loaded (`kiln keys new --signing` makes a key)".into()));
         }
         if tenant.api_keys.is_empty() {
             return Some((at("api_keys"), "is empty: a tenant needs a key to call the API (`kiln keys new`)".into()));
