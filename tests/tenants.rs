@@ -380,6 +380,83 @@ fn max_running_and_rate_hold_across_three_hosts_on_postgres() {
 }
 
 #[test]
+#[cfg_attr(not(kiln_postgres), ignore = "needs Postgres: set KILN_TEST_DATABASE_URL")]
+fn max_per_key_and_a_kinds_rate_hold_across_three_hosts_on_postgres() {
+    const PER_KEY: i64 = 12;
+    const KEYS: [&str; 3] = ["customer-1", "customer-2", "customer-3"];
+    const ECHOES: i64 = 100;
+    let db = crate::postgres_db::Database::new();
+    let (admin_key, admin_hash) = new_api_key();
+    let (acme_key, acme_hash) = new_api_key();
+    let config = db.config(&format!(
+        "lease_ms = 5000\npoll_interval_ms = 100\nshutdown_grace_ms = 1000\n\n[queues.default]\nconcurrency = 16\n\n\
+         [admin]\napi_keys = [\"{admin_hash}\"]\n\n[tenants.acme]\napi_keys = [\"{acme_hash}\"]\n"
+    ));
+    let dir = HostDir::new(&config);
+    add_tenant_plugin(&dir, "acme", built::SPIN, "1.0.0");
+    add_tenant_plugin(&dir, "acme", built::ECHO, "1.0.0");
+    for (name, throttle) in [("spin", "max_per_key = 2"), ("echo", "rate = \"20/s\"")] {
+        let manifest = dir.plugins().join("acme").join(name).join("plugin.toml");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        std::fs::write(&manifest, format!("{text}\n[throttle]\n{throttle}\n")).unwrap();
+    }
+    let hosts = [dir.start(), dir.start(), dir.start()];
+    let acme = |i: usize| Client { host: &hosts[i], key: Some(acme_key.clone()) };
+    // Three hosts of 16 slots each: without the limit, every spin at once.
+    let mut spins = Vec::new();
+    for n in 0..PER_KEY {
+        spins.extend(KEYS.iter().map(|key| json!({"kind": "spin", "payload": {"iterations": 20_000_000 + n}, "concurrency_key": key})));
+    }
+    let first = acme(0).ok("POST", "/jobs", Some(&Value::Array(spins)));
+    assert_eq!(first[0]["concurrency_key"], "customer-1", "the key is on the job: {}", first[0]);
+    let echoes: Vec<Value> = (0..ECHOES).map(|i| json!({"kind": "echo", "payload": i})).collect();
+    acme(1).ok("POST", "/jobs", Some(&Value::Array(echoes)));
+    let mut seen_hosts = std::collections::BTreeSet::new();
+    let total = PER_KEY * KEYS.len() as i64 + ECHOES;
+    eventually("every job completed", || {
+        for row in db.query("SELECT leased_by FROM jobs WHERE state = 'running' AND kind = 'acme/spin'") {
+            seen_hosts.insert(row.get::<_, String>(0));
+        }
+        let done = db.count("SELECT count(*) FROM jobs WHERE state = 'completed'");
+        if done < total {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        done == total
+    });
+    let spans = |filter: &str| -> Vec<(i64, i64)> {
+        db.query(&format!("SELECT attempted_at, finalized_at FROM jobs WHERE {filter} ORDER BY attempted_at")).iter().map(|r| (r.get(0), r.get(1))).collect()
+    };
+    for key in KEYS {
+        let most = most_at_once(&spans(&format!("concurrency_key = '{key}'")));
+        assert!(most <= 2, "spin's max_per_key is 2, but {most} of {key}'s jobs ran at once");
+    }
+    let most = most_at_once(&spans("kind = 'acme/spin'"));
+    assert!(most >= 3, "the limit is per key: different keys' jobs ran side by side, up to 6 at once, not {most}");
+    assert!(seen_hosts.len() >= 2, "more than one host ran the keyed jobs: {seen_hosts:?}");
+    // echo: 20 start at once (its bucket), then 20 a second, across the hosts.
+    let starts: Vec<i64> = spans("kind = 'acme/echo'").iter().map(|s| s.0).collect();
+    let busiest = starts.iter().map(|&t| starts.iter().filter(|&&s| (t..t + 1000).contains(&s)).count()).max().unwrap();
+    assert!(busiest <= 40, "at most 20 + 20 of echo's jobs start within a second, not {busiest}");
+    let span_ms = starts.last().unwrap() - starts.first().unwrap();
+    assert!(span_ms >= 3500, "100 jobs at 20/s after a burst of 20 take about 4 s to start, not {span_ms} ms");
+    // The waiting shows as the kind's throttled time, and as its tenant's.
+    let mut by_kind = 0.0;
+    let mut from_api = 0.0;
+    for i in 0..hosts.len() {
+        let admin = Client { host: &hosts[i], key: Some(admin_key.clone()) };
+        let text = admin.call("GET", "/metrics", None).1.as_str().unwrap_or_default().to_string();
+        by_kind += text
+            .lines()
+            .filter(|l| l.starts_with("kiln_kind_throttled_seconds_total{") && l.contains("kind=\"acme/echo\"") && l.contains("limit=\"kind_rate\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+        from_api += acme(i).ok("GET", "/tenants", None)["tenants"][0]["throttled_seconds"]["kind_rate"].as_f64().unwrap();
+    }
+    assert!(by_kind > 1.0, "echo waited seconds on its rate; /metrics says {by_kind} s");
+    assert!((from_api - by_kind).abs() < 1.0, "the API and /metrics tell the same throttled time: {from_api} and {by_kind}");
+}
+
+#[test]
 fn an_enqueue_past_a_tenants_max_waiting_is_429_naming_the_quota_and_stores_nothing() {
     let (key, hash) = new_api_key();
     let (other, other_hash) = new_api_key();

@@ -310,7 +310,7 @@ impl Config {
                     weight: t.weight.get(),
                     limits: crate::queue::TenantLimits {
                         max_running: t.max_running.map(|m| m.get()),
-                        rate: t.rate.map(|r| crate::queue::StartRate { count: r.count.get(), per_ms: r.per.as_millis() as i64 }),
+                        rate: t.rate.as_ref().map(crate::tenant::settings::Rate::as_start_rate),
                     },
                     max_waiting: t.max_waiting.map(|m| m.get()),
                 })

@@ -133,6 +133,9 @@ struct EnqueueArgs {
     /// A job with this key already waiting or done makes this a no-op (at most 512 bytes).
     #[arg(long)]
     unique_key: Option<String>,
+    /// Its group under the plugin's `[throttle] max_per_key` (a customer id, say; at most 256 bytes).
+    #[arg(long)]
+    concurrency_key: Option<String>,
     /// Runs before it is dead-lettered, 1–1000 [default: the plugin's].
     #[arg(long)]
     max_attempts: Option<u32>,
@@ -687,7 +690,8 @@ fn enqueue(client: &ApiClient, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
         let value: serde_json::Value = serde_json::from_slice(&bytes).context("--payload is not JSON")?;
         job["payload"] = value;
     }
-    for (key, value) in [("queue", args.queue.map(Into::into)), ("unique_key", args.unique_key.map(Into::into)), ("scheduled_at", args.at.map(Into::into))] {
+    let strings = [("queue", args.queue), ("unique_key", args.unique_key), ("concurrency_key", args.concurrency_key), ("scheduled_at", args.at)];
+    for (key, value) in strings {
         if let Some(value) = value {
             job[key] = serde_json::Value::String(value);
         }

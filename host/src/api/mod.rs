@@ -139,6 +139,7 @@ fn parse_request(value: serde_json::Value, index: usize, caller: &Caller) -> Res
         unique_key: request.unique_key,
         scheduled_at,
         max_attempts: request.max_attempts,
+        concurrency_key: request.concurrency_key,
     })
 }
 

@@ -31,6 +31,8 @@ pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Ca
                 "throttled_seconds": {
                     "max_running": metrics.throttled_seconds(Some(name), Limit::MaxRunning),
                     "rate": metrics.throttled_seconds(Some(name), Limit::Rate),
+                    "max_per_key": metrics.throttled_seconds(Some(name), Limit::MaxPerKey),
+                    "kind_rate": metrics.throttled_seconds(Some(name), Limit::KindRate),
                 },
             })
         })

@@ -19,6 +19,8 @@ pub struct JobRequest {
     /// RFC 3339; absent or past: due now.
     pub scheduled_at: Option<String>,
     pub max_attempts: Option<u32>,
+    /// Its group under the kind's `[throttle] max_per_key` (a customer id, say).
+    pub concurrency_key: Option<String>,
 }
 
 /// A job as the API shows it.
@@ -38,6 +40,7 @@ pub struct JobView {
     pub result: serde_json::Value,
     pub errors: Vec<ErrorView>,
     pub unique_key: Option<String>,
+    pub concurrency_key: Option<String>,
     pub scheduled_at: String,
     pub created_at: String,
     pub attempted_at: Option<String>,
@@ -92,6 +95,7 @@ impl JobView {
             result: job.result.as_deref().map_or(serde_json::Value::Null, bytes_value),
             errors: job.errors.iter().map(ErrorView::from).collect(),
             unique_key: job.unique_key.clone(),
+            concurrency_key: job.concurrency_key.clone(),
             scheduled_at: to_rfc3339(job.scheduled_at),
             created_at: to_rfc3339(job.created_at),
             attempted_at: job.attempted_at.map(to_rfc3339),

@@ -24,6 +24,8 @@ pub struct Manifest {
     pub limits: Limits,
     #[serde(default)]
     pub retry: RetryPolicy,
+    #[serde(default)]
+    pub throttle: Throttle,
     /// The `[capabilities]` table: what the plugin asks to be granted
     /// (outbound HTTP, kv stores, config keys, kinds to enqueue); nothing
     /// by default. The host grants the part it allows.
@@ -57,6 +59,25 @@ impl Default for Limits {
             timeout_ms: u64::try_from(sandbox::DEFAULT_TIMEOUT.as_millis()).expect("fits"),
             output_bytes: sandbox::DEFAULT_MAX_OUTPUT_BYTES as u64,
         }
+    }
+}
+
+/// How the starts of the plugin's jobs are held back, at claim time and
+/// across every host of the store: held jobs wait, they do not fail.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Throttle {
+    /// At most this many of its jobs with one `concurrency_key` run at
+    /// once (jobs without a key are not held by it).
+    pub max_per_key: Option<std::num::NonZeroU32>,
+    /// At most this many of its jobs started per second, minute or hour
+    /// (`"10/s"`).
+    pub rate: Option<crate::tenant::settings::Rate>,
+}
+
+impl Throttle {
+    pub fn is_empty(&self) -> bool {
+        self.max_per_key.is_none() && self.rate.is_none()
     }
 }
 
@@ -126,6 +147,7 @@ impl Manifest {
             description: String::new(),
             limits: Limits::default(),
             retry: RetryPolicy::default(),
+            throttle: Throttle::default(),
             capabilities: capability::Request::default(),
             trigger_table: TriggerTable::default(),
             trigger: Trigger::Queued,
@@ -254,6 +276,19 @@ mod tests {
         assert!(err.contains("`capabilities.enqueue` \"Send Email\" is not a job kind"), "{err}");
         let m = parse("name = \"a\"\nversion = \"1\"\n[capabilities]\nconfig = [\"mail_api_url\"]\nkv = [\"default\"]\n").unwrap();
         assert_eq!((m.capabilities.config.as_slice(), m.capabilities.kv.as_slice()), (&["mail_api_url".to_string()][..], &["default".to_string()][..]));
+    }
+
+    #[test]
+    fn a_throttle_is_read_and_a_bad_one_names_its_key_and_line() {
+        let m = parse("name = \"a\"\nversion = \"1\"\n[throttle]\nmax_per_key = 2\nrate = \"10/s\"\n").unwrap();
+        assert_eq!((m.throttle.max_per_key.map(|m| m.get()), m.throttle.rate.map(|r| r.to_string())), (Some(2), Some("10/s".to_string())));
+        assert!(parse("name = \"a\"\nversion = \"1\"\n").unwrap().throttle.is_empty());
+        let err = parse("name = \"a\"\nversion = \"1\"\n[throttle]\nmax_per_key = 0\n").unwrap_err().to_string();
+        assert!(err.contains("max_per_key") && err.contains("line 4") && err.contains("nonzero"), "{err}");
+        let err = parse("name = \"a\"\nversion = \"1\"\n[throttle]\n\nrate = \"fast\"\n").unwrap_err().to_string();
+        assert!(err.contains("rate") && err.contains("line 5") && err.contains("is not a rate"), "{err}");
+        let err = parse("name = \"a\"\nversion = \"1\"\n[throttle]\nper_key = 1\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `per_key`") && err.contains("line 4"), "{err}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub use ceilings::Ceilings;
 pub use compiler::{CompileBudget, CompileError, Compiler, CompilerProcess};
 pub use manifest::{
     DEFAULT_MAX_ATTEMPTS, Limits, MANIFEST_FILE, MAX_ATTEMPTS, MAX_BACKOFF_MS, Manifest, ManifestError,
-    RetryPolicy,
+    RetryPolicy, Throttle,
 };
 pub use registry::{DeployError, Deployed, Registry, Source, VersionInfo};
 pub use resolve::{PluginFiles, resolve};
@@ -209,5 +209,15 @@ pub fn load_with(sandbox: &Sandbox, cache: Option<&ArtifactCache>, files: &Plugi
         load_time: started.elapsed(),
         signed_by,
         pending_artifact: Arc::new(Mutex::new(pending)),
+    })
+}
+
+/// The claim-time limits of kind `kind` from its manifest's `[throttle]`
+/// (`None` when it sets none).
+pub fn kind_limits(kind: &str, throttle: &Throttle) -> Option<crate::queue::KindLimits> {
+    (!throttle.is_empty()).then(|| crate::queue::KindLimits {
+        kind: kind.to_string(),
+        max_per_key: throttle.max_per_key.map(std::num::NonZeroU32::get),
+        rate: throttle.rate.as_ref().map(crate::tenant::settings::Rate::as_start_rate),
     })
 }

@@ -14,7 +14,7 @@ fn new_job(kind: &str) -> NewJob {
 }
 
 fn claim(queue: &str, limit: usize) -> ClaimParams {
-    ClaimParams { queue: queue.into(), limit, host: "host-a".into(), lease_ms: 30_000, shares: Vec::new() }
+    ClaimParams { queue: queue.into(), limit, host: "host-a".into(), lease_ms: 30_000, shares: Vec::new(), kinds: Vec::new() }
 }
 
 fn err(attempt: u32, message: &str) -> AttemptError {
@@ -612,8 +612,8 @@ pub async fn a_tenants_limits_hold_at_claim_time_and_say_what_held_it_back(store
     assert_eq!(
         first.held_back,
         [
-            HeldBack { tenant: Some("acme".into()), by: Limit::MaxRunning, until: None },
-            HeldBack { tenant: Some("beta".into()), by: Limit::Rate, until: Some(now + 500) },
+            HeldBack { tenant: Some("acme".into()), kind: None, by: Limit::MaxRunning, until: None },
+            HeldBack { tenant: Some("beta".into()), kind: None, by: Limit::Rate, until: Some(now + 500) },
         ]
     );
     let again = store.claim_fair(fair(vec![acme.clone(), beta.clone()])).await.unwrap();
@@ -631,6 +631,64 @@ pub async fn a_tenants_limits_hold_at_claim_time_and_say_what_held_it_back(store
     let empty = ClaimShare { tenant: Some("zeta".into()), want: 5, weight: 1, limits: TenantLimits { max_running: Some(1), rate: None } };
     let none = store.claim_fair(fair(vec![empty])).await.unwrap();
     assert!(none.jobs.is_empty() && none.held_back.is_empty(), "{none:?}");
+}
+
+pub async fn a_kinds_max_per_key_holds_each_key_and_never_the_jobs_behind_it(store: &dyn JobStore, clock: &ManualClock) {
+    let keyed = |kind: &str, key: Option<&str>| NewJob { concurrency_key: key.map(str::to_string), ..new_job(kind) };
+    // Customer a's backlog comes first; b's, the unkeyed and another kind's behind it.
+    let mut jobs: Vec<NewJob> = (0..6).map(|_| keyed("mail", Some("a"))).collect();
+    jobs.extend([keyed("mail", Some("b")), keyed("mail", Some("b")), keyed("mail", Some("b")), keyed("mail", None), keyed("other", Some("a"))]);
+    store.insert_many(jobs).await.unwrap();
+    assert_eq!(store.get(1).await.unwrap().unwrap().concurrency_key.as_deref(), Some("a"), "the key is stored");
+    let kinds = vec![KindLimits { kind: "mail".into(), max_per_key: Some(2), rate: None }];
+    let gated = |limit| ClaimParams { kinds: kinds.clone(), ..claim(DEFAULT_QUEUE, limit) };
+    let first = store.claim_fair(gated(20)).await.unwrap();
+    let keys = |c: &Claimed| {
+        let mut k: Vec<String> = c.jobs.iter().map(|j| format!("{}:{}", j.kind, j.concurrency_key.as_deref().unwrap_or("-"))).collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&first), ["mail:-", "mail:a", "mail:a", "mail:b", "mail:b", "other:a"], "two of each key of mail; the unkeyed and other kinds are not held");
+    assert_eq!(first.held_back, [HeldBack { tenant: None, kind: Some("mail".into()), by: Limit::MaxPerKey, until: None }]);
+    assert!(first.jobs.windows(2).all(|w| w[0].id < w[1].id), "best first among what was taken");
+    let again = store.claim_fair(gated(20)).await.unwrap();
+    assert!(again.jobs.is_empty() && again.held_back.len() == 1, "both keys are full: {again:?}");
+    // One of a's ends: one more of a's, and only one.
+    let a = first.jobs.iter().find(|j| j.concurrency_key.as_deref() == Some("a") && j.kind == "mail").unwrap();
+    store.complete(a.lease(), vec![]).await.unwrap();
+    let after = store.claim_fair(gated(20)).await.unwrap();
+    assert_eq!(keys(&after), ["mail:a"]);
+    // A claim of one is a claim of one, however many keys have room.
+    for j in first.jobs.iter().filter(|j| j.concurrency_key.as_deref() == Some("b")) {
+        store.complete(j.lease(), vec![]).await.unwrap();
+    }
+    assert_eq!(store.claim_fair(gated(1)).await.unwrap().jobs.len(), 1);
+    // Without the kind in the claim, nothing holds it.
+    clock.advance(1);
+    let ungated = store.claim(claim(DEFAULT_QUEUE, 20)).await.unwrap();
+    assert_eq!(ungated.len(), 3, "the rest of a's: {ungated:?}");
+}
+
+pub async fn a_kinds_rate_holds_its_starts_beside_other_kinds_and_tenants(store: &dyn JobStore, clock: &ManualClock) {
+    let mut jobs: Vec<NewJob> = (0..5).map(|_| new_job("acme/report")).collect();
+    jobs.extend((0..3).map(|_| new_job("acme/echo")));
+    store.insert_many(jobs).await.unwrap();
+    let rate = StartRate { count: 2, per_ms: 1000 };
+    let kinds = vec![KindLimits { kind: "acme/report".into(), max_per_key: None, rate: Some(rate) }];
+    let acme = ClaimShare { tenant: Some("acme".into()), want: 10, weight: 1, limits: TenantLimits::default() };
+    let gated = || ClaimParams { kinds: kinds.clone(), shares: vec![acme.clone()], ..claim(DEFAULT_QUEUE, 10) };
+    let first = store.claim_fair(gated()).await.unwrap();
+    let of = |c: &Claimed, kind: &str| c.jobs.iter().filter(|j| j.kind == kind).count();
+    assert_eq!((of(&first, "acme/report"), of(&first, "acme/echo")), (2, 3), "a bucket of 2; the tenant's other kind is not held");
+    let now = clock.now();
+    assert_eq!(first.held_back, [HeldBack { tenant: Some("acme".into()), kind: Some("acme/report".into()), by: Limit::KindRate, until: Some(now + 500) }]);
+    clock.advance(500);
+    assert_eq!(of(&store.claim_fair(gated()).await.unwrap(), "acme/report"), 1, "half a second: one token");
+    let empty = store.claim_fair(gated()).await.unwrap();
+    assert!(empty.jobs.is_empty(), "{empty:?}");
+    assert_eq!(empty.held_back[0].until, Some(clock.now() + 500), "the next token's time");
+    clock.advance(60_000);
+    assert_eq!(of(&store.claim_fair(gated()).await.unwrap(), "acme/report"), 2, "a full bucket is its size, not a minute's worth");
 }
 
 /// Instantiates every conformance test for one backend. `$factory` is an
@@ -667,6 +725,8 @@ macro_rules! conformance_tests {
             jobs_belong_to_the_tenant_their_kind_names,
             a_claim_takes_each_tenants_share_first_then_more_of_each,
             a_tenants_limits_hold_at_claim_time_and_say_what_held_it_back,
+            a_kinds_max_per_key_holds_each_key_and_never_the_jobs_behind_it,
+            a_kinds_rate_holds_its_starts_beside_other_kinds_and_tenants,
         );
     };
     (@each $factory:ident, $attrs:tt, $($test:ident),+ $(,)?) => {

@@ -131,6 +131,8 @@ pub struct Job {
     pub plugin_version: Option<String>,
     /// The job whose successful run enqueued this one.
     pub parent_id: Option<JobId>,
+    /// Its group under its kind's `max_per_key`.
+    pub concurrency_key: Option<String>,
 }
 
 impl Job {

@@ -19,7 +19,7 @@
 use super::clock::SharedClock;
 use super::job::{AttemptError, Job, JobId, JobState, Lease, Millis};
 use super::store::{
-    ClaimParams, Claimed, Finish, HeartbeatParams, HeartbeatResult, HeldBack, Inserted, JobList, JobStore, KvChange, KvWrite, Limit, ListFilter,
+    ClaimParams, Claimed, Finish, HeartbeatParams, HeartbeatResult, HeldBack, Inserted, KindGate, KindLimits, kind_bucket_name, JobList, JobStore, KvChange, KvWrite, Limit, ListFilter,
     LoopClaim, LoopLease, LoopSave, ClaimRounds, claim_cap, rate_bucket_name,
     LoopState, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, SCHEDULE_TICK_KEPT, schedule_key_range, schedule_tick_key, tick_of_key,
 };
@@ -187,6 +187,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
     -- max_waiting's count: a tenant's waiting jobs.
     CREATE INDEX jobs_waiting_tenant ON jobs (coalesce(tenant, '')) WHERE state IN ('available', 'scheduled', 'retryable');
     "#,
+), (
+    8,
+    "concurrency keys",
+    r#"
+    -- A job's group under its kind's max_per_key (a customer id, say).
+    ALTER TABLE jobs ADD COLUMN concurrency_key text;
+    -- max_per_key's count: a kind's running jobs per key.
+    CREATE INDEX jobs_running_key ON jobs (kind, concurrency_key) WHERE state = 'running' AND concurrency_key IS NOT NULL;
+    "#,
 )];
 
 // SQL fragments as macros, so each statement is one literal built at
@@ -196,12 +205,12 @@ macro_rules! columns {
         "jobs.id, jobs.kind, jobs.queue, jobs.priority, jobs.payload, jobs.state, jobs.attempt, jobs.max_attempts, \
          jobs.scheduled_at, jobs.unique_key, jobs.errors::text, jobs.result, jobs.lease_token, jobs.leased_by, \
          jobs.lease_expires_at, jobs.cancel_requested, jobs.created_at, jobs.attempted_at, jobs.finalized_at, jobs.plugin_version, \
-         jobs.parent_id"
+         jobs.parent_id, jobs.concurrency_key"
     };
 }
 /// How many columns `columns!()` names: a query that adds one of its own
 /// reads it at this index.
-const JOB_COLUMNS: usize = 21;
+const JOB_COLUMNS: usize = 22;
 /// A job's tenant compared with a parameter that follows (`''`: the host's own).
 macro_rules! tenant_is {
     () => {
@@ -476,6 +485,7 @@ fn job_from_row(row: &Row) -> Result<Job, StoreError> {
         finalized_at: row.try_get(18).map_err(bad)?,
         plugin_version: row.try_get(19).map_err(bad)?,
         parent_id: row.try_get(20).map_err(bad)?,
+        concurrency_key: row.try_get(21).map_err(bad)?,
     })
 }
 
@@ -673,21 +683,22 @@ async fn insert_jobs(client: &impl GenericClient, jobs: &[NewJob], now: Millis) 
         let attempts: Vec<i32> = jobs.iter().map(|j| j.max_attempts as i32).collect();
         let times: Vec<i64> = prepared.iter().map(|p| p.1).collect();
         let parents: Vec<Option<i64>> = jobs.iter().map(|j| j.parent_id).collect();
+        let keys: Vec<Option<&str>> = jobs.iter().map(|j| j.concurrency_key.as_deref()).collect();
         let stmt = client
             .prepare_cached(concat!(
                 "WITH touched AS (INSERT INTO queues (name, updated_at) SELECT DISTINCT unnest($2::text[]), $8::bigint \
                  ON CONFLICT (name) DO NOTHING) \
-                 INSERT INTO jobs (kind, queue, priority, payload, state, max_attempts, scheduled_at, created_at, parent_id) \
-                 SELECT kind, queue, priority, payload, state, max_attempts, scheduled_at, $8, parent_id \
-                 FROM unnest($1::text[], $2::text[], $3::int[], $4::bytea[], $5::text[], $6::int[], $7::bigint[], $9::bigint[]) \
-                   WITH ORDINALITY AS incoming(kind, queue, priority, payload, state, max_attempts, scheduled_at, parent_id, n) \
+                 INSERT INTO jobs (kind, queue, priority, payload, state, max_attempts, scheduled_at, created_at, parent_id, concurrency_key) \
+                 SELECT kind, queue, priority, payload, state, max_attempts, scheduled_at, $8, parent_id, concurrency_key \
+                 FROM unnest($1::text[], $2::text[], $3::int[], $4::bytea[], $5::text[], $6::int[], $7::bigint[], $9::bigint[], $10::text[]) \
+                   WITH ORDINALITY AS incoming(kind, queue, priority, payload, state, max_attempts, scheduled_at, parent_id, concurrency_key, n) \
                  ORDER BY n RETURNING ",
                 columns!()
             ))
             .await
             .map_err(pg_error)?;
         let rows = client
-            .query(&stmt, &[&kinds, &queues, &priorities, &payloads, &states, &attempts, &times, &now, &parents])
+            .query(&stmt, &[&kinds, &queues, &priorities, &payloads, &states, &attempts, &times, &now, &parents, &keys])
             .await
             .map_err(pg_error)?;
         let mut inserted = jobs_from_rows(&rows)?;
@@ -703,8 +714,8 @@ async fn insert_jobs(client: &impl GenericClient, jobs: &[NewJob], now: Millis) 
         .map_err(pg_error)?;
     let insert = client
         .prepare_cached(concat!(
-            "INSERT INTO jobs (kind, queue, priority, payload, state, max_attempts, scheduled_at, unique_key, created_at, parent_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT ",
+            "INSERT INTO jobs (kind, queue, priority, payload, state, max_attempts, scheduled_at, unique_key, created_at, parent_id, concurrency_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT ",
             unique_live!(),
             " DO NOTHING RETURNING ",
             columns!()
@@ -718,8 +729,8 @@ async fn insert_jobs(client: &impl GenericClient, jobs: &[NewJob], now: Millis) 
     let mut inserted = Vec::with_capacity(jobs.len());
     for (job, (state, at)) in jobs.iter().zip(&prepared) {
         let max_attempts = job.max_attempts as i32;
-        let params: [&(dyn ToSql + Sync); 10] =
-            [&job.kind, &job.queue, &job.priority, &job.payload, state, &max_attempts, at, &job.unique_key, &now, &job.parent_id];
+        let params: [&(dyn ToSql + Sync); 11] =
+            [&job.kind, &job.queue, &job.priority, &job.payload, state, &max_attempts, at, &job.unique_key, &now, &job.parent_id, &job.concurrency_key];
         if let Some(row) = client.query_opt(&insert, &params).await.map_err(pg_error)? {
             inserted.push(Inserted { job: job_from_row(&row)?, created: true });
             continue;
@@ -762,6 +773,135 @@ async fn claim_best(client: &deadpool_postgres::Object, p: &ClaimParams, now: Mi
     jobs_from_rows(&rows)
 }
 
+/// What a claim stamps on the jobs it takes.
+#[derive(Debug, Clone, Copy)]
+struct Pick<'a> {
+    queue: &'a str,
+    host: &'a str,
+    now: Millis,
+    until: Millis,
+}
+
+/// The candidates of a gated claim: what [`claim_sql!`] would take of
+/// queue `$1` due at `$2` that pass `$filter`, less the kinds of `$3` and
+/// the `kind_key`s of `$4`, at most `$5`: id, kind, key.
+macro_rules! candidates_sql {
+    ($filter:expr) => {
+        concat!(
+            "SELECT id, kind, concurrency_key FROM jobs WHERE queue = $1 AND ",
+            $filter,
+            "state IN ",
+            waiting!(),
+            " AND scheduled_at <= $2 AND kind <> ALL($3::text[]) \
+               AND (concurrency_key IS NULL OR kind || chr(31) || concurrency_key <> ALL($4::text[])) \
+               AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused) \
+             ORDER BY priority DESC, scheduled_at, id LIMIT $5 FOR UPDATE SKIP LOCKED"
+        )
+    };
+}
+
+/// Takes up to `limit` of the best due jobs of the claim's queue, of one
+/// tenant's (`""`: the host's own kinds) or of anyone's; with a gate, only
+/// those it admits, looking again without what it refused (as SQLite's
+/// `claim_gated`, whose doc says why this ends).
+async fn claim_pick(
+    tx: &deadpool_postgres::Transaction<'_>,
+    pick: Pick<'_>,
+    tenant: Option<&str>,
+    limit: usize,
+    gate: Option<&mut KindGate>,
+) -> Result<Vec<Job>, StoreError> {
+    let Some(gate) = gate else {
+        let tenant = tenant.expect("an ungated claim in a transaction is a tenant's");
+        let stmt = tx.prepare_cached(claim_sql!(concat!(tenant_is!(), "$6 AND "))).await.map_err(pg_error)?;
+        let rows = tx.query(&stmt, &[&pick.queue, &pick.now, &(limit as i64), &pick.host, &pick.until, &tenant]).await.map_err(pg_error)?;
+        return jobs_from_rows(&rows);
+    };
+    let look = match tenant {
+        None => tx.prepare_cached(candidates_sql!("")).await,
+        Some(_) => tx.prepare_cached(candidates_sql!(concat!(tenant_is!(), "$6 AND "))).await,
+    }
+    .map_err(pg_error)?;
+    let take = tx
+        .prepare_cached(concat!(
+            "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = lease_token + 1, \
+             leased_by = $1, lease_expires_at = $2, attempted_at = $3 WHERE id = ANY($4::bigint[]) RETURNING ",
+            columns!()
+        ))
+        .await
+        .map_err(pg_error)?;
+    let mut jobs = Vec::with_capacity(limit);
+    while jobs.len() < limit {
+        let want = (limit - jobs.len()) as i64;
+        let (kinds, keys) = gate.excluded();
+        let rows = match tenant {
+            None => tx.query(&look, &[&pick.queue, &pick.now, &kinds, &keys, &want]).await,
+            Some(tenant) => tx.query(&look, &[&pick.queue, &pick.now, &kinds, &keys, &want, &tenant]).await,
+        }
+        .map_err(pg_error)?;
+        let mut admitted: Vec<JobId> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let (kind, key): (String, Option<String>) = (row.get(1), row.get(2));
+            if gate.admit(&kind, key.as_deref()) {
+                admitted.push(row.get(0));
+            }
+        }
+        let taken = tx.query(&take, &[&pick.host, &pick.until, &pick.now, &admitted]).await.map_err(pg_error)?;
+        jobs.extend(jobs_from_rows(&taken)?);
+        if (rows.len() as i64) < want || admitted.len() == rows.len() {
+            break;
+        }
+    }
+    Ok(jobs)
+}
+
+/// What the held kinds have now: their keys' running jobs and their
+/// stored buckets (`None` when the claim holds no kind).
+#[allow(clippy::type_complexity)]
+async fn gate_state(
+    tx: &deadpool_postgres::Transaction<'_>,
+    kinds: &[KindLimits],
+) -> Result<Option<(Vec<((String, String), u64)>, std::collections::HashMap<String, (f64, Millis)>)>, StoreError> {
+    if kinds.is_empty() {
+        return Ok(None);
+    }
+    let keyed: Vec<&str> = kinds.iter().filter(|k| k.max_per_key.is_some()).map(|k| k.kind.as_str()).collect();
+    let rows = tx
+        .query(
+            "SELECT kind, concurrency_key, count(*) FROM jobs \
+             WHERE state = 'running' AND concurrency_key IS NOT NULL AND kind = ANY($1::text[]) GROUP BY kind, concurrency_key",
+            &[&keyed],
+        )
+        .await
+        .map_err(pg_error)?;
+    let running = rows.iter().map(|r| ((r.get(0), r.get(1)), r.get::<_, i64>(2) as u64)).collect();
+    let mut buckets = std::collections::HashMap::new();
+    for limits in kinds.iter().filter(|k| k.rate.is_some()) {
+        if let Some(bucket) = load_bucket(tx, &kind_bucket_name(&limits.kind)).await? {
+            buckets.insert(limits.kind.clone(), bucket);
+        }
+    }
+    Ok(Some((running, buckets)))
+}
+
+/// A stored bucket: its tokens and when it held them.
+async fn load_bucket(tx: &deadpool_postgres::Transaction<'_>, name: &str) -> Result<Option<(f64, Millis)>, StoreError> {
+    let row = tx.query_opt("SELECT tokens, updated_at FROM rate_buckets WHERE name = $1", &[&name]).await.map_err(pg_error)?;
+    Ok(row.map(|row| (row.get(0), row.get(1))))
+}
+
+/// Stores a bucket's tokens as of `now`.
+async fn save_bucket(tx: &deadpool_postgres::Transaction<'_>, name: &str, tokens: f64, now: Millis) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO rate_buckets (name, tokens, updated_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (name) DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at",
+        &[&name, &tokens, &now],
+    )
+    .await
+    .map_err(pg_error)?;
+    Ok(())
+}
+
 /// Best first: as the claim query orders them.
 fn sort_best_first(jobs: &mut [Job]) {
     jobs.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.scheduled_at.cmp(&b.scheduled_at)).then(a.id.cmp(&b.id)));
@@ -785,23 +925,30 @@ impl JobStore for PostgresStore {
 
     async fn claim_fair(&self, p: ClaimParams) -> Result<Claimed, StoreError> {
         let mut client = self.client().await?;
-        if p.shares.is_empty() {
+        if p.shares.is_empty() && p.kinds.is_empty() {
             let mut jobs = claim_best(&client, &p, self.now(), p.limit).await?;
             sort_best_first(&mut jobs);
             return Ok(Claimed { jobs, held_back: Vec::new() });
         }
         // One transaction: a limited tenant's lock (taken in the order of
-        // the shares, the same on every host) keeps another host's claim
-        // for it waiting until this one's running jobs and bucket are
-        // written, so its limits hold across hosts. The time is read once
-        // the locks are held: a claim that waited stamps when it took.
+        // the shares, the same on every host), then each held kind's (in
+        // name order), keep another host's claim for them waiting until
+        // this one's running jobs and buckets are written, so their limits
+        // hold across hosts. The time is read once the locks are held: a
+        // claim that waited stamps when it took.
         let tx = client.transaction().await.map_err(pg_error)?;
         for share in p.shares.iter().filter(|s| !s.limits.is_empty()) {
             let tenant = share.tenant.as_deref().unwrap_or("");
             tx.execute("SELECT pg_advisory_xact_lock(hashtextextended('kiln:tenant:' || $1, 0))", &[&tenant]).await.map_err(pg_error)?;
         }
-        // What each limited tenant has running and in its bucket, then the
-        // time: read after them, it is later than any finish they missed.
+        let mut kinds: Vec<&str> = p.kinds.iter().map(|k| k.kind.as_str()).collect();
+        kinds.sort_unstable();
+        for kind in kinds {
+            tx.execute("SELECT pg_advisory_xact_lock(hashtextextended('kiln:kind:' || $1, 0))", &[&kind]).await.map_err(pg_error)?;
+        }
+        // What each limited tenant has running and in its bucket, and what
+        // the held kinds have, then the time: read after them, it is later
+        // than any finish they missed.
         let mut stored = Vec::with_capacity(p.shares.len());
         for share in &p.shares {
             let tenant = share.tenant.as_deref().unwrap_or("");
@@ -813,70 +960,77 @@ impl JobStore for PostgresStore {
                     .get(0),
                 None => 0,
             };
-            let bucket: Option<(f64, i64)> = match share.limits.rate {
-                Some(_) => tx
-                    .query_opt("SELECT tokens, updated_at FROM rate_buckets WHERE name = $1", &[&rate_bucket_name(share.tenant.as_deref())])
-                    .await
-                    .map_err(pg_error)?
-                    .map(|row| (row.get(0), row.get(1))),
+            let bucket = match share.limits.rate {
+                Some(_) => load_bucket(&tx, &rate_bucket_name(share.tenant.as_deref())).await?,
                 None => None,
             };
             stored.push((running, bucket));
         }
+        let gate = gate_state(&tx, &p.kinds).await?;
         let now = self.now();
-        let until = now + p.lease_ms;
-        let caps: Vec<_> = p
-            .shares
-            .iter()
-            .zip(&stored)
-            .map(|(share, &(running, bucket))| {
-                let tokens = share.limits.rate.map(|rate| bucket.map_or(f64::from(rate.count), |(tokens, at)| rate.refill(tokens, at, now)));
-                (claim_cap(&share.limits, running as u64, tokens), tokens)
-            })
-            .collect();
-        let tenant_stmt = tx.prepare_cached(claim_sql!(concat!(tenant_is!(), "$6 AND "))).await.map_err(pg_error)?;
+        let mut gate = gate.map(|(running, buckets)| {
+            let tokens = |kind: &str| {
+                let rate = p.kinds.iter().find(|k| k.kind == kind)?.rate?;
+                buckets.get(kind).map(|&(tokens, at)| rate.refill(tokens, at, now))
+            };
+            KindGate::new(&p.kinds, tokens, running)
+        });
+        let lease = Pick { queue: &p.queue, host: &p.host, now, until: now + p.lease_ms };
         let mut jobs = Vec::with_capacity(p.limit);
-        let mut rounds = ClaimRounds::new(&p.shares, &caps.iter().map(|c| c.0.0).collect::<Vec<_>>(), p.limit);
-        let mut got = vec![0usize; p.shares.len()];
-        while let Some((i, take)) = rounds.next() {
-            let tenant = p.shares[i].tenant.as_deref().unwrap_or("");
-            let rows = tx.query(&tenant_stmt, &[&p.queue, &now, &(take as i64), &p.host, &until, &tenant]).await.map_err(pg_error)?;
-            rounds.took(i, take, rows.len());
-            got[i] += rows.len();
-            jobs.extend(jobs_from_rows(&rows)?);
-        }
         let mut held_back = Vec::new();
-        for (i, share) in p.shares.iter().enumerate() {
-            let ((cap, by), tokens) = caps[i];
-            let left = tokens.map(|t| t - got[i] as f64);
-            if let Some(left) = left {
-                tx.execute(
-                    "INSERT INTO rate_buckets (name, tokens, updated_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT (name) DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at",
-                    &[&rate_bucket_name(share.tenant.as_deref()), &left, &now],
-                )
-                .await
-                .map_err(pg_error)?;
+        if p.shares.is_empty() {
+            jobs = claim_pick(&tx, lease, None, p.limit, gate.as_mut()).await?;
+        } else {
+            let caps: Vec<_> = p
+                .shares
+                .iter()
+                .zip(&stored)
+                .map(|(share, &(running, bucket))| {
+                    let tokens = share.limits.rate.map(|rate| bucket.map_or(f64::from(rate.count), |(tokens, at)| rate.refill(tokens, at, now)));
+                    (claim_cap(&share.limits, running as u64, tokens), tokens)
+                })
+                .collect();
+            let mut rounds = ClaimRounds::new(&p.shares, &caps.iter().map(|c| c.0.0).collect::<Vec<_>>(), p.limit);
+            let mut got = vec![0usize; p.shares.len()];
+            while let Some((i, take)) = rounds.next() {
+                let tenant = p.shares[i].tenant.as_deref().unwrap_or("");
+                let taken = claim_pick(&tx, lease, Some(tenant), take, gate.as_mut()).await?;
+                rounds.took(i, take, taken.len());
+                got[i] += taken.len();
+                jobs.extend(taken);
             }
-            let Some(by) = by else { continue };
-            let tenant = share.tenant.as_deref().unwrap_or("");
-            if got[i] >= cap && !rounds.is_exhausted(i) {
-                let due: bool = tx
-                    .query_one(
-                        concat!("SELECT EXISTS (SELECT 1 FROM jobs WHERE queue = $1 AND ", tenant_is!(), "$2 AND state IN ", waiting!(), " AND scheduled_at <= $3)"),
-                        &[&p.queue, &tenant, &now],
-                    )
-                    .await
-                    .map_err(pg_error)?
-                    .get(0);
-                if due {
-                    let until = match (by, share.limits.rate, left) {
-                        (Limit::Rate, Some(rate), Some(left)) => Some(rate.next_token_at(left, now)),
-                        _ => None,
-                    };
-                    held_back.push(HeldBack { tenant: share.tenant.clone(), by, until });
+            for (i, share) in p.shares.iter().enumerate() {
+                let ((cap, by), tokens) = caps[i];
+                let left = tokens.map(|t| t - got[i] as f64);
+                if let Some(left) = left {
+                    save_bucket(&tx, &rate_bucket_name(share.tenant.as_deref()), left, now).await?;
+                }
+                let Some(by) = by else { continue };
+                let tenant = share.tenant.as_deref().unwrap_or("");
+                if got[i] >= cap && !rounds.is_exhausted(i) {
+                    let due: bool = tx
+                        .query_one(
+                            concat!("SELECT EXISTS (SELECT 1 FROM jobs WHERE queue = $1 AND ", tenant_is!(), "$2 AND state IN ", waiting!(), " AND scheduled_at <= $3)"),
+                            &[&p.queue, &tenant, &now],
+                        )
+                        .await
+                        .map_err(pg_error)?
+                        .get(0);
+                    if due {
+                        let until = match (by, share.limits.rate, left) {
+                            (Limit::Rate, Some(rate), Some(left)) => Some(rate.next_token_at(left, now)),
+                            _ => None,
+                        };
+                        held_back.push(HeldBack { tenant: share.tenant.clone(), kind: None, by, until });
+                    }
                 }
             }
+        }
+        if let Some(gate) = &gate {
+            for (name, tokens) in gate.buckets() {
+                save_bucket(&tx, &name, tokens, now).await?;
+            }
+            held_back.extend(gate.held_back(now));
         }
         tx.commit().await.map_err(pg_error)?;
         sort_best_first(&mut jobs);
@@ -1466,7 +1620,7 @@ pub(crate) mod tests {
         for round in 0..30 {
             let (store, shares) = (hosts[round % 3].clone(), shares.clone());
             claims.spawn(async move {
-                let params = ClaimParams { queue: "default".into(), limit: 20, host: format!("host-{}", round % 3), lease_ms: 60_000, shares };
+                let params = ClaimParams { queue: "default".into(), limit: 20, host: format!("host-{}", round % 3), lease_ms: 60_000, shares, kinds: Vec::new() };
                 store.claim_fair(params).await.unwrap().jobs
             });
         }

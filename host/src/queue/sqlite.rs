@@ -13,7 +13,7 @@
 use super::clock::SharedClock;
 use super::job::{AttemptError, Job, JobId, JobState, Lease, Millis};
 use super::store::{
-    ClaimParams, ClaimRounds, Claimed, HeldBack, Limit, claim_cap, rate_bucket_name, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, KvChange, KvWrite, ListFilter, LoopClaim, LoopLease, LoopSave,
+    ClaimParams, ClaimRounds, Claimed, HeldBack, KindGate, KindLimits, Limit, claim_cap, kind_bucket_name, rate_bucket_name, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, KvChange, KvWrite, ListFilter, LoopClaim, LoopLease, LoopSave,
     LoopState, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, SCHEDULE_TICK_KEPT, schedule_key_range, schedule_tick_key, tick_of_key,
 };
 use async_trait::async_trait;
@@ -161,6 +161,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     CREATE INDEX jobs_waiting_tenant ON jobs (coalesce(tenant, '')) WHERE state IN ('available', 'scheduled', 'retryable');
     "#,
     ),
+    (
+        9,
+        "concurrency keys",
+        r#"
+    -- A job's group under its kind's max_per_key (a customer id, say).
+    ALTER TABLE jobs ADD COLUMN concurrency_key TEXT;
+    -- max_per_key's count: a kind's running jobs per key.
+    CREATE INDEX jobs_running_key ON jobs (kind, concurrency_key) WHERE state = 'running' AND concurrency_key IS NOT NULL;
+    "#,
+    ),
 ];
 
 // SQL fragments as macros, so every statement below is one literal built at
@@ -169,12 +179,12 @@ macro_rules! columns {
     () => {
         "id, kind, queue, priority, payload, state, attempt, max_attempts, scheduled_at, unique_key, \
          errors, result, lease_token, leased_by, lease_expires_at, cancel_requested, created_at, attempted_at, finalized_at, \
-         plugin_version, parent_id"
+         plugin_version, parent_id, concurrency_key"
     };
 }
 /// How many columns `columns!()` names: a query that adds one of its own
 /// reads it at this index.
-const JOB_COLUMNS: usize = 21;
+const JOB_COLUMNS: usize = 22;
 /// The states a claim takes jobs from (once due).
 macro_rules! waiting {
     () => {
@@ -447,6 +457,7 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         finalized_at: row.get(18)?,
         plugin_version: row.get(19)?,
         parent_id: row.get(20)?,
+        concurrency_key: row.get(21)?,
     })
 }
 
@@ -592,12 +603,12 @@ fn insert_jobs(tx: &rusqlite::Transaction<'_>, jobs: &[NewJob], now: Millis) -> 
         let state = if scheduled_at > now { JobState::Scheduled } else { JobState::Available };
         let row = tx
             .prepare_cached(concat!(
-                "INSERT INTO jobs (kind, queue, priority, payload, state, max_attempts, scheduled_at, unique_key, created_at, parent_id) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING ",
+                "INSERT INTO jobs (kind, queue, priority, payload, state, max_attempts, scheduled_at, unique_key, created_at, parent_id, concurrency_key) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) RETURNING ",
                 columns!()
             ))?
             .query_row(
-                params![job.kind, job.queue, job.priority, job.payload, state.as_str(), job.max_attempts, scheduled_at, job.unique_key, now, job.parent_id],
+                params![job.kind, job.queue, job.priority, job.payload, state.as_str(), job.max_attempts, scheduled_at, job.unique_key, now, job.parent_id, job.concurrency_key],
                 job_from_row,
             )?;
         inserted.push(Inserted { job: row, created: true });
@@ -628,9 +639,38 @@ macro_rules! claim_sql {
     };
 }
 
+/// The candidates of a gated claim: what [`claim_sql!`] would take of
+/// queue `?1` due at `?2` that pass `$filter`, less the kinds of the JSON
+/// array `?3` and the `kind_key`s of `?4`, at most `?5`: id, kind, key.
+macro_rules! candidates_sql {
+    ($filter:expr) => {
+        concat!(
+            "SELECT id, kind, concurrency_key FROM jobs WHERE queue = ?1 AND ",
+            $filter,
+            "state IN ",
+            waiting!(),
+            " AND scheduled_at <= ?2 AND kind NOT IN (SELECT value FROM json_each(?3)) \
+               AND (concurrency_key IS NULL OR kind || char(31) || concurrency_key NOT IN (SELECT value FROM json_each(?4))) \
+               AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?1 AND paused = 1) \
+             ORDER BY priority DESC, scheduled_at, id LIMIT ?5"
+        )
+    };
+}
+
 /// Takes up to `limit` of the best due jobs of the lease's queue: of one
-/// tenant's (`""`: the host's own kinds), or, with `None`, of anyone's.
-fn claim_of(tx: &rusqlite::Transaction<'_>, (host, until, now, queue): ClaimLease<'_>, tenant: Option<&str>, limit: usize) -> rusqlite::Result<Vec<Job>> {
+/// tenant's (`""`: the host's own kinds), or, with `None`, of anyone's;
+/// with a gate, only those it admits.
+fn claim_of(
+    tx: &rusqlite::Transaction<'_>,
+    lease: ClaimLease<'_>,
+    tenant: Option<&str>,
+    limit: usize,
+    gate: Option<&mut KindGate>,
+) -> rusqlite::Result<Vec<Job>> {
+    if let Some(gate) = gate {
+        return claim_gated(tx, lease, tenant, limit, gate);
+    }
+    let (host, until, now, queue) = lease;
     let limit = limit as i64;
     match tenant {
         None => tx.prepare_cached(claim_sql!(""))?.query_map(params![host, until, now, queue, limit], job_from_row)?.collect(),
@@ -641,14 +681,113 @@ fn claim_of(tx: &rusqlite::Transaction<'_>, (host, until, now, queue): ClaimLeas
     }
 }
 
+/// [`claim_of`] through a gate: looks at the best candidates, takes those
+/// the gate admits, and looks again without the kinds and keys it refused
+/// until it has `limit` or there are no more. Each look that falls short
+/// of `limit` refused one more kind or key, so it ends; a key at its limit
+/// costs the looks after it a skip past its jobs, never a wait behind them.
+fn claim_gated(
+    tx: &rusqlite::Transaction<'_>,
+    (host, until, now, queue): ClaimLease<'_>,
+    tenant: Option<&str>,
+    limit: usize,
+    gate: &mut KindGate,
+) -> rusqlite::Result<Vec<Job>> {
+    let mut jobs = Vec::with_capacity(limit);
+    while jobs.len() < limit {
+        let want = limit - jobs.len();
+        let (kinds, keys) = gate.excluded();
+        let (kinds, keys) = (json_list(&kinds), json_list(&keys));
+        let row = |r: &rusqlite::Row<'_>| Ok((r.get::<_, JobId>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?));
+        let seen: Vec<(JobId, String, Option<String>)> = match tenant {
+            None => tx.prepare_cached(candidates_sql!(""))?.query_map(params![queue, now, kinds, keys, want as i64], row)?.collect::<Result<_, _>>()?,
+            Some(tenant) => tx
+                .prepare_cached(candidates_sql!(concat!(tenant_is!(), "?6 AND ")))?
+                .query_map(params![queue, now, kinds, keys, want as i64, tenant], row)?
+                .collect::<Result<_, _>>()?,
+        };
+        let admitted: Vec<JobId> = seen.iter().filter(|(_, kind, key)| gate.admit(kind, key.as_deref())).map(|(id, _, _)| *id).collect();
+        let taken: Vec<Job> = tx
+            .prepare_cached(concat!(
+                "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = lease_token + 1, \
+                 leased_by = ?1, lease_expires_at = ?2, attempted_at = ?3 WHERE id IN (SELECT value FROM json_each(?4)) RETURNING ",
+                columns!()
+            ))?
+            .query_map(params![host, until, now, json_list(&admitted)], job_from_row)?
+            .collect::<Result<_, _>>()?;
+        jobs.extend(taken);
+        if seen.len() < want || admitted.len() == seen.len() {
+            break;
+        }
+    }
+    Ok(jobs)
+}
+
+/// A JSON array of `items`, for `json_each`.
+fn json_list<T: serde::Serialize>(items: &[T]) -> String {
+    serde_json::to_string(items).expect("strings and numbers serialize")
+}
+
+/// The gate of the claim's kinds, from what the store holds now: their
+/// buckets and their keys' running jobs (`None` when it names no kind).
+fn open_gate(tx: &rusqlite::Transaction<'_>, kinds: &[KindLimits], now: Millis) -> rusqlite::Result<Option<KindGate>> {
+    if kinds.is_empty() {
+        return Ok(None);
+    }
+    let keyed: Vec<&str> = kinds.iter().filter(|k| k.max_per_key.is_some()).map(|k| k.kind.as_str()).collect();
+    let running: Vec<((String, String), u64)> = tx
+        .prepare_cached(
+            "SELECT kind, concurrency_key, count(*) FROM jobs \
+             WHERE state = 'running' AND concurrency_key IS NOT NULL AND kind IN (SELECT value FROM json_each(?1)) GROUP BY kind, concurrency_key",
+        )?
+        .query_map([json_list(&keyed)], |r| Ok(((r.get(0)?, r.get(1)?), r.get::<_, i64>(2)? as u64)))?
+        .collect::<Result<_, _>>()?;
+    let mut buckets = std::collections::HashMap::new();
+    for limits in kinds {
+        let Some(rate) = limits.rate else { continue };
+        let stored: Option<(f64, i64)> = tx
+            .prepare_cached("SELECT tokens, updated_at FROM rate_buckets WHERE name = ?1")?
+            .query_row([kind_bucket_name(&limits.kind)], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((tokens, at)) = stored {
+            buckets.insert(limits.kind.clone(), rate.refill(tokens, at, now));
+        }
+    }
+    Ok(Some(KindGate::new(kinds, |kind| buckets.get(kind).copied(), running)))
+}
+
+/// Stores a bucket's tokens as of `now`.
+fn save_bucket(tx: &rusqlite::Transaction<'_>, name: &str, tokens: f64, now: Millis) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO rate_buckets (name, tokens, updated_at) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (name) DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at",
+    )?
+    .execute(params![name, tokens, now])?;
+    Ok(())
+}
+
 /// A claim, in the writer's transaction (so no other claim runs beside
 /// it: the counts and buckets it reads stay true until it commits).
 fn claim_shares(tx: &rusqlite::Transaction<'_>, p: &ClaimParams, now: Millis) -> rusqlite::Result<Claimed> {
     let lease = (p.host.as_str(), now + p.lease_ms, now, p.queue.as_str());
+    let mut gate = open_gate(tx, &p.kinds, now)?;
+    let mut claimed = claim_tenants(tx, p, lease, gate.as_mut())?;
+    if let Some(gate) = gate {
+        for (name, tokens) in gate.buckets() {
+            save_bucket(tx, &name, tokens, now)?;
+        }
+        claimed.held_back.extend(gate.held_back(now));
+    }
+    sort_best_first(&mut claimed.jobs);
+    Ok(claimed)
+}
+
+/// The claim by tenants' shares (or of anyone's, with none).
+fn claim_tenants(tx: &rusqlite::Transaction<'_>, p: &ClaimParams, lease: ClaimLease<'_>, mut gate: Option<&mut KindGate>) -> rusqlite::Result<Claimed> {
+    let now = lease.2;
     let mut jobs = Vec::with_capacity(p.limit);
     if p.shares.is_empty() {
-        jobs = claim_of(tx, lease, None, p.limit)?;
-        sort_best_first(&mut jobs);
+        jobs = claim_of(tx, lease, None, p.limit, gate)?;
         return Ok(Claimed { jobs, held_back: Vec::new() });
     }
     // Each share's cap from its limits, and its bucket's tokens now.
@@ -674,7 +813,7 @@ fn claim_shares(tx: &rusqlite::Transaction<'_>, p: &ClaimParams, now: Millis) ->
     let mut rounds = ClaimRounds::new(&p.shares, &caps.iter().map(|c| c.0.0).collect::<Vec<_>>(), p.limit);
     let mut got = vec![0usize; p.shares.len()];
     while let Some((i, take)) = rounds.next() {
-        let claimed = claim_of(tx, lease, Some(p.shares[i].tenant.as_deref().unwrap_or("")), take)?;
+        let claimed = claim_of(tx, lease, Some(p.shares[i].tenant.as_deref().unwrap_or("")), take, gate.as_deref_mut())?;
         rounds.took(i, take, claimed.len());
         got[i] += claimed.len();
         jobs.extend(claimed);
@@ -684,11 +823,7 @@ fn claim_shares(tx: &rusqlite::Transaction<'_>, p: &ClaimParams, now: Millis) ->
         let ((cap, by), tokens) = caps[i];
         let left = tokens.map(|t| t - got[i] as f64);
         if let Some(left) = left {
-            tx.prepare_cached(
-                "INSERT INTO rate_buckets (name, tokens, updated_at) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (name) DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at",
-            )?
-            .execute(params![rate_bucket_name(share.tenant.as_deref()), left, now])?;
+            save_bucket(tx, &rate_bucket_name(share.tenant.as_deref()), left, now)?;
         }
         let Some(by) = by else { continue };
         let tenant = share.tenant.as_deref().unwrap_or("");
@@ -697,10 +832,9 @@ fn claim_shares(tx: &rusqlite::Transaction<'_>, p: &ClaimParams, now: Millis) ->
                 (Limit::Rate, Some(rate), Some(left)) => Some(rate.next_token_at(left, now)),
                 _ => None,
             };
-            held_back.push(HeldBack { tenant: share.tenant.clone(), by, until });
+            held_back.push(HeldBack { tenant: share.tenant.clone(), kind: None, by, until });
         }
     }
-    sort_best_first(&mut jobs);
     Ok(Claimed { jobs, held_back })
 }
 

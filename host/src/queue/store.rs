@@ -16,6 +16,22 @@ pub struct NewJob {
     pub unique_key: Option<String>,
     /// The job whose run enqueued this one.
     pub parent_id: Option<JobId>,
+    /// Groups jobs of one kind (a customer id, say) that its
+    /// `[throttle] max_per_key` lets run only so many at once.
+    pub concurrency_key: Option<String>,
+}
+
+/// The longest concurrency key a job may carry, in bytes.
+pub const MAX_CONCURRENCY_KEY_BYTES: usize = 256;
+
+/// What is wrong with a concurrency key, if anything: 1 to
+/// [`MAX_CONCURRENCY_KEY_BYTES`] bytes, no control characters (a store
+/// joins kind and key with one).
+pub fn concurrency_key_problem(key: &str) -> Option<String> {
+    if key.is_empty() || key.len() > MAX_CONCURRENCY_KEY_BYTES {
+        return Some(format!("is {} bytes; a concurrency key is 1 to {MAX_CONCURRENCY_KEY_BYTES}", key.len()));
+    }
+    key.chars().any(char::is_control).then(|| "holds a control character".to_string())
 }
 
 /// The queue every job lands in unless it names another.
@@ -32,6 +48,7 @@ impl NewJob {
             scheduled_at: None,
             unique_key: None,
             parent_id: None,
+            concurrency_key: None,
         }
     }
 }
@@ -59,6 +76,131 @@ pub struct ClaimParams {
     /// none past its limits (see [`ClaimRounds`]). Empty: the best due
     /// jobs, whoever's.
     pub shares: Vec<ClaimShare>,
+    /// The kinds whose `[throttle]` the claim holds, across every host of
+    /// the store (see [`KindGate`]); kinds not named are not held.
+    pub kinds: Vec<KindLimits>,
+}
+
+/// A kind's own limits, from its manifest's `[throttle]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindLimits {
+    pub kind: String,
+    /// Jobs of one concurrency key running at once (jobs with no key are
+    /// not held by it).
+    pub max_per_key: Option<u32>,
+    /// Its jobs started per unit of time.
+    pub rate: Option<StartRate>,
+}
+
+/// The name a kind's start bucket is kept under (beside tenants', see
+/// [`rate_bucket_name`]).
+pub fn kind_bucket_name(kind: &str) -> String {
+    format!("kind:{kind}")
+}
+
+/// A kind and a concurrency key as one string, as the stores compare them.
+pub fn kind_key(kind: &str, key: &str) -> String {
+    format!("{kind}\u{1f}{key}")
+}
+
+/// What a claim lets through of the kinds it holds: each kind's bucket,
+/// and each of its keys' room under `max_per_key`. The store fills it with
+/// what it read under its locks, shows each candidate job to
+/// [`admit`](Self::admit) in the claim's order, and leaves out of its next
+/// look the kinds and keys [`excluded`](Self::excluded) names, so a key at
+/// its limit never keeps the jobs behind it waiting.
+#[derive(Debug, Default)]
+pub struct KindGate {
+    kinds: std::collections::HashMap<String, KindState>,
+    /// `(kind, key)` → its jobs running, counting those admitted here.
+    running: std::collections::HashMap<(String, String), u64>,
+    full_kinds: std::collections::BTreeSet<String>,
+    full_keys: std::collections::BTreeSet<String>,
+}
+
+#[derive(Debug)]
+struct KindState {
+    limits: KindLimits,
+    /// Its bucket's tokens now, less those admitted here.
+    tokens: Option<f64>,
+    taken: usize,
+    refused: Option<Limit>,
+}
+
+impl KindGate {
+    /// `tokens`: each rated kind's bucket now (`None`: never used, full);
+    /// `running`: the jobs running per kind and key of each kind with a
+    /// `max_per_key` (keys with none running may be left out).
+    pub fn new(kinds: &[KindLimits], tokens: impl Fn(&str) -> Option<f64>, running: impl IntoIterator<Item = ((String, String), u64)>) -> Self {
+        let kinds = kinds
+            .iter()
+            .map(|k| {
+                let tokens = k.rate.map(|rate| tokens(&k.kind).unwrap_or(f64::from(rate.count)));
+                (k.kind.clone(), KindState { limits: k.clone(), tokens, taken: 0, refused: None })
+            })
+            .collect();
+        // A kind whose bucket is empty already is left in the first look:
+        // refusing one of its jobs is how the claim learns it held some back.
+        Self { kinds, running: running.into_iter().collect(), ..Self::default() }
+    }
+
+    /// Whether a job of `kind` with `key` may start; if so, it is counted.
+    /// A refusal marks the kind (its bucket is empty) or the key (it is at
+    /// `max_per_key`) as excluded.
+    pub fn admit(&mut self, kind: &str, key: Option<&str>) -> bool {
+        let Some(state) = self.kinds.get_mut(kind) else { return true };
+        if state.tokens.is_some_and(|t| t < 1.0) {
+            state.refused = Some(Limit::KindRate);
+            self.full_kinds.insert(kind.to_string());
+            return false;
+        }
+        if let (Some(max), Some(key)) = (state.limits.max_per_key, key) {
+            let running = self.running.entry((kind.to_string(), key.to_string())).or_insert(0);
+            if *running >= u64::from(max) {
+                state.refused.get_or_insert(Limit::MaxPerKey);
+                self.full_keys.insert(kind_key(kind, key));
+                return false;
+            }
+            *running += 1;
+        }
+        if let Some(tokens) = &mut state.tokens {
+            *tokens -= 1.0;
+            if *tokens < 1.0 {
+                self.full_kinds.insert(kind.to_string());
+            }
+        }
+        state.taken += 1;
+        true
+    }
+
+    /// The kinds and the `kind_key`s a claim's next look leaves out.
+    pub fn excluded(&self) -> (Vec<String>, Vec<String>) {
+        (self.full_kinds.iter().cloned().collect(), self.full_keys.iter().cloned().collect())
+    }
+
+    /// Each rated kind's bucket as the claim leaves it: write these back.
+    pub fn buckets(&self) -> impl Iterator<Item = (String, f64)> + '_ {
+        self.kinds.iter().filter_map(|(kind, s)| s.tokens.map(|t| (kind_bucket_name(kind), t)))
+    }
+
+    /// The kinds whose jobs the claim saw due and left waiting, why, and
+    /// when the first may start (`None`: when a run of its key ends).
+    pub fn held_back(&self, now: Millis) -> Vec<HeldBack> {
+        let mut held: Vec<HeldBack> = self
+            .kinds
+            .iter()
+            .filter_map(|(kind, s)| {
+                let by = s.refused?;
+                let until = match (by, s.limits.rate, s.tokens) {
+                    (Limit::KindRate, Some(rate), Some(tokens)) => Some(rate.next_token_at(tokens, now)),
+                    _ => None,
+                };
+                Some(HeldBack { tenant: super::tenant_of(kind).map(str::to_string), kind: Some(kind.clone()), by, until })
+            })
+            .collect();
+        held.sort_by(|a, b| a.kind.cmp(&b.kind));
+        held
+    }
 }
 
 /// One tenant's part of a claim.
@@ -128,6 +270,8 @@ pub struct Claimed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldBack {
     pub tenant: Option<String>,
+    /// The kind held back, when it was one of its own limits.
+    pub kind: Option<String>,
     pub by: Limit,
     /// When it may start another (its rate's next token); `None` when it
     /// waits for one of its runs to end.
@@ -137,8 +281,14 @@ pub struct HeldBack {
 /// Which of a tenant's limits held its jobs back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Limit {
+    /// The tenant's `max_running`.
     MaxRunning,
+    /// The tenant's `rate`.
     Rate,
+    /// The kind's `[throttle] max_per_key`.
+    MaxPerKey,
+    /// The kind's `[throttle] rate`.
+    KindRate,
 }
 
 impl Limit {
@@ -146,6 +296,8 @@ impl Limit {
         match self {
             Limit::MaxRunning => "max_running",
             Limit::Rate => "rate",
+            Limit::MaxPerKey => "max_per_key",
+            Limit::KindRate => "kind_rate",
         }
     }
 }

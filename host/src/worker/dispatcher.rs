@@ -151,6 +151,8 @@ pub enum EnqueueError {
     BadAttempts { index: usize, given: u32 },
     #[error("job {index}: unique_key is {size} bytes, over the limit of {limit} bytes")]
     UniqueKeyTooLong { index: usize, size: usize, limit: usize },
+    #[error("job {index}: concurrency_key {problem}")]
+    BadConcurrencyKey { index: usize, problem: String },
     #[error(
         "tenant {tenant:?} has {waiting} jobs waiting and this adds {adding}: over its quota of {limit} \
          (`tenants.{tenant}.max_waiting`); nothing was enqueued"
@@ -172,6 +174,8 @@ pub struct EnqueueRequest {
     pub unique_key: Option<String>,
     pub scheduled_at: Option<i64>,
     pub max_attempts: Option<u32>,
+    /// Its group under the kind's `[throttle] max_per_key`.
+    pub concurrency_key: Option<String>,
 }
 
 struct RunningJob {
@@ -187,6 +191,9 @@ struct Inner {
     clock: SharedClock,
     metrics: Arc<Metrics>,
     wake: BTreeMap<String, Arc<Notify>>,
+    /// Runs' ends were written: a claim held back by a limit that waits on
+    /// running jobs (`max_running`, `max_per_key`) may find room now.
+    finished: Notify,
     running: Mutex<HashMap<JobId, RunningJob>>,
     /// Leases of runs that have ended but whose transition the finisher has
     /// not written yet: still beaten, so a slow write cannot let them expire.
@@ -252,6 +259,7 @@ impl Dispatcher {
                 idle: Notify::new(),
                 stopping: watch::Sender::new(false),
                 finisher_done: watch::Sender::new(false),
+                finished: Notify::new(),
                 accepting: AtomicBool::new(true),
                 finishes: Mutex::new(None),
                 jobs: std::sync::OnceLock::new(),
@@ -376,6 +384,9 @@ impl Dispatcher {
                     return Err(EnqueueError::UniqueKeyTooLong { index, size: key.len(), limit: MAX_UNIQUE_KEY_BYTES });
                 }
             }
+            if let Some(problem) = r.concurrency_key.as_deref().and_then(crate::queue::concurrency_key_problem) {
+                return Err(EnqueueError::BadConcurrencyKey { index, problem });
+            }
             jobs.push(NewJob {
                 kind: r.kind,
                 queue,
@@ -385,6 +396,7 @@ impl Dispatcher {
                 scheduled_at: r.scheduled_at,
                 unique_key: r.unique_key,
                 parent_id: None,
+                concurrency_key: r.concurrency_key,
             });
         }
         self.check_waiting_quota(&jobs).await?;
@@ -660,16 +672,43 @@ fn held_back(held: &mut Option<OwnedSemaphorePermit>, want: usize, slot: OwnedSe
 /// (`kiln_tenant_throttled_seconds`).
 #[derive(Debug, Default)]
 struct Throttles {
-    since: HashMap<(Option<String>, crate::queue::Limit), std::time::Instant>,
+    since: HashMap<(Option<String>, Option<String>, crate::queue::Limit), std::time::Instant>,
 }
 
 impl Throttles {
     fn saw(&mut self, metrics: &Metrics, held_back: &[crate::queue::HeldBack]) {
         let now = std::time::Instant::now();
-        for ((tenant, limit), since) in self.since.drain() {
-            metrics.throttled(tenant.as_deref(), limit, now.duration_since(since).as_secs_f64());
+        for ((tenant, kind, limit), since) in self.since.drain() {
+            metrics.throttled(tenant.as_deref(), kind.as_deref(), limit, now.duration_since(since).as_secs_f64());
         }
-        self.since.extend(held_back.iter().map(|h| ((h.tenant.clone(), h.by), now)));
+        self.since.extend(held_back.iter().map(|h| ((h.tenant.clone(), h.kind.clone(), h.by), now)));
+    }
+}
+
+/// The kinds whose `[throttle]` this queue's claims hold, read again
+/// whenever the runner's set of kinds changes.
+struct ThrottledKinds {
+    changes: Option<watch::Receiver<u64>>,
+    kinds: Vec<crate::queue::KindLimits>,
+}
+
+impl ThrottledKinds {
+    fn new(runner: &dyn Runner) -> Self {
+        let mut changes = runner.changes();
+        if let Some(changes) = &mut changes {
+            changes.mark_unchanged();
+        }
+        Self { changes, kinds: runner.throttled() }
+    }
+
+    fn now(&mut self, runner: &dyn Runner) -> Vec<crate::queue::KindLimits> {
+        if let Some(changes) = &mut self.changes {
+            if changes.has_changed().unwrap_or(false) {
+                changes.mark_unchanged();
+                self.kinds = runner.throttled();
+            }
+        }
+        self.kinds.clone()
     }
 }
 
@@ -703,6 +742,7 @@ async fn queue_loop(inner: Arc<Inner>, queue: QueueConfig) {
     let pace = Arc::new(RunPace::default());
     let fair = FairShare::new(&inner.config.tenants);
     let mut throttles = Throttles::default();
+    let mut throttled_kinds = ThrottledKinds::new(inner.runner.as_ref());
     let mut ahead: VecDeque<ClaimedAhead> = VecDeque::new();
     // The last claim found fewer jobs than it asked for: claim again only
     // once what was claimed ahead has started.
@@ -774,6 +814,11 @@ async fn queue_loop(inner: Arc<Inner>, queue: QueueConfig) {
         if !inner.accepting.load(Ordering::SeqCst) {
             break;
         }
+        // Listening from before the claim, so a run's end written while it
+        // is under way is not missed.
+        let finished = inner.finished.notified();
+        tokio::pin!(finished);
+        finished.as_mut().enable();
         let claimed = inner
             .store
             .claim_fair(ClaimParams {
@@ -782,6 +827,7 @@ async fn queue_loop(inner: Arc<Inner>, queue: QueueConfig) {
                 host: inner.config.host.clone(),
                 lease_ms: inner.config.lease.as_millis() as i64,
                 shares: fair.as_ref().map_or_else(Vec::new, |f| f.split(wanted)),
+                kinds: throttled_kinds.now(inner.runner.as_ref()),
             })
             .await;
         let (jobs, held_back) = match claimed {
@@ -800,9 +846,9 @@ async fn queue_loop(inner: Arc<Inner>, queue: QueueConfig) {
             if !ahead.is_empty() {
                 continue;
             }
-            // Due jobs held back by their tenants' limits: look again when
-            // the first may start (its rate's next token, or one of this
-            // queue's runs ending; another host's, at the poll).
+            // Due jobs held back by limits: look again when the first may
+            // start (its rate's next token, or a run's end written here;
+            // another host's, at the poll).
             let until_due = if held_back.is_empty() {
                 match inner.store.next_due(&queue.name).await {
                     Ok(Some(at)) => Duration::from_millis((at - inner.clock.now()).max(1) as u64),
@@ -813,9 +859,9 @@ async fn queue_loop(inner: Arc<Inner>, queue: QueueConfig) {
                 held_back.iter().filter_map(|h| h.until).min().map_or(inner.config.poll_interval, |at| Duration::from_millis((at - now).max(1) as u64))
             };
             let run_ended = async {
-                match &fair {
-                    Some(fair) if held_back.iter().any(|h| h.by == crate::queue::Limit::MaxRunning) => fair.released().await,
-                    _ => std::future::pending().await,
+                match held_back.iter().any(|h| h.until.is_none()) {
+                    true => finished.await,
+                    false => std::future::pending().await,
                 }
             };
             tokio::select! {
@@ -972,6 +1018,7 @@ fn child_jobs(inner: &Inner, parent_kind: &str, parent_id: Option<JobId>, childr
             parent_id,
             payload: c.payload,
             kind,
+            concurrency_key: None,
         })
         .collect()
 }
@@ -1092,6 +1139,7 @@ async fn finisher(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>) {
                         }
                     }
                 }
+                inner.finished.notify_waiters();
                 woken.sort_unstable();
                 woken.dedup();
                 for queue in woken {
@@ -1261,6 +1309,7 @@ mod tests {
             scheduled_at: None,
             unique_key: None,
             parent_id: None,
+            concurrency_key: None,
         }
     }
 

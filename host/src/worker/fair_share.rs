@@ -14,7 +14,6 @@
 use crate::queue::{ClaimShare, TenantLimits};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tokio::sync::Notify;
 
 /// One participant: a tenant (`None`: the host's own kinds), its weight,
 /// and the limits every claim for it carries to the store.
@@ -37,8 +36,6 @@ pub struct FairShare {
 #[derive(Debug)]
 struct HeldCounts {
     counts: Box<[AtomicUsize]>,
-    /// A held job let go: a tenant at its `max_running` may start another.
-    released: Notify,
 }
 
 /// One claimed job counted against its tenant until it is dropped (its
@@ -52,7 +49,6 @@ pub struct Held {
 impl Drop for Held {
     fn drop(&mut self) {
         self.held.counts[self.index].fetch_sub(1, Ordering::Relaxed);
-        self.held.released.notify_one();
     }
 }
 
@@ -67,7 +63,7 @@ impl FairShare {
             weights.push(TenantPolicy { tenant: None, weight: 1, ..TenantPolicy::default() });
         }
         let counts = weights.iter().map(|_| AtomicUsize::new(0)).collect();
-        Some(Self { weights, held: Arc::new(HeldCounts { counts, released: Notify::new() }) })
+        Some(Self { weights, held: Arc::new(HeldCounts { counts }) })
     }
 
     fn index_of(&self, tenant: Option<&str>) -> Option<usize> {
@@ -91,11 +87,6 @@ impl FairShare {
     pub fn split(&self, slots: usize) -> Vec<ClaimShare> {
         let held: Vec<usize> = self.held.counts.iter().map(|h| h.load(Ordering::Relaxed)).collect();
         split(&self.weights, &held, slots)
-    }
-
-    /// Resolves when one of this queue's held jobs is let go.
-    pub async fn released(&self) {
-        self.held.released.notified().await
     }
 }
 

@@ -28,6 +28,12 @@ struct ThrottleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindThrottleLabels {
+    kind: String,
+    limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DepthLabels {
     queue: String,
     state: String,
@@ -59,6 +65,7 @@ pub struct Metrics {
     http_bytes_received: Family<KindLabels, Counter>,
     depth: Family<DepthLabels, Gauge>,
     throttled: Family<ThrottleLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    kind_throttled: Family<KindThrottleLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -91,8 +98,15 @@ impl Metrics {
         let throttled = Family::<ThrottleLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
             "tenant_throttled_seconds",
-            "Time a tenant's due jobs waited on one of its limits (max_running, rate), as this host's claims saw it",
+            "Time a tenant's due jobs waited on one of its limits (max_running, rate) or its kinds' (max_per_key, kind_rate: summed \
+             over its kinds), as this host's claims saw it",
             throttled.clone(),
+        );
+        let kind_throttled = Family::<KindThrottleLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "kind_throttled_seconds",
+            "Time a kind's due jobs waited on its [throttle] (max_per_key, kind_rate), as this host's claims saw it",
+            kind_throttled.clone(),
         );
         Self {
             registry,
@@ -107,13 +121,19 @@ impl Metrics {
             http_bytes_received,
             depth,
             throttled,
+            kind_throttled,
         }
     }
 
-    /// `tenant`'s due jobs waited `seconds` more on `limit`.
-    pub fn throttled(&self, tenant: Option<&str>, limit: crate::queue::Limit, seconds: f64) {
+    /// `tenant`'s due jobs (of `kind`, when it was the kind's limit)
+    /// waited `seconds` more on `limit`.
+    pub fn throttled(&self, tenant: Option<&str>, kind: Option<&str>, limit: crate::queue::Limit, seconds: f64) {
         let labels = ThrottleLabels { tenant: tenant.unwrap_or("").to_string(), limit: limit.as_str().to_string() };
         self.throttled.get_or_create(&labels).inc_by(seconds);
+        if let Some(kind) = kind {
+            let labels = KindThrottleLabels { kind: kind.to_string(), limit: limit.as_str().to_string() };
+            self.kind_throttled.get_or_create(&labels).inc_by(seconds);
+        }
     }
 
     /// The seconds `tenant`'s due jobs waited on `limit` so far.

@@ -103,6 +103,7 @@ mod tests {
             finalized_at: None,
             plugin_version: None,
             parent_id: None,
+            concurrency_key: None,
         }
     }
 

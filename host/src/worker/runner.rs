@@ -51,6 +51,10 @@ pub trait Runner: Send + Sync + std::fmt::Debug + 'static {
     fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
+    /// The kinds with a `[throttle]`, as claims hold them.
+    fn throttled(&self) -> Vec<crate::queue::KindLimits> {
+        Vec::new()
+    }
 }
 
 /// Runs each iteration in a fresh sandbox instance of the version the
@@ -74,6 +78,11 @@ impl SandboxRunner {
 impl Runner for SandboxRunner {
     fn kind(&self, kind: &str) -> Option<KindInfo> {
         self.registry.get(kind).map(|p| KindInfo::of(&p.manifest))
+    }
+
+    fn throttled(&self) -> Vec<crate::queue::KindLimits> {
+        let plugins = self.registry.snapshot();
+        plugins.iter().filter_map(|(kind, p)| crate::plugin::kind_limits(kind, &p.manifest.throttle)).collect()
     }
 
     fn kinds(&self) -> Vec<String> {
