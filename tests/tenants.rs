@@ -489,6 +489,53 @@ fn an_enqueue_past_a_tenants_max_waiting_is_429_naming_the_quota_and_stores_noth
 }
 
 /// A fresh signing key from `kiln keys new --signing`: its file and its public key.
+#[test]
+fn a_deploy_past_a_tenants_archived_versions_quota_is_429_and_deleting_one_makes_room() {
+    let (key, key_hash) = new_api_key();
+    let (other, other_hash) = new_api_key();
+    let config = format!(
+        "{CONFIG}\n[tenants.acme]\napi_keys = [\"{key_hash}\"]\nmax_plugin_versions = 2\n\n[tenants.beta]\napi_keys = [\"{other_hash}\"]\n"
+    );
+    let dir = HostDir::new(&config);
+    add_tenant_plugin(&dir, "acme", built::ECHO, "1.0.0");
+    let host = dir.start();
+    let acme = Client { host: &host, key: Some(key) };
+    let beta = Client { host: &host, key: Some(other) };
+    let wasm = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, std::fs::read(wasm_of(built::ECHO)).unwrap());
+    let version = |v: &str| json!({"manifest": format!("name = \"echo\"\nversion = \"{v}\"\n"), "wasm_base64": wasm});
+    let versions = || -> Vec<(String, String, bool)> {
+        let plugins = acme.ok("GET", "/plugins", None);
+        let echo = plugins["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "echo").unwrap().clone();
+        echo["versions"].as_array().unwrap().iter().map(|v| (v["version"].as_str().unwrap().into(), v["version_id"].as_str().unwrap().into(), v["active"] == true)).collect()
+    };
+    acme.ok("PUT", "/plugins/echo", Some(&version("1.1.0")));
+    assert_eq!(versions().len(), 2, "1.0.0 from the directory and 1.1.0");
+    // A third version is one past the quota: refused, naming it; nothing changes.
+    let (status, body) = acme.call("PUT", "/plugins/echo", Some(&version("1.2.0")));
+    assert_eq!(status, 429, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("`tenants.acme.max_plugin_versions` = 2"), "{body}");
+    let kept = versions();
+    assert_eq!(kept.iter().map(|v| v.0.as_str()).collect::<Vec<_>>(), ["1.1.0", "1.0.0"], "nothing archived is touched");
+    assert!(kept[0].2, "1.1.0 keeps serving");
+    // A rollback adds no version: allowed at the quota.
+    acme.ok("POST", "/plugins/echo/rollback", None);
+    assert!(versions().iter().any(|v| v.0 == "1.0.0" && v.2));
+    // The serving version cannot be deleted; another tenant's is not found; an unknown id is 404.
+    let serving = versions().into_iter().find(|v| v.2).unwrap().1;
+    let old = versions().into_iter().find(|v| !v.2).unwrap().1;
+    assert_eq!(acme.call("DELETE", &format!("/plugins/echo/versions/{serving}"), None).0, 409);
+    assert_eq!(beta.call("DELETE", &format!("/plugins/echo/versions/{old}"), None).0, 404);
+    assert_eq!(acme.call("DELETE", "/plugins/echo/versions/..%2F..%2Fplugins", None).0, 404);
+    assert_eq!(versions().len(), 2, "refused deletes delete nothing");
+    let deleted = acme.ok("DELETE", &format!("/plugins/echo/versions/{old}"), None);
+    assert_eq!((deleted["version"].as_str(), deleted["deleted"].as_bool()), (Some("1.1.0"), Some(true)));
+    acme.ok("PUT", "/plugins/echo", Some(&version("1.2.0")));
+    let now = versions();
+    assert_eq!(now.iter().map(|v| (v.0.as_str(), v.2)).collect::<Vec<_>>(), [("1.2.0", true), ("1.0.0", false)], "room made, the deploy lands");
+    let id = acme.enqueue(json!({"kind": "echo", "payload": 1}));
+    assert_eq!(acme.wait_for(id, "completed")["plugin_version"], "1.2.0");
+}
+
 fn signing_key(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
     let file = dir.join(name);
     let out = crate::support::kiln().args(["keys", "new", "--signing", "--out"]).arg(&file).arg("--json").output().unwrap();

@@ -105,8 +105,9 @@ impl From<crate::plugin::DeployError> for AppError {
             | DeployError::TenantName(_) => {
                 AppError::BadRequest(e.to_string())
             }
-            DeployError::NotLoaded(_) => AppError::NotFound(e.to_string()),
-            DeployError::NoEarlierVersion { .. } => AppError::Conflict(e.to_string()),
+            DeployError::NotLoaded(_) | DeployError::NoSuchVersion { .. } => AppError::NotFound(e.to_string()),
+            DeployError::NoEarlierVersion { .. } | DeployError::VersionServing { .. } => AppError::Conflict(e.to_string()),
+            DeployError::OverQuota { .. } => AppError::TooManyRequests(e.to_string()),
             // The server's own paths stay in its log.
             DeployError::Io { path, source } => {
                 tracing::error!(%path, "deploy failed: cannot write {path}: {source}");

@@ -76,6 +76,7 @@ pub fn app(state: AppState) -> Router {
         .route("/plugins", get(plugins::list))
         .route("/plugins/{name}", axum::routing::put(plugins::deploy).delete(plugins::remove))
         .route("/plugins/{name}/rollback", post(plugins::rollback))
+        .route("/plugins/{name}/versions/{version_id}", axum::routing::delete(plugins::delete_version))
         .route("/plugins/{name}/kv", get(kv::list))
         .route("/plugins/{name}/kv/{key}", get(kv::get).put(kv::set).delete(kv::delete))
         .route("/healthz", get(healthz))

@@ -180,3 +180,16 @@ pub async fn remove(
     let removed = blocking(&state.registry, move |r| r.remove(&kind)).await?;
     Ok(Json(serde_json::json!({ "name": name, "version": removed.manifest.version, "removed": true, "pending_jobs": pending })))
 }
+
+/// `DELETE /plugins/{name}/versions/{version_id}`: deletes an archived
+/// version that does not serve now (404 for one the caller's plugin does
+/// not have, 409 for the serving one).
+pub async fn delete_version(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((name, version_id)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let kind = caller.kind(&name);
+    let deleted = blocking(&state.registry, move |r| r.delete_version(&kind, &version_id)).await?;
+    Ok(Json(serde_json::json!({ "name": name, "version": deleted.version, "version_id": deleted.version_id, "deleted": true })))
+}

@@ -25,6 +25,7 @@ pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Ca
                 "weight": t.weight.get(),
                 "max_running": t.max_running.map(|m| m.get()),
                 "max_waiting": t.max_waiting.map(|m| m.get()),
+                "max_plugin_versions": t.max_plugin_versions.map(|m| m.get()),
                 "rate": t.rate.map(|r| r.to_string()),
                 "running": count(&[JobState::Running]),
                 "waiting": count(&[JobState::Available, JobState::Scheduled, JobState::Retryable]),

@@ -96,6 +96,15 @@ pub enum DeployError {
     NotLoaded(String),
     #[error("plugin {name:?} has no earlier version to roll back to (archived: {archived})")]
     NoEarlierVersion { name: String, archived: usize },
+    #[error(
+        "refused: tenant {tenant:?} keeps {archived} plugin versions, its quota (`tenants.{tenant}.max_plugin_versions` = {limit}); \
+         delete an archived version (DELETE /plugins/NAME/versions/VERSION_ID) to deploy another; nothing was changed"
+    )]
+    OverQuota { tenant: String, archived: usize, limit: u32 },
+    #[error("plugin {name:?} has no archived version {version_id:?}")]
+    NoSuchVersion { name: String, version_id: String },
+    #[error("version {version_id} of plugin {name:?} serves now; roll back or deploy another before deleting it")]
+    VersionServing { name: String, version_id: String },
     #[error("cannot write {path}: {source}")]
     Io { path: String, source: std::io::Error },
 }
@@ -395,6 +404,48 @@ impl Registry {
         versions
     }
 
+    /// Deletes an archived version of `name` that does not serve now (the
+    /// tenant's way to make room under `max_plugin_versions`).
+    pub fn delete_version(&self, name: &str, version_id: &str) -> Result<VersionInfo, DeployError> {
+        self.check_kind(name)?;
+        let _writer = self.writer.lock().expect("registry writer poisoned");
+        let missing = || DeployError::NoSuchVersion { name: name.to_string(), version_id: version_id.to_string() };
+        // Only an id the archive lists names a directory: never a path from the caller.
+        let version = self.archived(name).into_iter().find(|v| v.version_id == version_id).ok_or_else(missing)?;
+        if self.get(name).is_some_and(|p| p.version_id == version.version_id) {
+            return Err(DeployError::VersionServing { name: name.to_string(), version_id: version.version_id });
+        }
+        let dir = self.archive_dir.join(name).join(&version.version_id);
+        std::fs::remove_dir_all(&dir).map_err(io_error(&dir))?;
+        tracing::info!(plugin = name, version = %version.version, version_id = %&version.version_id[..16.min(version.version_id.len())], "archived version deleted");
+        Ok(version)
+    }
+
+    /// Refuses a version that would take its tenant past
+    /// `max_plugin_versions`: a new one, not yet archived (a rollback, or a
+    /// version deployed before, adds none).
+    fn check_version_quota(&self, plugin: &Plugin) -> Result<(), DeployError> {
+        let Some(tenant) = crate::queue::tenant_of(&plugin.kind) else { return Ok(()) };
+        let Some(limit) = self.tenants.get(tenant).and_then(|t| t.max_plugin_versions) else { return Ok(()) };
+        if self.archive_dir.as_os_str().is_empty() || self.archive_dir.join(&plugin.kind).join(&plugin.version_id).join("record.json").is_file() {
+            return Ok(());
+        }
+        let archived = self.tenant_versions(tenant);
+        if archived >= limit.get() as usize {
+            return Err(DeployError::OverQuota { tenant: tenant.to_string(), archived, limit: limit.get() });
+        }
+        Ok(())
+    }
+
+    /// How many versions `tenant`'s plugins keep archived, all together.
+    fn tenant_versions(&self, tenant: &str) -> usize {
+        let Ok(plugins) = std::fs::read_dir(self.archive_dir.join(tenant)) else { return 0 };
+        plugins
+            .filter_map(|p| std::fs::read_dir(p.ok()?.path()).ok())
+            .map(|versions| versions.filter_map(Result::ok).filter(|v| v.path().join("record.json").is_file()).count())
+            .sum()
+    }
+
     fn archived(&self, name: &str) -> Vec<VersionInfo> {
         let Ok(entries) = std::fs::read_dir(self.archive_dir.join(name)) else { return Vec::new() };
         let mut versions: Vec<VersionInfo> = entries
@@ -437,6 +488,7 @@ impl Registry {
             deployed.changed = false;
             return Ok(deployed);
         }
+        self.check_version_quota(&plugin)?;
         plugin.keep_artifact();
         self.archive(&plugin, source);
         let mut next = LiveSet::clone(&current);

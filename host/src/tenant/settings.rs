@@ -36,6 +36,9 @@ pub struct TenantSettings {
     /// What each of its plugins' kv stores may hold, in bytes (narrows
     /// `[capabilities] kv_quota_bytes`).
     pub kv_quota_bytes: Option<NonZeroU64>,
+    /// The plugin versions it keeps archived, across its plugins (each
+    /// version ever deployed is kept for rollback until deleted).
+    pub max_plugin_versions: Option<NonZeroU32>,
     /// Narrows `[ceilings]` for its plugins.
     #[serde(default)]
     pub ceilings: TenantCeilings,
