@@ -536,6 +536,41 @@ fn a_deploy_past_a_tenants_archived_versions_quota_is_429_and_deleting_one_makes
     assert_eq!(acme.wait_for(id, "completed")["plugin_version"], "1.2.0");
 }
 
+#[test]
+fn a_tenants_plugins_read_only_the_config_keys_and_secrets_granted_to_it() {
+    const SECRET: &str = "sk-host-only-91d2";
+    let (admin, admin_hash) = new_api_key();
+    let (acme, acme_hash) = new_api_key();
+    let (beta, beta_hash) = new_api_key();
+    let config = format!(
+        "{CONFIG}\n[config]\ngreeting = \"hello\"\n\n[secrets]\napi_key = {{ env = \"KILN_TEST_TENANT_SECRET\" }}\n\n\
+         [admin]\napi_keys = [\"{admin_hash}\"]\n\n[tenants.acme]\napi_keys = [\"{acme_hash}\"]\nconfig = [\"greeting\", \"api_key\"]\n\n\
+         [tenants.beta]\napi_keys = [\"{beta_hash}\"]\nconfig = [\"greeting\"]\n"
+    );
+    let dir = HostDir::new(&config);
+    for tenant in ["acme", "beta"] {
+        add_tenant_plugin(&dir, tenant, built::CONFIG_PROBE, "0.1.0");
+    }
+    let mut serve = dir.command();
+    serve.env("KILN_TEST_TENANT_SECRET", SECRET);
+    let host = Host::spawn(serve, &dir.path().join("stderr.log"));
+    let read = json!({"kind": "config-probe", "payload": {"read": ["greeting", "api_key"]}});
+    let result = |key: &str| {
+        let client = Client { host: &host, key: Some(key.to_string()) };
+        let id = client.enqueue(read.clone());
+        client.wait_for(id, "completed")["result"].clone()
+    };
+    let by_acme = result(&acme);
+    assert_eq!((by_acme["values"]["greeting"].as_str(), by_acme["lengths"]["api_key"].as_u64()), (Some("hello"), Some(SECRET.len() as u64)));
+    let by_beta = result(&beta);
+    assert_eq!(by_beta["values"]["greeting"], "hello");
+    assert_eq!(by_beta["values"]["api_key"], Value::Null, "the host's secret is not granted to beta: {by_beta}");
+    assert_eq!(by_beta["all"], json!(["greeting"]), "beta's plugin sees no other key: {by_beta}");
+    let plugins = Client { host: &host, key: Some(admin) }.ok("GET", "/plugins", None);
+    let granted = |name: &str| plugins["plugins"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap()["capabilities"]["granted"]["config"].clone();
+    assert_eq!((granted("acme/config-probe"), granted("beta/config-probe")), (json!(["greeting", "api_key"]), json!(["greeting"])));
+}
+
 fn signing_key(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
     let file = dir.join(name);
     let out = crate::support::kiln().args(["keys", "new", "--signing", "--out"]).arg(&file).arg("--json").output().unwrap();

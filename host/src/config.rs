@@ -466,6 +466,7 @@ concurrency = 489
             (format!("[tenants.acme]\napi_keys = [\"{HASH_B}\"]\n\nrate = \"fast\"\n"), "is not a rate", "line 4"),
             (format!("[tenants.acme]\napi_keys = [\"{HASH_B}\"]\nceilings = {{ fuel = 0 }}\n"), "nonzero", "line 3"),
             (format!("[tenants.acme]\napi_keys = [\"{HASH_B}\"]\nsigning_keys = [\"ed25519:short\"]\n"), "is not a signing key", "line 3"),
+            (format!("[tenants.acme]\napi_keys = [\"{HASH_B}\"]\nmax_plugin_versions = 0\n"), "nonzero", "line 3"),
         ];
         for (text, says, line) in cases {
             let e = Config::parse(&text, "kiln.toml").unwrap_err().to_string();
@@ -475,6 +476,8 @@ concurrency = 489
         assert!(e.contains("`tenants.acme.api_keys`") && e.contains("is in admin.api_keys too"), "{e}");
         let e = Config::parse(&format!("[tenants.acme]\napi_keys = [\"{HASH_B}\"]\nrequire_signature = true\n"), "kiln.toml").unwrap_err().to_string();
         assert!(e.contains("`tenants.acme.require_signature` is true, but signing_keys is empty"), "{e}");
+        let e = Config::parse(&format!("[tenants.acme]\napi_keys = [\"{HASH_B}\"]\nconfig = [\"api key\"]\n"), "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("`tenants.acme.config`") && e.contains("\"api key\" is not a config key"), "{e}");
         let e = Config::parse("[tenants.acme]\napi_keys = []\n", "kiln.toml").unwrap_err().to_string();
         assert!(e.contains("`tenants.acme.api_keys` is empty"), "{e}");
         let e = Config::parse(&format!("[tenants.Acme]\napi_keys = [\"{HASH_B}\"]\n"), "kiln.toml").unwrap_err().to_string();

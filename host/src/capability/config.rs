@@ -123,6 +123,16 @@ impl ConfigValues {
         Ok(Self { plain, secrets: secrets.into_iter().map(|(k, v)| (k, Secret(v))).collect() })
     }
 
+    /// Only the values of `keys` (a tenant's: the rest of the host's are
+    /// not its plugins' to read).
+    pub fn only(&self, keys: &[String]) -> Self {
+        let keep = |k: &String| keys.contains(k);
+        Self {
+            plain: self.plain.iter().filter(|(k, _)| keep(k)).map(|(k, v)| (k.clone(), v.clone())).collect(),
+            secrets: self.secrets.iter().filter(|(k, _)| keep(k)).map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }
+    }
+
     /// Whether the host holds a value for `key`.
     pub fn has(&self, key: &str) -> bool {
         self.plain.contains_key(key) || self.secrets.contains_key(key)

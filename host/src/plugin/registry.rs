@@ -189,6 +189,7 @@ impl Registry {
             policy.signatures = settings.signatures(tenant);
             let mut capabilities = crate::capability::HostCapabilities::clone(&policy.capabilities);
             capabilities.examples = None;
+            capabilities.config = capabilities.config.only(&settings.config);
             if let Some(quota) = settings.kv_quota_bytes {
                 capabilities.policy.kv_quota_bytes = capabilities.policy.kv_quota_bytes.min(quota.get());
             }

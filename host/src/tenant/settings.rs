@@ -33,6 +33,10 @@ pub struct TenantSettings {
     pub max_waiting: Option<NonZeroU64>,
     /// Narrows `[capabilities] allow_http` for its plugins.
     pub allow_http: Option<Vec<HttpOrigin>>,
+    /// The host's `[config]` keys and `[secrets]` its plugins may be
+    /// granted; none by default (another tenant's secrets are not its).
+    #[serde(default)]
+    pub config: Vec<String>,
     /// What each of its plugins' kv stores may hold, in bytes (narrows
     /// `[capabilities] kv_quota_bytes`).
     pub kv_quota_bytes: Option<NonZeroU64>,
@@ -138,6 +142,9 @@ pub fn problem(admin: &AdminSettings, tenants: &std::collections::BTreeMap<Strin
         }
         if tenant.require_signature && tenant.signing_keys.is_empty() {
             return Some((at("require_signature"), "is true, but signing_keys is empty: no plugin could be loaded (`kiln keys new --signing` makes a key)".into()));
+        }
+        if let Some(problem) = tenant.config.iter().find_map(|k| crate::capability::config::check_key(k).err()) {
+            return Some((at("config"), problem));
         }
         if tenant.api_keys.is_empty() {
             return Some((at("api_keys"), "is empty: a tenant needs a key to call the API (`kiln keys new`)".into()));
