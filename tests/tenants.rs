@@ -490,6 +490,32 @@ fn an_enqueue_past_a_tenants_max_waiting_is_429_naming_the_quota_and_stores_noth
 
 /// A fresh signing key from `kiln keys new --signing`: its file and its public key.
 #[test]
+fn a_tenants_kv_quota_holds_all_its_stores_together_for_its_plugins_and_the_api() {
+    let (key, key_hash) = new_api_key();
+    let config = format!(
+        "{CONFIG}\n[capabilities]\nkv_stores = [\"default\", \"other\"]\n\n[tenants.acme]\napi_keys = [\"{key_hash}\"]\nkv_quota_bytes = 100\n"
+    );
+    let dir = HostDir::new(&config);
+    add_tenant_plugin(&dir, "acme", built::KV_PROBE, "1.0.0");
+    let host = dir.start();
+    let acme = Client { host: &host, key: Some(key) };
+    // 60 bytes in one store, then 60 in the other: each under 100, together over.
+    let set = |store: &str, name: &str| json!({"op": "set", "store": store, "key": name, "value_bytes": 59});
+    let first = acme.enqueue(json!({"kind": "kv-probe", "payload": kv_ops(json!([set("default", "a")]), "ok")}));
+    assert_eq!(acme.wait_for(first, "completed")["result"]["results"], json!(["ok"]), "60 bytes fit");
+    let second = acme.enqueue(json!({"kind": "kv-probe", "payload": kv_ops(json!([set("other", "b")]), "ok")}));
+    let refused = acme.wait_for(second, "completed")["result"]["results"][0].clone();
+    assert!(refused.as_str().unwrap_or_default().contains("`tenants.acme.kv_quota_bytes`"), "the tenant's total is held: {refused}");
+    let (status, body) = acme.call("PUT", "/plugins/kv-probe/kv/c?store=other", Some(&json!({"value": "v".repeat(59)})));
+    assert_eq!(status, 413, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("over its quota of 100 bytes (`tenants.acme.kv_quota_bytes`)"), "{body}");
+    assert_eq!(acme.call("GET", "/plugins/kv-probe/kv/b?store=other", None).0, 404, "nothing was written");
+    assert_eq!(acme.ok("GET", "/plugins/kv-probe/kv/a", None)["value"].as_str().map(str::len), Some(59), "nothing it held was touched");
+    // What fits still goes in.
+    acme.ok("PUT", "/plugins/kv-probe/kv/c?store=other", Some(&json!({"value": "v".repeat(30)})));
+}
+
+#[test]
 fn a_deploy_past_a_tenants_archived_versions_quota_is_429_and_deleting_one_makes_room() {
     let (key, key_hash) = new_api_key();
     let (other, other_hash) = new_api_key();

@@ -265,6 +265,8 @@ impl Config {
             queues: Some(self.queues.keys().cloned().collect()),
             // Lent by `serve` once the example services listen.
             examples: None,
+            // A tenant's, set where its plugins' policy is made.
+            kv_total: None,
         })
     }
 

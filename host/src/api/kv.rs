@@ -154,11 +154,21 @@ pub async fn set(
     }
     let kv = state.dispatcher.store();
     // The plugin's own quota: a tenant's may be narrower than the host's.
-    let quota = state.registry.get(&namespace).map_or(0, |p| p.component.grants().kv_quota_bytes);
-    let used = kv.kv_usage(&namespace, &store).await?;
-    let after = used + (key.len() + value.len()) as u64;
+    let grants = state.registry.get(&namespace).map(|p| p.component.grants().clone());
+    let quota = grants.as_ref().map_or(0, |g| g.kv_quota_bytes);
+    let adding = (key.len() + value.len()) as u64;
+    let after = kv.kv_usage(&namespace, &store).await? + adding;
     if after > quota {
         return Err(AppError::PayloadTooLarge(format!("store {store:?} would hold {after} bytes, over its quota of {quota} bytes")));
+    }
+    if let Some(total) = grants.and_then(|g| g.kv_total) {
+        let after = kv.kv_usage_under(&total.prefix()).await? + adding;
+        if after > total.bytes {
+            return Err(AppError::PayloadTooLarge(format!(
+                "tenant {:?}'s stores would hold {after} bytes together, over its quota of {} bytes (`tenants.{}.kv_quota_bytes`)",
+                total.tenant, total.bytes, total.tenant
+            )));
+        }
     }
     let answer = value_json(&key, &value);
     kv.write_kv(vec![KvWrite { namespace, store, key, change: KvChange::Set(value) }]).await?;

@@ -48,6 +48,9 @@ pub trait KvBackend: Send + Sync + std::fmt::Debug {
     async fn keys(&self, namespace: &str, store: &str, offset: u64, limit: usize) -> Result<Vec<String>, String>;
     /// Bytes the store holds; unless `fresh`, as read a moment ago.
     async fn usage(&self, namespace: &str, store: &str, fresh: bool) -> Result<u64, String>;
+    /// Bytes every store of the namespaces under `prefix` holds (a
+    /// tenant's); unless `fresh`, as read a moment ago.
+    async fn usage_under(&self, prefix: &str, fresh: bool) -> Result<u64, String>;
 }
 
 /// One change a run made to a key: what the worker commits.
@@ -81,6 +84,8 @@ pub(crate) struct KvScope {
     written_bytes: usize,
     /// Committed bytes of each store this run wrote to, read once.
     usage: HashMap<String, u64>,
+    /// Committed bytes of all its tenant's stores, read once.
+    tenant_usage: Option<u64>,
 }
 
 impl KvScope {
@@ -341,6 +346,38 @@ async fn check_quota<T: InScope>(cx: &mut StoreContextMut<'_, T>, store: &str, a
         return Err(other(format!(
             "store {store:?} would hold {} bytes, over its quota of {quota} bytes",
             committed + written + adding as u64
+        )));
+    }
+    check_tenant_quota(cx, written + adding as u64).await
+}
+
+/// Refuses a write that would take its tenant's stores together past the
+/// tenant's `kv_quota_bytes` (read as [`check_quota`] reads a store's).
+async fn check_tenant_quota<T: InScope>(cx: &mut StoreContextMut<'_, T>, adding: u64) -> KvResult<()> {
+    let Some(total) = cx.data().scope_ref().grants.kv_total.clone() else { return Ok(()) };
+    let committed = match cx.data().scope_ref().kv.tenant_usage {
+        Some(used) => used,
+        None => {
+            let (backend, _) = backend_of(cx)?;
+            let read = |fresh| {
+                let (backend, prefix) = (backend.clone(), total.prefix());
+                async move { backend.usage_under(&prefix, fresh).await.map_err(|e| other(format!("the store cannot be read: {e}"))) }
+            };
+            let mut used = read(false).await?;
+            if used + adding > total.bytes / 2 {
+                used = read(true).await?;
+            }
+            cx.data_mut().scope().kv.tenant_usage = Some(used);
+            used
+        }
+    };
+    if committed + adding > total.bytes {
+        return Err(other(format!(
+            "tenant {:?}'s stores would hold {} bytes together, over its quota of {} bytes (`tenants.{}.kv_quota_bytes`)",
+            total.tenant,
+            committed + adding,
+            total.bytes,
+            total.tenant
         )));
     }
     Ok(())

@@ -120,6 +120,23 @@ pub struct HostCapabilities {
     pub queues: Option<Vec<String>>,
     /// HTTP allowed only to the examples built into this binary.
     pub examples: Option<ExampleGrant>,
+    /// What a tenant's stores hold together at most (its plugins' only).
+    pub kv_total: Option<KvTotal>,
+}
+
+/// A tenant's `kv_quota_bytes`: the most all its plugins' stores hold
+/// together (its plugins' namespaces start with `TENANT/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvTotal {
+    pub tenant: String,
+    pub bytes: u64,
+}
+
+impl KvTotal {
+    /// The namespace prefix of the tenant's stores.
+    pub fn prefix(&self) -> String {
+        format!("{}/", self.tenant)
+    }
 }
 
 /// An origin the host allows only to components with given bytes: the
@@ -147,6 +164,8 @@ pub struct Grants {
     pub kv: Vec<String>,
     /// What each of its stores may hold, in bytes.
     pub kv_quota_bytes: u64,
+    /// What its tenant's stores hold together at most.
+    pub kv_total: Option<KvTotal>,
     /// The config keys it may read that the host holds a value for.
     pub config_keys: Vec<String>,
     pub enqueue: Vec<String>,
@@ -178,6 +197,7 @@ impl Grants {
             http,
             kv,
             kv_quota_bytes: host.policy.kv_quota_bytes,
+            kv_total: host.kv_total.clone(),
             config: host.config.grant(&request.config),
             config_keys,
             config_missing,
@@ -390,6 +410,7 @@ mod tests {
             config: ConfigValues::from_values(config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), BTreeMap::new()).unwrap(),
             queues: None,
             examples: None,
+            kv_total: None,
         }
     }
 

@@ -178,9 +178,9 @@ impl Registry {
     }
 
     /// The policy `kind`'s versions load under: for a tenant's, the host's
-    /// narrowed by the tenant's ceilings, `allow_http` and
-    /// `kv_quota_bytes` (what each of its plugins' stores may hold), and without the
-    /// example services (they are the host's, for the host's examples).
+    /// narrowed by the tenant's ceilings, `config`, `allow_http` and
+    /// `kv_quota_bytes` (what its plugins' stores hold together, so each
+    /// too), and without the example services (they are the host's, for the host's examples).
     fn policy_for(&self, kind: &str) -> LoadPolicy {
         let Some(tenant) = crate::queue::tenant_of(kind) else { return self.policy.clone() };
         let mut policy = LoadPolicy { tenant: Some(tenant.to_string()), ..self.policy.clone() };
@@ -192,6 +192,7 @@ impl Registry {
             capabilities.config = capabilities.config.only(&settings.config);
             if let Some(quota) = settings.kv_quota_bytes {
                 capabilities.policy.kv_quota_bytes = capabilities.policy.kv_quota_bytes.min(quota.get());
+                capabilities.kv_total = Some(crate::capability::KvTotal { tenant: tenant.to_string(), bytes: quota.get() });
             }
             if let Some(allowed) = &settings.allow_http {
                 let host = std::mem::take(&mut capabilities.policy.allow_http);

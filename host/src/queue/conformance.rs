@@ -546,6 +546,12 @@ pub async fn kv_writes_commit_with_the_completion_or_not_at_all(store: &dyn JobS
     assert_eq!(store.kv_get("counter", "default", "a/1").await.unwrap(), None);
     assert_eq!(store.kv_usage("counter", "default").await.unwrap(), 4 + 6 + 3 + 9, "the size is kept with every write");
     assert_eq!(store.kv_usage("counter", "nothing-here").await.unwrap(), 0);
+    // A tenant's stores together: every store of every namespace under its prefix, no one else's.
+    let tenant = |namespace: &str, bytes: usize| KvWrite { namespace: namespace.into(), store: "default".into(), key: "k".into(), change: KvChange::Set(vec![b'v'; bytes]) };
+    store.write_kv(vec![tenant("acme/echo", 9), tenant("acme/send", 19), tenant("acmex/echo", 99), tenant("acme", 999)]).await.unwrap();
+    store.write_kv(vec![KvWrite { store: "other".into(), ..tenant("acme/echo", 4) }]).await.unwrap();
+    assert_eq!(store.kv_usage_under("acme/").await.unwrap(), 10 + 20 + 5);
+    assert_eq!(store.kv_usage_under("nobody/").await.unwrap(), 0);
     assert_eq!(store.get(jobs[1].id).await.unwrap().unwrap().state, JobState::Running, "the stale completion changed nothing");
 }
 

@@ -1429,6 +1429,17 @@ impl JobStore for PostgresStore {
         Ok(used.max(0) as u64)
     }
 
+    async fn kv_usage_under(&self, prefix: &str) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        // One row per store: a scan of kv_usage, not of the values.
+        let stmt = client
+            .prepare_cached("SELECT coalesce(sum(bytes), 0)::bigint FROM kv_usage WHERE starts_with(namespace, $1)")
+            .await
+            .map_err(pg_error)?;
+        let used: i64 = client.query_one(&stmt, &[&prefix]).await.map_err(pg_error)?.get(0);
+        Ok(used.max(0) as u64)
+    }
+
     async fn write_kv(&self, writes: Vec<KvWrite>) -> Result<(), StoreError> {
         let now = self.now();
         let mut client = self.client().await?;

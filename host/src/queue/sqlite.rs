@@ -1270,6 +1270,18 @@ impl JobStore for SqliteStore {
         .await
     }
 
+    async fn kv_usage_under(&self, prefix: &str) -> Result<u64, StoreError> {
+        let prefix = prefix.to_string();
+        self.read(move |conn, _| {
+            // One row per store: a scan of kv_usage, not of the values.
+            conn.prepare_cached("SELECT coalesce(sum(bytes), 0) FROM kv_usage WHERE substr(namespace, 1, length(?1)) = ?1")
+                .and_then(|mut s| s.query_row([prefix], |r| r.get::<_, i64>(0)))
+                .map(|n| n.max(0) as u64)
+                .map_err(db_error)
+        })
+        .await
+    }
+
     async fn write_kv(&self, writes: Vec<KvWrite>) -> Result<(), StoreError> {
         self.write(move |tx, now| apply_kv(tx, &writes, now).map_err(db_error)).await
     }

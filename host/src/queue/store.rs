@@ -775,6 +775,10 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// The bytes a kv store holds: its keys' and values' lengths, summed.
     async fn kv_usage(&self, namespace: &str, store: &str) -> Result<u64, StoreError>;
 
+    /// The bytes every store of every namespace starting with `prefix`
+    /// holds together (a tenant's: `acme/`).
+    async fn kv_usage_under(&self, prefix: &str) -> Result<u64, StoreError>;
+
     /// Applies kv writes in one transaction of their own: for runs that
     /// complete no job (`kiln run`, loop passes, start-up runs) and for
     /// operators.

@@ -37,8 +37,8 @@ pub struct TenantSettings {
     /// granted; none by default (another tenant's secrets are not its).
     #[serde(default)]
     pub config: Vec<String>,
-    /// What each of its plugins' kv stores may hold, in bytes (narrows
-    /// `[capabilities] kv_quota_bytes`).
+    /// What all its plugins' kv stores hold together, in bytes (so each
+    /// of them too: it narrows `[capabilities] kv_quota_bytes`).
     pub kv_quota_bytes: Option<NonZeroU64>,
     /// The plugin versions it keeps archived, across its plugins (each
     /// version ever deployed is kept for rollback until deleted).

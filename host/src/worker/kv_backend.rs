@@ -48,4 +48,17 @@ impl KvBackend for StoreKv {
         self.usage.lock().expect("usage poisoned").insert(slot, (bytes, Instant::now()));
         Ok(bytes)
     }
+
+    async fn usage_under(&self, prefix: &str, fresh: bool) -> Result<u64, String> {
+        // Under a slot no store has: a store's name is never empty.
+        let slot = (prefix.to_string(), String::new());
+        if let Some(&(bytes, at)) = self.usage.lock().expect("usage poisoned").get(&slot) {
+            if !fresh && at.elapsed() < USAGE_MAX_AGE {
+                return Ok(bytes);
+            }
+        }
+        let bytes = self.store.kv_usage_under(prefix).await.map_err(|e| e.to_string())?;
+        self.usage.lock().expect("usage poisoned").insert(slot, (bytes, Instant::now()));
+        Ok(bytes)
+    }
 }
