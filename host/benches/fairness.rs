@@ -119,6 +119,7 @@ async fn measure(sandbox: &Arc<Sandbox>, weights: Option<(u32, u32)>, a_waiting:
                 unique_key: None,
                 scheduled_at: None,
                 max_attempts: None,
+                concurrency_key: None,
             };
             let inserted = dispatcher.enqueue(vec![request]).await.unwrap();
             b_insert.push(at.elapsed().as_secs_f64());

@@ -126,7 +126,16 @@ async fn healthz_latency(spinners: usize, samples: usize) -> Vec<f64> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/healthz", listener.local_addr().unwrap());
     let (close, closed) = tokio::sync::oneshot::channel::<()>();
-    let api = tokio::spawn(kiln::api::serve(listener, kiln::api::AppState { dispatcher: dispatcher.clone(), registry, not_ready: tokio::sync::watch::channel(None).1, http: Default::default() }, async {
+    // No tenants: the API is open on loopback, as `kiln serve` without them.
+    let state = kiln::api::AppState {
+        dispatcher: dispatcher.clone(),
+        registry,
+        not_ready: tokio::sync::watch::channel(None).1,
+        http: Default::default(),
+        access: kiln::api::auth::Access::new(kiln::tenant::KeyRing::new(&[], &Default::default())),
+        tenants: Default::default(),
+    };
+    let api = tokio::spawn(kiln::api::serve(listener, state, async {
         let _ = closed.await;
     }));
     if spinners > 0 {
