@@ -560,6 +560,17 @@ fn a_deploy_past_a_tenants_archived_versions_quota_is_429_and_deleting_one_makes
     assert_eq!(now.iter().map(|v| (v.0.as_str(), v.2)).collect::<Vec<_>>(), [("1.2.0", true), ("1.0.0", false)], "room made, the deploy lands");
     let id = acme.enqueue(json!({"kind": "echo", "payload": 1}));
     assert_eq!(acme.wait_for(id, "completed")["plugin_version"], "1.2.0");
+    // A client racing deploys past the quota: one slot left, six versions at once, one lands.
+    let stale = versions().into_iter().find(|v| !v.2).unwrap().1;
+    acme.ok("DELETE", &format!("/plugins/echo/versions/{stale}"), None);
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let (acme, version) = (&acme, &version);
+        let racers: Vec<_> = (0..6).map(|n| scope.spawn(move || acme.call("PUT", "/plugins/echo", Some(&version(&format!("2.0.{n}")))).0)).collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(statuses.iter().filter(|&&s| s == 200).count(), 1, "one deploy fits: {statuses:?}");
+    assert!(statuses.iter().all(|&s| s == 200 || s == 429), "the others are over the quota: {statuses:?}");
+    assert_eq!(versions().len(), 2, "the quota held under the race");
 }
 
 #[test]
