@@ -457,3 +457,26 @@ fn every_run_end_is_one_log_line_saying_how_it_ended_and_what_it_cost() {
         assert!(!log.contains(leak), "Rust debug text {leak:?} in the log:\n{log}");
     }
 }
+
+#[test]
+fn finished_jobs_are_pruned_past_their_retention_by_age_and_by_count_and_dead_ones_wait_their_own() {
+    let config = format!("{FAST}\n[retention]\ncompleted_after_ms = 1500\ndead_after_ms = 3600000\nmax_per_queue = 3\ninterval_ms = 200\n");
+    let dir = HostDir::new(&config);
+    dir.add_plugin("boom", crate::support::built::PANIC, "name = \"boom\"\nversion = \"1\"\n[retry]\nmax_attempts = 1\n");
+    let host = dir.start();
+    let dead = host.enqueue(json!({"kind": "boom"}));
+    host.wait_for(dead, "dead");
+    let ids: Vec<i64> = (0..6).map(|i| host.enqueue(json!({"kind": "echo", "payload": i}))).collect();
+    for id in &ids {
+        host.wait_for(*id, "completed");
+    }
+    // By count first: only the newest three completed stay (of the queue's).
+    eventually("the oldest completed are pruned past max_per_queue", || host.jobs_in("completed").len() <= 3);
+    let kept: Vec<i64> = host.jobs_in("completed").iter().map(|j| j["id"].as_i64().unwrap()).collect();
+    assert!(kept.iter().all(|id| ids[3..].contains(id)), "the newest are the ones kept: {kept:?} of {ids:?}");
+    assert_eq!(host.get(&format!("/jobs/{}", ids[0])).0, 404, "a pruned job is gone");
+    // Then by age: all of them, 1.5 s after they finished.
+    eventually("completed jobs are pruned after completed_after_ms", || host.jobs_in("completed").is_empty());
+    assert_eq!(host.get(&format!("/jobs/{dead}")).1["state"], "dead", "a dead job waits its own, longer retention");
+}
+

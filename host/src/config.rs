@@ -74,6 +74,8 @@ pub struct Config {
     pub admin: AdminSettings,
     /// Tenants: their keys, shares, limits and grants.
     pub tenants: BTreeMap<String, TenantSettings>,
+    /// How long finished jobs are kept.
+    pub retention: crate::worker::pruner::Retention,
     /// `kiln serve --insecure`: listen beyond loopback with no API keys.
     #[serde(skip)]
     pub insecure: bool,
@@ -140,6 +142,7 @@ impl Default for Config {
             example_services: true,
             admin: AdminSettings::default(),
             tenants: BTreeMap::new(),
+            retention: crate::worker::pruner::Retention::default(),
             insecure: false,
         }
     }
@@ -196,6 +199,9 @@ impl Config {
             }
         }
         self.validate_database(origin)?;
+        if let Some((key, problem)) = self.retention.problem() {
+            return invalid(key, &problem);
+        }
         if let Some((key, problem)) = self.http.problem() {
             return invalid(key, &problem);
         }
@@ -317,6 +323,7 @@ impl Config {
                     max_waiting: t.max_waiting.map(|m| m.get()),
                 })
                 .collect(),
+            retention: Some(self.retention.clone()),
         }
     }
 
@@ -482,6 +489,10 @@ concurrency = 489
         assert!(e.contains("`tenants.acme.config`") && e.contains("\"api key\" is not a config key"), "{e}");
         let e = Config::parse("[tenants.acme]\napi_keys = []\n", "kiln.toml").unwrap_err().to_string();
         assert!(e.contains("`tenants.acme.api_keys` is empty"), "{e}");
+        let e = Config::parse("[retention]\ninterval_ms = 10\n", "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("`retention.interval_ms`") && e.contains("at most every 100 ms"), "{e}");
+        let e = Config::parse("[retention]\ncompleted_after = \"1d\"\n", "kiln.toml").unwrap_err().to_string();
+        assert!(e.contains("unknown field `completed_after`") && e.contains("line 2"), "{e}");
         let e = Config::parse(&format!("[tenants.Acme]\napi_keys = [\"{HASH_B}\"]\n"), "kiln.toml").unwrap_err().to_string();
         assert!(e.contains("`tenants.Acme`") && e.contains("is not a tenant name"), "{e}");
     }

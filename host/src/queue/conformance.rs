@@ -697,6 +697,51 @@ pub async fn a_kinds_rate_holds_its_starts_beside_other_kinds_and_tenants(store:
     assert_eq!(of(&store.claim_fair(gated()).await.unwrap(), "acme/report"), 2, "a full bucket is its size, not a minute's worth");
 }
 
+pub async fn the_pruner_deletes_old_and_surplus_finished_jobs_and_keeps_what_schedules_need(store: &dyn JobStore, clock: &ManualClock) {
+    // Five completed in `default`, finished one second apart; two in `mail`; one dead; then a schedule's; one waiting.
+    store.insert_many((0..5).map(|_| new_job("echo")).collect()).await.unwrap();
+    store.insert_many((0..2).map(|_| NewJob { queue: "mail".into(), ..new_job("echo") }).collect()).await.unwrap();
+    for _ in 0..5 {
+        let job = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+        store.complete(job.lease(), vec![]).await.unwrap();
+        clock.advance(1000);
+    }
+    for job in store.claim(claim("mail", 2)).await.unwrap() {
+        store.complete(job.lease(), vec![]).await.unwrap();
+    }
+    store.insert(NewJob { max_attempts: 1, ..new_job("dies") }).await.unwrap();
+    let dying = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    store.discard(dying.lease(), AttemptError { attempt: 1, at: clock.now(), outcome: "fatal".into(), message: "no".into() }).await.unwrap();
+    // A schedule's ticks: an old completed one (its checkpoint) and a newer dead one (its newest).
+    let tick = |t: i64| NewJob { unique_key: Some(schedule_key("report", t)), max_attempts: 1, ..new_job("report") };
+    store.insert(tick(1_000)).await.unwrap();
+    let t1 = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    store.complete(t1.lease(), b"checkpoint".to_vec()).await.unwrap();
+    store.insert(tick(2_000)).await.unwrap();
+    let t2 = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    store.discard(t2.lease(), AttemptError { attempt: 1, at: clock.now(), outcome: "fatal".into(), message: "no".into() }).await.unwrap();
+    store.insert(new_job("waiting")).await.unwrap();
+    let count = |c: Vec<StateCount>, state: JobState| c.iter().filter(|c| c.state == state).map(|c| c.count).sum::<u64>();
+    let prune = |state, before, keep, limit| PruneParams { state, finalized_before: before, keep_per_queue: keep, limit };
+    // By age: completed before the third one finished (two of default's), never the schedule's.
+    let third = clock.now() - 3000;
+    assert_eq!(store.prune(prune(JobState::Completed, third, 1000, 100)).await.unwrap(), 2);
+    assert_eq!(count(store.counts().await.unwrap(), JobState::Completed), 3 + 2 + 1);
+    // By count: default keeps its newest two completed (the schedule's tick counts but is kept); mail keeps both.
+    let deleted = store.prune(prune(JobState::Completed, 0, 2, 100)).await.unwrap();
+    assert_eq!(deleted, 2, "default's completed: three echo and the tick, past the newest two, less the kept tick");
+    // The limit bounds one call.
+    assert_eq!(store.prune(prune(JobState::Completed, clock.now() + 1, 0, 1)).await.unwrap(), 1);
+    assert_eq!(store.prune(prune(JobState::Completed, clock.now() + 1, 0, 100)).await.unwrap(), 2, "the rest");
+    let left = store.counts().await.unwrap();
+    assert_eq!(count(left.clone(), JobState::Completed), 1, "only the schedule's checkpoint: {left:?}");
+    assert_eq!(store.schedule_checkpoint("report").await.unwrap().as_deref(), Some(&b"checkpoint"[..]), "the checkpoint survives");
+    // Dead jobs: the schedule's newest tick is kept, the other goes; waiting jobs are never touched.
+    assert_eq!(store.prune(prune(JobState::Dead, clock.now() + 1, 0, 100)).await.unwrap(), 1);
+    assert_eq!(store.schedule_state("report").await.unwrap().last_tick, Some(2_000), "the schedule still knows its newest tick");
+    assert_eq!(count(store.counts().await.unwrap(), JobState::Available), 1);
+}
+
 /// Instantiates every conformance test for one backend. `$factory` is an
 /// async fn returning `(Arc<dyn JobStore>, ManualClock, guard)`; the guard
 /// (a temp dir, a schema) lives as long as the test. Attributes after it
@@ -733,6 +778,7 @@ macro_rules! conformance_tests {
             a_tenants_limits_hold_at_claim_time_and_say_what_held_it_back,
             a_kinds_max_per_key_holds_each_key_and_never_the_jobs_behind_it,
             a_kinds_rate_holds_its_starts_beside_other_kinds_and_tenants,
+            the_pruner_deletes_old_and_surplus_finished_jobs_and_keeps_what_schedules_need,
         );
     };
     (@each $factory:ident, $attrs:tt, $($test:ident),+ $(,)?) => {

@@ -20,7 +20,7 @@ use super::clock::SharedClock;
 use super::job::{AttemptError, Job, JobId, JobState, Lease, Millis};
 use super::store::{
     ClaimParams, Claimed, Finish, HeartbeatParams, HeartbeatResult, HeldBack, Inserted, KindGate, KindLimits, kind_bucket_name, JobList, JobStore, KvChange, KvWrite, Limit, ListFilter,
-    LoopClaim, LoopLease, LoopSave, ClaimRounds, claim_cap, rate_bucket_name,
+    LoopClaim, LoopLease, LoopSave, PruneParams, ClaimRounds, claim_cap, rate_bucket_name,
     LoopState, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, SCHEDULE_TICK_KEPT, schedule_key_range, schedule_tick_key, tick_of_key,
 };
 use async_trait::async_trait;
@@ -195,6 +195,14 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
     ALTER TABLE jobs ADD COLUMN concurrency_key text;
     -- max_per_key's count: a kind's running jobs per key.
     CREATE INDEX jobs_running_key ON jobs (kind, concurrency_key) WHERE state = 'running' AND concurrency_key IS NOT NULL;
+    "#,
+), (
+    9,
+    "retention",
+    r#"
+    -- The pruner's paths: finished jobs by age, and each queue's newest.
+    CREATE INDEX jobs_finished ON jobs (state, finalized_at) WHERE state IN ('completed', 'cancelled', 'dead');
+    CREATE INDEX jobs_queue_finished ON jobs (queue, state, id) WHERE state IN ('completed', 'cancelled', 'dead');
     "#,
 )];
 
@@ -902,6 +910,17 @@ async fn save_bucket(tx: &deadpool_postgres::Transaction<'_>, name: &str, tokens
     Ok(())
 }
 
+/// What the pruner never deletes: a job `j` that is its schedule's newest
+/// tick, or its newest completed one (the next tick's checkpoint).
+macro_rules! kept_tick {
+    () => {
+        "(j.unique_key IS NOT NULL AND starts_with(j.unique_key, 'schedule:') AND j.unique_key IN ( \
+           (SELECT max(s.unique_key) FROM jobs s WHERE s.kind = j.kind AND starts_with(s.unique_key, 'schedule:' || j.kind || ':')), \
+           (SELECT max(s.unique_key) FROM jobs s WHERE s.kind = j.kind AND s.state = 'completed' \
+              AND starts_with(s.unique_key, 'schedule:' || j.kind || ':'))))"
+    };
+}
+
 /// Best first: as the claim query orders them.
 fn sort_best_first(jobs: &mut [Job]) {
     jobs.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.scheduled_at.cmp(&b.scheduled_at)).then(a.id.cmp(&b.id)));
@@ -1104,6 +1123,39 @@ impl JobStore for PostgresStore {
         }
         tx.commit().await.map_err(pg_error)?;
         Ok(results)
+    }
+
+    async fn prune(&self, p: PruneParams) -> Result<u64, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let state = p.state.as_str();
+        // Rows another host's pruner holds are skipped: it deletes them.
+        let by_age = concat!(
+            "DELETE FROM jobs WHERE id IN (SELECT j.id FROM jobs j WHERE j.state = $1 AND j.finalized_at < $2 AND NOT ",
+            kept_tick!(),
+            " ORDER BY j.finalized_at LIMIT $3 FOR UPDATE SKIP LOCKED)"
+        );
+        let mut deleted = tx.execute(by_age, &[&state, &p.finalized_before, &(p.limit as i64)]).await.map_err(pg_error)?;
+        let queues: Vec<String> = tx.query("SELECT name FROM queues ORDER BY name", &[]).await.map_err(pg_error)?.iter().map(|r| r.get(0)).collect();
+        for queue in queues {
+            let left = p.limit as u64 - deleted;
+            if left == 0 {
+                break;
+            }
+            let cutoff = tx
+                .query_opt("SELECT id FROM jobs WHERE queue = $1 AND state = $2 ORDER BY id DESC LIMIT 1 OFFSET $3", &[&queue, &state, &(p.keep_per_queue as i64)])
+                .await
+                .map_err(pg_error)?;
+            let Some(cutoff) = cutoff.map(|r| r.get::<_, JobId>(0)) else { continue };
+            let by_count = concat!(
+                "DELETE FROM jobs WHERE id IN (SELECT j.id FROM jobs j WHERE j.queue = $1 AND j.state = $2 AND j.id <= $3 AND NOT ",
+                kept_tick!(),
+                " ORDER BY j.id LIMIT $4 FOR UPDATE SKIP LOCKED)"
+            );
+            deleted += tx.execute(by_count, &[&queue, &state, &cutoff, &(left as i64)]).await.map_err(pg_error)?;
+        }
+        tx.commit().await.map_err(pg_error)?;
+        Ok(deleted)
     }
 
     async fn cancel(&self, id: JobId) -> Result<Job, StoreError> {

@@ -13,7 +13,7 @@
 use super::clock::SharedClock;
 use super::job::{AttemptError, Job, JobId, JobState, Lease, Millis};
 use super::store::{
-    ClaimParams, ClaimRounds, Claimed, HeldBack, KindGate, KindLimits, Limit, claim_cap, kind_bucket_name, rate_bucket_name, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, KvChange, KvWrite, ListFilter, LoopClaim, LoopLease, LoopSave,
+    ClaimParams, ClaimRounds, Claimed, HeldBack, KindGate, KindLimits, Limit, claim_cap, kind_bucket_name, rate_bucket_name, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, KvChange, KvWrite, ListFilter, LoopClaim, LoopLease, LoopSave, PruneParams,
     LoopState, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, SCHEDULE_TICK_KEPT, schedule_key_range, schedule_tick_key, tick_of_key,
 };
 use async_trait::async_trait;
@@ -169,6 +169,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ALTER TABLE jobs ADD COLUMN concurrency_key TEXT;
     -- max_per_key's count: a kind's running jobs per key.
     CREATE INDEX jobs_running_key ON jobs (kind, concurrency_key) WHERE state = 'running' AND concurrency_key IS NOT NULL;
+    "#,
+    ),
+    (
+        10,
+        "retention",
+        r#"
+    -- The pruner's paths: finished jobs by age, and each queue's newest.
+    CREATE INDEX jobs_finished ON jobs (state, finalized_at) WHERE state IN ('completed', 'cancelled', 'dead');
+    CREATE INDEX jobs_queue_finished ON jobs (queue, state, id) WHERE state IN ('completed', 'cancelled', 'dead');
     "#,
     ),
 ];
@@ -838,6 +847,50 @@ fn claim_tenants(tx: &rusqlite::Transaction<'_>, p: &ClaimParams, lease: ClaimLe
     Ok(Claimed { jobs, held_back })
 }
 
+/// What the pruner never deletes: a job `j` that is its schedule's newest
+/// tick, or its newest completed one (the next tick's checkpoint).
+macro_rules! kept_tick {
+    () => {
+        "(j.unique_key IS NOT NULL AND substr(j.unique_key, 1, 9) = 'schedule:' AND j.unique_key IN ( \
+           (SELECT max(s.unique_key) FROM jobs s WHERE s.kind = j.kind \
+              AND s.unique_key >= 'schedule:' || j.kind || ':' AND s.unique_key < 'schedule:' || j.kind || ';'), \
+           (SELECT max(s.unique_key) FROM jobs s WHERE s.kind = j.kind AND s.state = 'completed' \
+              AND s.unique_key >= 'schedule:' || j.kind || ':' AND s.unique_key < 'schedule:' || j.kind || ';')))"
+    };
+}
+
+/// The pruner's transaction: by age first, then each queue past its newest `keep_per_queue`.
+fn prune_jobs(tx: &rusqlite::Transaction<'_>, p: &PruneParams) -> rusqlite::Result<u64> {
+    let state = p.state.as_str();
+    let mut deleted = tx
+        .prepare_cached(concat!(
+            "DELETE FROM jobs WHERE id IN (SELECT j.id FROM jobs j WHERE j.state = ?1 AND j.finalized_at < ?2 AND NOT ",
+            kept_tick!(),
+            " ORDER BY j.finalized_at LIMIT ?3)"
+        ))?
+        .execute(params![state, p.finalized_before, p.limit as i64])? as u64;
+    let queues: Vec<String> = tx.prepare_cached("SELECT name FROM queues ORDER BY name")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    for queue in queues {
+        let left = p.limit as u64 - deleted;
+        if left == 0 {
+            break;
+        }
+        let cutoff: Option<JobId> = tx
+            .prepare_cached("SELECT id FROM jobs WHERE queue = ?1 AND state = ?2 ORDER BY id DESC LIMIT 1 OFFSET ?3")?
+            .query_row(params![queue, state, p.keep_per_queue as i64], |r| r.get(0))
+            .optional()?;
+        let Some(cutoff) = cutoff else { continue };
+        deleted += tx
+            .prepare_cached(concat!(
+                "DELETE FROM jobs WHERE id IN (SELECT j.id FROM jobs j WHERE j.queue = ?1 AND j.state = ?2 AND j.id <= ?3 AND NOT ",
+                kept_tick!(),
+                " ORDER BY j.id LIMIT ?4)"
+            ))?
+            .execute(params![queue, state, cutoff, left as i64])? as u64;
+    }
+    Ok(deleted)
+}
+
 /// Best first: as the claim query orders them.
 fn sort_best_first(jobs: &mut [Job]) {
     jobs.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.scheduled_at.cmp(&b.scheduled_at)).then(a.id.cmp(&b.id)));
@@ -1027,6 +1080,10 @@ impl JobStore for SqliteStore {
             Ok(job)
         })
         .await
+    }
+
+    async fn prune(&self, p: PruneParams) -> Result<u64, StoreError> {
+        self.write(move |tx, _| prune_jobs(tx, &p).map_err(db_error)).await
     }
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {

@@ -549,6 +549,18 @@ pub struct LoopState {
     pub updated_at: Millis,
 }
 
+/// Delete finished jobs of one state: those finalized before a time, and
+/// those past the newest `keep_per_queue` of their queue (by id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PruneParams {
+    /// `completed`, `cancelled` or `dead`.
+    pub state: JobState,
+    pub finalized_before: Millis,
+    pub keep_per_queue: u64,
+    /// The most one call deletes (one transaction).
+    pub limit: usize,
+}
+
 /// Filters for listing jobs; `after_id` pages through results.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListFilter {
@@ -716,6 +728,11 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// it as it was. A schedule's newest tick is kept ([`StoreError::Kept`]):
     /// it is how the schedule knows which tick it got to.
     async fn delete_by_hand(&self, id: JobId) -> Result<Job, StoreError>;
+
+    /// Deletes up to `limit` finished jobs as [`PruneParams`] says, in one
+    /// transaction, and returns how many. A schedule's newest tick and its
+    /// newest completed one (its checkpoint) are kept whatever their age.
+    async fn prune(&self, params: PruneParams) -> Result<u64, StoreError>;
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError>;
 

@@ -106,6 +106,8 @@ pub struct DispatcherConfig {
     /// Tenants and their weights, for fair share (see `fair_share`);
     /// empty: claims take the best due jobs, whoever's.
     pub tenants: Vec<TenantPolicy>,
+    /// How long finished jobs are kept (`None`: for ever).
+    pub retention: Option<super::pruner::Retention>,
 }
 
 impl Default for DispatcherConfig {
@@ -126,6 +128,7 @@ impl Default for DispatcherConfig {
             cancel_grace: DEFAULT_CANCEL_GRACE,
             max_payload_bytes: crate::sandbox::DEFAULT_MAX_PAYLOAD_BYTES,
             tenants: Vec::new(),
+            retention: Some(super::pruner::Retention::default()),
         }
     }
 }
@@ -329,6 +332,9 @@ impl Dispatcher {
             }
         };
         tasks.spawn(rescuer.run(self.inner.stopping.subscribe(), held, move || wake.iter().for_each(|w| w.notify_one())));
+        if let Some(retention) = self.inner.config.retention.clone() {
+            tasks.spawn(super::pruner::run(self.inner.store.clone(), self.inner.clock.clone(), retention, self.inner.stopping.subscribe()));
+        }
         tasks.spawn(super::triggers::supervise(self.clone(), self.inner.runner.changes(), self.inner.stopping.subscribe()));
         let queues: Vec<String> = self
             .inner

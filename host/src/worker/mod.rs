@@ -15,6 +15,7 @@ pub mod fair_share;
 pub mod kv_backend;
 pub mod looper;
 pub mod metrics;
+pub mod pruner;
 pub mod rescuer;
 pub mod retry_policy;
 pub mod runner;
