@@ -162,12 +162,8 @@ pub async fn set(
         return Err(AppError::PayloadTooLarge(format!("store {store:?} would hold {after} bytes, over its quota of {quota} bytes")));
     }
     if let Some(total) = grants.and_then(|g| g.kv_total) {
-        let after = kv.kv_usage_under(&total.prefix()).await? + adding;
-        if after > total.bytes {
-            return Err(AppError::PayloadTooLarge(format!(
-                "tenant {:?}'s stores would hold {after} bytes together, over its quota of {} bytes (`tenants.{}.kv_quota_bytes`)",
-                total.tenant, total.bytes, total.tenant
-            )));
+        if let Some(why) = total.refusal(kv.kv_usage_under(&total.prefix()).await? + adding) {
+            return Err(AppError::PayloadTooLarge(why));
         }
     }
     let answer = value_json(&key, &value);

@@ -371,16 +371,7 @@ async fn check_tenant_quota<T: InScope>(cx: &mut StoreContextMut<'_, T>, adding:
             used
         }
     };
-    if committed + adding > total.bytes {
-        return Err(other(format!(
-            "tenant {:?}'s stores would hold {} bytes together, over its quota of {} bytes (`tenants.{}.kv_quota_bytes`)",
-            total.tenant,
-            committed + adding,
-            total.bytes,
-            total.tenant
-        )));
-    }
-    Ok(())
+    total.refusal(committed + adding).map_or(Ok(()), |why| Err(other(why)))
 }
 
 async fn read_usage<T: InScope>(cx: &mut StoreContextMut<'_, T>, store: &str, fresh: bool) -> KvResult<u64> {

@@ -137,6 +137,17 @@ impl KvTotal {
     pub fn prefix(&self) -> String {
         format!("{}/", self.tenant)
     }
+
+    /// Why a write that leaves the tenant's stores holding `bytes` is
+    /// refused, if it is.
+    pub fn refusal(&self, bytes: u64) -> Option<String> {
+        (bytes > self.bytes).then(|| {
+            format!(
+                "tenant {:?}'s stores would hold {bytes} bytes together, over its quota of {} bytes (`tenants.{}.kv_quota_bytes`)",
+                self.tenant, self.bytes, self.tenant
+            )
+        })
+    }
 }
 
 /// An origin the host allows only to components with given bytes: the

@@ -820,9 +820,15 @@ async fn claim_pick(
     gate: Option<&mut KindGate>,
 ) -> Result<Vec<Job>, StoreError> {
     let Some(gate) = gate else {
-        let tenant = tenant.expect("an ungated claim in a transaction is a tenant's");
-        let stmt = tx.prepare_cached(claim_sql!(concat!(tenant_is!(), "$6 AND "))).await.map_err(pg_error)?;
-        let rows = tx.query(&stmt, &[&pick.queue, &pick.now, &(limit as i64), &pick.host, &pick.until, &tenant]).await.map_err(pg_error)?;
+        let lease: [&(dyn ToSql + Sync); 5] = [&pick.queue, &pick.now, &(limit as i64), &pick.host, &pick.until];
+        let rows = match tenant {
+            None => tx.query(&tx.prepare_cached(claim_sql!("")).await.map_err(pg_error)?, &lease).await,
+            Some(tenant) => {
+                let stmt = tx.prepare_cached(claim_sql!(concat!(tenant_is!(), "$6 AND "))).await.map_err(pg_error)?;
+                tx.query(&stmt, &[lease[0], lease[1], lease[2], lease[3], lease[4], &tenant]).await
+            }
+        }
+        .map_err(pg_error)?;
         return jobs_from_rows(&rows);
     };
     let look = match tenant {
