@@ -46,7 +46,7 @@ impl Database {
     }
 
     pub fn query(&self, sql: &str) -> Vec<Row> {
-        self.try_query(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+        self.try_query(sql).unwrap_or_else(|e| panic!("{sql}: {}", e.as_db_error().map_or_else(|| e.to_string(), ToString::to_string)))
     }
 
     /// The one bigint `sql` selects.
