@@ -2,6 +2,7 @@
 //! running the plugins built from `plugins/`, a real SQLite file or a real
 //! Postgres shared by several hosts, the HTTP API.
 
+mod attempts;
 mod auth;
 mod bad_clients;
 mod bad_input;

@@ -21,6 +21,7 @@ fn job(kind: &str, payload: &[u8]) -> JobInput {
         max_attempts: 3,
         payload: payload.to_vec(),
         checkpoint: None,
+        progress: Default::default(),
     }
 }
 

@@ -306,7 +306,7 @@ fn bad_config_and_a_file_that_is_not_a_database_are_refused() {
 }
 
 /// The `kiln` CLI against `host`'s API: exit code, stdout, stderr.
-fn cli(host: &crate::host::Host, args: &[&str]) -> (Option<i32>, String, String) {
+pub(crate) fn cli(host: &crate::host::Host, args: &[&str]) -> (Option<i32>, String, String) {
     let out = crate::support::kiln().args(args).env("KILN_API", &host.url).output().unwrap();
     (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }

@@ -130,6 +130,7 @@ fn job(kind: &str, payload: &[u8]) -> JobInput {
         max_attempts: 1,
         payload: payload.to_vec(),
         checkpoint: None,
+        progress: Default::default(),
     }
 }
 

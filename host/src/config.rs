@@ -76,6 +76,8 @@ pub struct Config {
     pub tenants: BTreeMap<String, TenantSettings>,
     /// How long finished jobs are kept.
     pub retention: crate::worker::pruner::Retention,
+    /// What is kept of each attempt (its record, its log lines).
+    pub attempts: crate::worker::AttemptRecords,
     /// `kiln serve --insecure`: listen beyond loopback with no API keys.
     #[serde(skip)]
     pub insecure: bool,
@@ -143,6 +145,7 @@ impl Default for Config {
             admin: AdminSettings::default(),
             tenants: BTreeMap::new(),
             retention: crate::worker::pruner::Retention::default(),
+            attempts: crate::worker::AttemptRecords::default(),
             insecure: false,
         }
     }
@@ -324,6 +327,7 @@ impl Config {
                 })
                 .collect(),
             retention: Some(self.retention.clone()),
+            attempts: self.attempts,
         }
     }
 

@@ -168,12 +168,28 @@ enum JobsCommand {
         #[command(flatten)]
         json: JsonOutput,
     },
-    /// Show one job: its state, payload, result and every error.
+    /// Show one job: its state, payload, result, progress and every attempt.
     Show {
         id: i64,
         #[command(flatten)]
         json: JsonOutput,
     },
+    /// Print the log lines a job's attempts wrote (`context.log`, stdout, stderr).
+    Logs {
+        id: i64,
+        /// Only this attempt's lines.
+        #[arg(long)]
+        attempt: Option<u32>,
+        /// Keep printing lines as attempts end, until the job is done.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        #[command(flatten)]
+        json: JsonOutput,
+    },
+    /// Follow a job until it is done: its state and progress as a bar (a
+    /// line per change when not on a terminal). Exits 0 once it completed,
+    /// 1 if it ended dead or cancelled.
+    Watch { id: i64 },
     /// Run a dead or cancelled job again (or, with --all-dead, every dead job).
     Retry(PickJobs),
     /// Delete a dead or cancelled job (or, with --all-dead, every dead job).
@@ -731,6 +747,13 @@ fn jobs(client: &ApiClient, command: JobsCommand) -> anyhow::Result<ExitCode> {
             let job = client.get(&format!("/jobs/{id}"))?;
             say(json, &job, || render::job_summary(&job))
         }
+        JobsCommand::Logs { id, attempt, follow: false, json } => {
+            let query = attempt.map(|n| format!("?attempt={n}")).unwrap_or_default();
+            let page = client.get(&format!("/jobs/{id}/logs{query}"))?;
+            say(json, &page, || render::log_lines(page["lines"].as_array().map_or(&[][..], Vec::as_slice)))
+        }
+        JobsCommand::Logs { id, attempt, follow: true, json } => return follow_logs(client, id, attempt, json),
+        JobsCommand::Watch { id } => return watch_job(client, id),
         JobsCommand::Retry(pick) => match pick.id {
             Some(id) => {
                 let job = client.post(&format!("/jobs/{id}/retry"), None)?;
@@ -759,6 +782,70 @@ fn jobs(client: &ApiClient, command: JobsCommand) -> anyhow::Result<ExitCode> {
     };
     print!("{answer}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// How often `jobs logs --follow` and `jobs watch` look again.
+const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+
+/// `kiln jobs logs ID --follow`: prints lines as the job's attempts end
+/// (an attempt's lines are stored when it ends), until the job is done.
+fn follow_logs(client: &ApiClient, id: i64, attempt: Option<u32>, json: JsonOutput) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    let query = attempt.map(|n| format!("?attempt={n}")).unwrap_or_default();
+    let mut printed = 0usize;
+    loop {
+        // Read the state first: lines stored before a final state is read are all there.
+        let done = client.get(&format!("/jobs/{id}"))?["state"].as_str().is_some_and(|s| ["completed", "cancelled", "dead"].contains(&s));
+        let page = client.get(&format!("/jobs/{id}/logs{query}"))?;
+        let lines = page["lines"].as_array().map_or(&[][..], Vec::as_slice);
+        let fresh = lines.get(printed..).unwrap_or_default();
+        let mut out = std::io::stdout().lock();
+        match json.on {
+            true => fresh.iter().try_for_each(|line| writeln!(out, "{line}"))?,
+            false => write!(out, "{}", render::log_lines(fresh))?,
+        }
+        out.flush()?;
+        printed = printed.max(lines.len());
+        if done {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(FOLLOW_EVERY);
+    }
+}
+
+/// `kiln jobs watch ID`.
+fn watch_job(client: &ApiClient, id: i64) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal as _;
+    let bar = indicatif::ProgressBar::new(100);
+    let on_terminal = std::io::stderr().is_terminal();
+    if on_terminal {
+        bar.set_style(indicatif::ProgressStyle::with_template("job {prefix} [{bar:40}] {pos:>3}% {msg}").expect("a valid template").progress_chars("=> "));
+        bar.set_prefix(id.to_string());
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut last = String::new();
+    loop {
+        let job = client.get(&format!("/jobs/{id}"))?;
+        let (state, percent, line) = render::watch_line(&job);
+        bar.set_position(u64::from(percent));
+        bar.set_message(line.clone());
+        if !on_terminal && line != last {
+            eprintln!("job {id}: {line}");
+        }
+        last = line;
+        match state.as_str() {
+            "completed" => {
+                bar.finish();
+                return Ok(ExitCode::SUCCESS);
+            }
+            "dead" | "cancelled" => {
+                bar.abandon();
+                return Ok(ExitCode::FAILURE);
+            }
+            _ => std::thread::sleep(FOLLOW_EVERY),
+        }
+    }
 }
 
 /// The API's JSON for scripts, or the text `human` makes of it for people.
@@ -998,6 +1085,7 @@ async fn run(common: &CommonArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         max_attempts: plugin.manifest.retry.max_attempts,
         payload,
         checkpoint,
+        progress: Default::default(),
     };
     let stop = sandbox.stop_signal();
     let report = sandbox.run_iteration(&plugin.component, &job, &budget, &stop).await;
@@ -1049,7 +1137,8 @@ fn report_json(plugin: &Plugin, report: &Report) -> serde_json::Value {
         "duration_ms": report.duration.as_secs_f64() * 1000.0,
         "error": report.outcome.error_message(),
         "trap": trap,
-        "progress": report.progress,
+        "progress": report.progress.as_ref().map(|p| p.percent),
+        "progress_note": report.progress.as_ref().and_then(|p| p.note.as_deref()),
         "logs": logs,
         "log_bytes_dropped": report.log_bytes_dropped,
         "enqueued": report.enqueued.iter().map(child_json).collect::<Vec<_>>(),

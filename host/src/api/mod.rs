@@ -19,7 +19,7 @@ mod views;
 pub use error::AppError;
 pub use server::HttpLimits;
 pub use plugins::DeployRequest;
-pub use views::{EnqueuedView, JobPage, JobRequest, JobView, ListQuery, bytes_value};
+pub use views::{AttemptView, EnqueuedView, JobDetailView, JobPage, JobRequest, JobView, ListQuery, LogLineView, LogPage, LogQuery, bytes_value};
 
 use crate::queue::{JobState, ListFilter, from_rfc3339};
 use crate::worker::{Dispatcher, EnqueueRequest};
@@ -66,6 +66,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/jobs", post(enqueue).get(list_jobs).delete(delete_many))
         .route("/jobs/{id}", get(get_job).delete(delete_job))
+        .route("/jobs/{id}/logs", get(job_logs))
         .route("/jobs/retry", post(retry_many))
         .route("/jobs/{id}/retry", post(retry_job))
         .route("/jobs/{id}/cancel", post(cancel_job))
@@ -267,8 +268,25 @@ impl axum::extract::FromRequestParts<AppState> for OwnedJob {
     }
 }
 
-async fn get_job(OwnedJob { job, caller }: OwnedJob) -> Json<JobView> {
-    Json(JobView::of(&job, &caller))
+async fn get_job(State(state): State<AppState>, OwnedJob { job, caller }: OwnedJob) -> Result<Json<JobDetailView>, AppError> {
+    let records = state.dispatcher.store().attempts(job.id).await?;
+    Ok(Json(JobDetailView { attempts: AttemptView::all(&job, &records), job: JobView::of(&job, &caller) }))
+}
+
+/// `GET /jobs/{id}/logs[?attempt=N]`: the log lines kept of its attempts.
+async fn job_logs(
+    State(state): State<AppState>,
+    OwnedJob { job, .. }: OwnedJob,
+    query: Result<Query<LogQuery>, QueryRejection>,
+) -> Result<Json<LogPage>, AppError> {
+    let Query(query) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
+    if let Some(n) = query.attempt {
+        if n == 0 || n > job.attempt {
+            return Err(AppError::NotFound(format!("job {} has no attempt {n} (it has had {})", job.id, job.attempt)));
+        }
+    }
+    let lines = state.dispatcher.store().attempt_logs(job.id, query.attempt).await?;
+    Ok(Json(LogPage { lines: lines.into_iter().map(|(n, l)| LogLineView::of(n, l)).collect() }))
 }
 
 async fn retry_job(State(state): State<AppState>, OwnedJob { job, caller }: OwnedJob) -> Result<Json<JobView>, AppError> {

@@ -1,6 +1,6 @@
 //! The JSON shapes of the API: what a client sends and what it gets back.
 
-use crate::queue::{AttemptError, Job, to_rfc3339};
+use crate::queue::{Attempt, AttemptError, Job, JobState, LogEntry, Progress, to_rfc3339};
 use crate::tenant::Caller;
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +51,140 @@ pub struct JobView {
     pub parent_id: Option<i64>,
     pub leased_by: Option<String>,
     pub cancel_requested: bool,
+    /// What its plugin last reported (`context.progress`), with the heartbeat.
+    pub progress: Option<ProgressView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProgressView {
+    pub percent: u8,
+    pub note: Option<String>,
+}
+
+/// `GET /jobs/{id}`: the job and every attempt, first first.
+#[derive(Debug, Serialize)]
+pub struct JobDetailView {
+    #[serde(flatten)]
+    pub job: JobView,
+    pub attempts: Vec<AttemptView>,
+}
+
+/// One attempt. An attempt the store holds no record of (its host died
+/// and its lease ran out, it was cancelled before it started, or it ran
+/// before records were kept) shows what its error says; the attempt
+/// running now shows as `running`.
+#[derive(Debug, Serialize)]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub host: Option<String>,
+    pub plugin_version: Option<String>,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub duration_ms: Option<f64>,
+    pub fuel_used: Option<u64>,
+    pub peak_memory_bytes: Option<u64>,
+    pub http_requests: Option<u64>,
+    /// Log bytes past the per-attempt cap, left out.
+    pub log_bytes_dropped: Option<u64>,
+}
+
+impl AttemptView {
+    /// Every attempt of `job`: its records, what its errors say of the
+    /// attempts with none, and the one running now.
+    pub fn all(job: &Job, records: &[Attempt]) -> Vec<AttemptView> {
+        let mut views: std::collections::BTreeMap<u32, AttemptView> = records.iter().map(|a| (a.attempt, AttemptView::from(a))).collect();
+        for e in &job.errors {
+            views.entry(e.attempt).or_insert_with(|| AttemptView {
+                ended_at: Some(to_rfc3339(e.at)),
+                outcome: e.outcome.clone(),
+                error: Some(e.message.clone()),
+                ..AttemptView::blank(e.attempt)
+            });
+        }
+        if job.state == JobState::Running && job.attempt > 0 {
+            views.entry(job.attempt).or_insert_with(|| AttemptView {
+                host: job.leased_by.clone(),
+                started_at: job.attempted_at.map(to_rfc3339),
+                outcome: "running".into(),
+                ..AttemptView::blank(job.attempt)
+            });
+        }
+        views.into_values().collect()
+    }
+
+    fn blank(attempt: u32) -> Self {
+        Self {
+            attempt,
+            host: None,
+            plugin_version: None,
+            started_at: None,
+            ended_at: None,
+            outcome: String::new(),
+            error: None,
+            duration_ms: None,
+            fuel_used: None,
+            peak_memory_bytes: None,
+            http_requests: None,
+            log_bytes_dropped: None,
+        }
+    }
+}
+
+impl From<&Attempt> for AttemptView {
+    fn from(stored: &Attempt) -> Self {
+        let a = &stored.summary;
+        Self {
+            attempt: stored.attempt,
+            host: Some(a.host.clone()),
+            plugin_version: stored.plugin_version.clone(),
+            started_at: Some(to_rfc3339(a.started_at)),
+            ended_at: Some(to_rfc3339(a.ended_at)),
+            outcome: a.outcome.clone(),
+            error: a.error.clone(),
+            duration_ms: Some(a.duration_ms),
+            fuel_used: Some(a.fuel_used),
+            peak_memory_bytes: Some(a.peak_memory_bytes),
+            http_requests: Some(a.http_requests),
+            log_bytes_dropped: Some(a.log_bytes_dropped),
+        }
+    }
+}
+
+/// `GET /jobs/{id}/logs` answer.
+#[derive(Debug, Serialize)]
+pub struct LogPage {
+    pub lines: Vec<LogLineView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LogLineView {
+    pub attempt: u32,
+    pub at: String,
+    pub level: String,
+    pub source: String,
+    pub message: String,
+}
+
+impl LogLineView {
+    pub fn of(attempt: u32, line: LogEntry) -> Self {
+        Self { attempt, at: to_rfc3339(line.at), level: line.level, source: line.source, message: line.message }
+    }
+}
+
+/// `GET /jobs/{id}/logs` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    /// One attempt's lines; absent: every attempt's.
+    pub attempt: Option<u32>,
+}
+
+impl From<&Progress> for ProgressView {
+    fn from(p: &Progress) -> Self {
+        Self { percent: p.percent, note: p.note.clone() }
+    }
 }
 
 /// A job as `POST /jobs` answers it: the job, and whether this request
@@ -104,6 +238,7 @@ impl JobView {
             parent_id: job.parent_id,
             leased_by: job.leased_by.clone(),
             cancel_requested: job.cancel_requested,
+            progress: job.progress.as_ref().map(ProgressView::from),
         }
     }
 }

@@ -29,10 +29,66 @@ pub fn job_summary(job: &Value) -> String {
         }
     }
     out.push_str(&format!("  payload   {}\n  result    {}\n", cut(text(&job["payload"])), cut(text(&job["result"]))));
-    for error in job["errors"].as_array().into_iter().flatten() {
-        out.push_str(&format!("  error     attempt {} ({}, {}): {}\n", error["attempt"], text(&error["outcome"]), text(&error["at"]), cut(text(&error["message"]))));
+    if let Some(percent) = job["progress"]["percent"].as_u64() {
+        let note = job["progress"]["note"].as_str().map(|n| format!(" {n}")).unwrap_or_default();
+        out.push_str(&format!("  progress  {percent}%{note}\n"));
+    }
+    for a in job["attempts"].as_array().into_iter().flatten() {
+        let mut line = format!("  attempt {} {}", a["attempt"], text(&a["outcome"]));
+        if let Some(host) = a["host"].as_str() {
+            line.push_str(&format!(" on {host}"));
+        }
+        if let Some(version) = a["plugin_version"].as_str() {
+            line.push_str(&format!(" (version {version})"));
+        }
+        if let Some(ms) = a["duration_ms"].as_f64() {
+            line.push_str(&format!(", {ms:.1} ms, {} fuel, {} memory", a["fuel_used"], mib(a["peak_memory_bytes"].as_u64().unwrap_or(0))));
+        }
+        if let Some(error) = a["error"].as_str() {
+            line.push_str(&format!(": {}", cut(error.to_string())));
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    if job["attempts"].is_null() {
+        for error in job["errors"].as_array().into_iter().flatten() {
+            out.push_str(&format!("  error     attempt {} ({}, {}): {}\n", error["attempt"], text(&error["outcome"]), text(&error["at"]), cut(text(&error["message"]))));
+        }
     }
     out
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
+}
+
+/// `GET /jobs/{id}/logs` lines, one a line: attempt, time, level, source, message.
+pub fn log_lines(lines: &[Value]) -> String {
+    lines
+        .iter()
+        .map(|l| format!("[attempt {}] {} {:<5} {}: {}\n", l["attempt"], text(&l["at"]), text(&l["level"]).to_uppercase(), text(&l["source"]), text(&l["message"])))
+        .collect()
+}
+
+/// What `kiln jobs watch` shows of a job: its state, its percent (100 once
+/// completed) and a line for people.
+pub fn watch_line(job: &Value) -> (String, u8, String) {
+    let state = text(&job["state"]);
+    let reported = job["progress"]["percent"].as_u64().map(|p| p.min(100) as u8);
+    let percent = if state == "completed" { 100 } else { reported.unwrap_or(0) };
+    let mut line = format!("{state}, attempt {}/{}", job["attempt"], job["max_attempts"]);
+    if let Some(p) = reported {
+        line.push_str(&format!(", {p}%"));
+    }
+    if let Some(note) = job["progress"]["note"].as_str() {
+        line.push_str(&format!(": {note}"));
+    }
+    if state == "dead" || state == "cancelled" {
+        if let Some(error) = job["errors"].as_array().and_then(|e| e.last()) {
+            line.push_str(&format!(" ({})", text(&error["message"])));
+        }
+    }
+    (state, percent, line)
 }
 
 /// `GET /queues` as a table.

@@ -122,7 +122,7 @@ pub async fn a_stale_completion_is_refused(store: &dyn JobStore, clock: &ManualC
     assert!(store.discard(by_a.lease(), err(1, "x")).await.is_err());
     assert!(store.retry_at(by_a.lease(), 0, err(1, "x")).await.is_err());
     assert!(store.snooze(by_a.lease(), 0).await.is_err());
-    assert!(store.heartbeat(HeartbeatParams { leases: vec![by_a.lease()], lease_ms: 1 }).await.unwrap().lost == vec![by_a.lease()]);
+    assert!(store.heartbeat(HeartbeatParams { leases: vec![by_a.lease()], lease_ms: 1, progress: vec![] }).await.unwrap().lost == vec![by_a.lease()]);
 
     store.complete(by_b.lease(), b"from B".to_vec()).await.unwrap();
     let done = store.get(by_b.id).await.unwrap().unwrap();
@@ -174,7 +174,7 @@ pub async fn heartbeats_keep_a_lease_alive(store: &dyn JobStore, clock: &ManualC
     let job = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
     for _ in 0..5 {
         clock.advance(20_000);
-        let beat = store.heartbeat(HeartbeatParams { leases: vec![job.lease()], lease_ms: 30_000 }).await.unwrap();
+        let beat = store.heartbeat(HeartbeatParams { leases: vec![job.lease()], lease_ms: 30_000, progress: vec![] }).await.unwrap();
         assert_eq!(beat, HeartbeatResult::default());
         assert!(store.rescue_expired(&[]).await.unwrap().is_empty(), "a beating lease is not rescued");
     }
@@ -184,7 +184,7 @@ pub async fn heartbeats_keep_a_lease_alive(store: &dyn JobStore, clock: &ManualC
     assert_eq!(rescued.state, JobState::Retryable);
     assert_eq!(rescued.errors[0].outcome, "lease_expired");
     assert_eq!(rescued.scheduled_at, job.scheduled_at, "a rescued job keeps its place in the queue");
-    let beat = store.heartbeat(HeartbeatParams { leases: vec![job.lease()], lease_ms: 30_000 }).await.unwrap();
+    let beat = store.heartbeat(HeartbeatParams { leases: vec![job.lease()], lease_ms: 30_000, progress: vec![] }).await.unwrap();
     assert_eq!(beat.lost, vec![job.lease()], "the old holder learns it lost the lease");
 }
 
@@ -204,7 +204,7 @@ pub async fn cancel_pending_running_and_final_jobs(store: &dyn JobStore, _clock:
     let running = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
     let asked = store.cancel(running.id).await.unwrap();
     assert_eq!((asked.state, asked.cancel_requested), (JobState::Running, true));
-    let beat = store.heartbeat(HeartbeatParams { leases: vec![running.lease()], lease_ms: 30_000 }).await.unwrap();
+    let beat = store.heartbeat(HeartbeatParams { leases: vec![running.lease()], lease_ms: 30_000, progress: vec![] }).await.unwrap();
     assert_eq!(beat.cancel_requested, vec![running.lease()]);
     store
         .finish(Finish::new(running.lease(), Transition::Cancel { error: err(1, "cancelled by request") }))
@@ -742,6 +742,101 @@ pub async fn the_pruner_deletes_old_and_surplus_finished_jobs_and_keeps_what_sch
     assert_eq!(count(store.counts().await.unwrap(), JobState::Available), 1);
 }
 
+fn ran(outcome: &str, lines: &[&str], progress: Option<u8>) -> super::attempt::AttemptRun {
+    super::attempt::AttemptRun {
+        summary: super::attempt::AttemptSummary {
+            host: "host-a".into(),
+            started_at: 1_000,
+            ended_at: 1_250,
+            outcome: outcome.into(),
+            error: (outcome != "ok").then(|| format!("{outcome} happened")),
+            duration_ms: 12.5,
+            fuel_used: 4_000_000,
+            peak_memory_bytes: 1 << 20,
+            http_requests: 3,
+            log_bytes_dropped: 7,
+        },
+        progress: progress.map(|percent| super::attempt::Progress { percent, note: Some(format!("at {percent}")) }),
+        logs: lines
+            .iter()
+            .enumerate()
+            .map(|(i, m)| super::attempt::LogEntry { at: 1_000 + i as i64, level: "info".into(), source: "log".into(), message: (*m).into() })
+            .collect(),
+    }
+}
+
+fn recorded(lease: Lease, transition: Transition, run: super::attempt::AttemptRun) -> Finish {
+    Finish { ran_version: Some("1.2.0".into()), attempt: Some(run), ..Finish::new(lease, transition) }
+}
+
+pub async fn each_attempt_is_kept_with_its_logs_and_progress_and_goes_with_its_job(store: &dyn JobStore, clock: &ManualClock) {
+    use super::attempt::Progress;
+    let id = store.insert(new_job("echo")).await.unwrap().job.id;
+    let first = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    // Progress comes with the heartbeat, and only for the current lease.
+    let at = |percent: u8| Progress { percent, note: Some(format!("step {percent}")) };
+    let stale = Lease { id, token: first.lease_token + 1 };
+    store.heartbeat(HeartbeatParams { leases: vec![first.lease()], lease_ms: 30_000, progress: vec![(first.lease(), at(40))] }).await.unwrap();
+    store.heartbeat(HeartbeatParams { leases: vec![stale], lease_ms: 30_000, progress: vec![(stale, at(99))] }).await.unwrap();
+    assert_eq!(store.get(id).await.unwrap().unwrap().progress, Some(at(40)));
+    assert!(store.attempts(id).await.unwrap().is_empty(), "nothing recorded while it runs");
+
+    // Attempt 1 fails and is retried; attempt 2 completes in a batch of plain completions.
+    let retry = Transition::RetryAt { at: clock.now(), error: err(1, "retry happened") };
+    store.finish(recorded(first.lease(), retry, ran("retry", &["one", "two"], Some(50)))).await.unwrap();
+    assert_eq!(store.get(id).await.unwrap().unwrap().progress.map(|p| p.percent), Some(50), "the attempt's last progress");
+    let second = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    assert_eq!(second.attempt, 2);
+    let done = Transition::Complete { result: b"{}".to_vec(), effects: Effects::default() };
+    let results = store.finish_many(vec![recorded(second.lease(), done.clone(), ran("ok", &["three"], None))]).await.unwrap();
+    assert!(results[0].is_ok());
+    // A stale finish records nothing.
+    assert!(store.finish(recorded(first.lease(), done.clone(), ran("ok", &["stale"], None))).await.is_err());
+
+    let attempts = store.attempts(id).await.unwrap();
+    assert_eq!(attempts.iter().map(|a| (a.attempt, a.summary.outcome.as_str())).collect::<Vec<_>>(), vec![(1, "retry"), (2, "ok")]);
+    assert_eq!(attempts[0].plugin_version.as_deref(), Some("1.2.0"));
+    let a = &attempts[0].summary;
+    assert_eq!((a.host.as_str(), a.started_at, a.ended_at), ("host-a", 1_000, 1_250));
+    assert_eq!((a.error.as_deref(), a.duration_ms, a.fuel_used, a.peak_memory_bytes), (Some("retry happened"), 12.5, 4_000_000, 1 << 20));
+    assert_eq!((a.http_requests, a.log_bytes_dropped), (3, 7));
+    assert_eq!(attempts[1].summary.error, None);
+    assert_eq!(store.get(id).await.unwrap().unwrap().progress.map(|p| p.percent), Some(50), "a run that reported none leaves the last");
+    let lines = |logs: Vec<(u32, super::attempt::LogEntry)>| logs.into_iter().map(|(n, l)| (n, l.message)).collect::<Vec<_>>();
+    assert_eq!(lines(store.attempt_logs(id, Some(1)).await.unwrap()), vec![(1, "one".into()), (1, "two".into())]);
+    assert_eq!(lines(store.attempt_logs(id, None).await.unwrap()), vec![(1, "one".into()), (1, "two".into()), (2, "three".into())]);
+    assert!(store.attempt_logs(id, Some(3)).await.unwrap().is_empty());
+    let line = store.attempt_logs(id, Some(2)).await.unwrap().remove(0).1;
+    assert_eq!((line.at, line.level.as_str(), line.source.as_str()), (1_000, "info", "log"));
+
+    // A snooze is no attempt; a completion with effects (its own transaction) records; a discard records.
+    let other = store.insert_many(vec![new_job("echo"), new_job("echo")]).await.unwrap();
+    let (snoozed, effected) = (other[0].job.id, other[1].job.id);
+    let claimed = store.claim(claim(DEFAULT_QUEUE, 2)).await.unwrap();
+    let snooze = Transition::Snooze { at: clock.now() };
+    let with_effects = Transition::Complete { result: vec![], effects: with_children(vec![new_job("child")]) };
+    let by_id = |id| claimed.iter().find(|j| j.id == id).unwrap().lease();
+    store
+        .finish_many(vec![recorded(by_id(snoozed), snooze, ran("cancelled", &[], None)), recorded(by_id(effected), with_effects, ran("ok", &["x"], Some(100)))])
+        .await
+        .unwrap();
+    assert!(store.attempts(snoozed).await.unwrap().is_empty(), "a snooze is not an attempt");
+    assert_eq!(store.attempts(effected).await.unwrap().len(), 1);
+    assert_eq!(store.get(effected).await.unwrap().unwrap().progress.map(|p| p.percent), Some(100));
+    let dying = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
+    assert_eq!(dying.id, snoozed);
+    store.finish(recorded(dying.lease(), Transition::Discard { error: err(1, "fatal happened") }, ran("fatal", &["bye"], None))).await.unwrap();
+    assert_eq!(store.attempts(snoozed).await.unwrap().len(), 1);
+
+    // Deleting a job, by hand or by the pruner, deletes its attempts and logs.
+    store.delete_by_hand(snoozed).await.unwrap();
+    assert!(store.attempts(snoozed).await.unwrap().is_empty() && store.attempt_logs(snoozed, None).await.unwrap().is_empty());
+    let pruned = store.prune(PruneParams { state: JobState::Completed, finalized_before: clock.now() + 1, keep_per_queue: 0, limit: 100 }).await.unwrap();
+    assert_eq!(pruned, 2);
+    assert!(store.attempts(id).await.unwrap().is_empty() && store.attempt_logs(id, None).await.unwrap().is_empty());
+    assert!(store.attempts(effected).await.unwrap().is_empty());
+}
+
 /// Instantiates every conformance test for one backend. `$factory` is an
 /// async fn returning `(Arc<dyn JobStore>, ManualClock, guard)`; the guard
 /// (a temp dir, a schema) lives as long as the test. Attributes after it
@@ -779,6 +874,7 @@ macro_rules! conformance_tests {
             a_kinds_max_per_key_holds_each_key_and_never_the_jobs_behind_it,
             a_kinds_rate_holds_its_starts_beside_other_kinds_and_tenants,
             the_pruner_deletes_old_and_surplus_finished_jobs_and_keeps_what_schedules_need,
+            each_attempt_is_kept_with_its_logs_and_progress_and_goes_with_its_job,
         );
     };
     (@each $factory:ident, $attrs:tt, $($test:ident),+ $(,)?) => {

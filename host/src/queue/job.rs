@@ -133,6 +133,9 @@ pub struct Job {
     pub parent_id: Option<JobId>,
     /// Its group under its kind's `max_per_key`.
     pub concurrency_key: Option<String>,
+    /// The progress its plugin last reported (by this attempt, or the last
+    /// one until this one reports), written with the heartbeat and the end.
+    pub progress: Option<super::attempt::Progress>,
 }
 
 impl Job {

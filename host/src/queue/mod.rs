@@ -2,6 +2,7 @@
 //! transitions), the job states, and the backends (SQLite embedded, Postgres
 //! shared). Knows nothing of wasm.
 
+mod attempt;
 mod clock;
 #[cfg(test)]
 pub(crate) mod conformance;
@@ -10,6 +11,7 @@ mod postgres;
 mod sqlite;
 mod store;
 
+pub use attempt::{Attempt, AttemptRun, AttemptSummary, LogEntry, Progress, logs_json, logs_of_json};
 pub use clock::{Clock, MAX_MILLIS, ManualClock, SharedClock, SystemClock, from_rfc3339, millis_after, to_rfc3339};
 pub use job::{AttemptError, Job, JobId, JobState, Lease, Millis, plain_name, qualified_kind, tenant_of};
 pub use postgres::{DEFAULT_SCHEMA, PostgresStore, WAKE_ALL, check_schema};

@@ -16,6 +16,7 @@
 //! - Time comes from the host's clock, as with SQLite (the hosts' clocks are
 //!   assumed to agree to well within a lease).
 
+use super::attempt::{Attempt, AttemptRun, AttemptSummary, LogEntry, Progress, logs_json, logs_of_json};
 use super::clock::SharedClock;
 use super::job::{AttemptError, Job, JobId, JobState, Lease, Millis};
 use super::store::{
@@ -204,6 +205,33 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
     CREATE INDEX jobs_finished ON jobs (state, finalized_at) WHERE state IN ('completed', 'cancelled', 'dead');
     CREATE INDEX jobs_queue_finished ON jobs (queue, state, id) WHERE state IN ('completed', 'cancelled', 'dead');
     "#,
+), (
+    10,
+    "attempts",
+    r#"
+    -- A running job's last reported progress (with the heartbeat).
+    ALTER TABLE jobs ADD COLUMN progress_percent smallint;
+    ALTER TABLE jobs ADD COLUMN progress_note text;
+    -- Each attempt as it ended, with its log lines (a JSON array); whatever
+    -- deletes a job (the pruner, a hand delete) deletes its attempts.
+    CREATE TABLE job_attempts (
+        job_id            bigint           NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        attempt           integer          NOT NULL,
+        host              text             NOT NULL,
+        plugin_version    text,
+        started_at        bigint           NOT NULL,
+        ended_at          bigint           NOT NULL,
+        outcome           text             NOT NULL,
+        error             text,
+        duration_ms       double precision NOT NULL,
+        fuel_used         bigint           NOT NULL,
+        peak_memory_bytes bigint           NOT NULL,
+        http_requests     bigint           NOT NULL,
+        log_bytes_dropped bigint           NOT NULL,
+        logs              text             NOT NULL,
+        PRIMARY KEY (job_id, attempt)
+    );
+    "#,
 )];
 
 // SQL fragments as macros, so each statement is one literal built at
@@ -213,12 +241,12 @@ macro_rules! columns {
         "jobs.id, jobs.kind, jobs.queue, jobs.priority, jobs.payload, jobs.state, jobs.attempt, jobs.max_attempts, \
          jobs.scheduled_at, jobs.unique_key, jobs.errors::text, jobs.result, jobs.lease_token, jobs.leased_by, \
          jobs.lease_expires_at, jobs.cancel_requested, jobs.created_at, jobs.attempted_at, jobs.finalized_at, jobs.plugin_version, \
-         jobs.parent_id, jobs.concurrency_key"
+         jobs.parent_id, jobs.concurrency_key, jobs.progress_percent, jobs.progress_note"
     };
 }
 /// How many columns `columns!()` names: a query that adds one of its own
 /// reads it at this index.
-const JOB_COLUMNS: usize = 22;
+const JOB_COLUMNS: usize = 24;
 /// A job's tenant compared with a parameter that follows (`''`: the host's own).
 macro_rules! tenant_is {
     () => {
@@ -494,6 +522,10 @@ fn job_from_row(row: &Row) -> Result<Job, StoreError> {
         plugin_version: row.try_get(19).map_err(bad)?,
         parent_id: row.try_get(20).map_err(bad)?,
         concurrency_key: row.try_get(21).map_err(bad)?,
+        progress: match row.try_get::<_, Option<i16>>(22).map_err(bad)? {
+            Some(percent) => Some(Progress { percent: percent.clamp(0, 100) as u8, note: row.try_get(23).map_err(bad)? }),
+            None => None,
+        },
     })
 }
 
@@ -510,9 +542,53 @@ fn error_json(error: &AttemptError) -> String {
     serde_json::to_string(error).expect("attempt errors serialise")
 }
 
-/// Applies one transition other than a plain completion; `Ok(false)` when
-/// the lease is not current.
+/// Applies one transition other than a plain completion, with its
+/// attempt's record; `Ok(false)` when the lease is not current.
 async fn apply_one(client: &impl GenericClient, finish: &Finish, now: Millis) -> Result<bool, StoreError> {
+    let applied = apply_transition(client, finish, now).await?;
+    if applied && !matches!(finish.transition, Transition::Snooze { .. }) {
+        if let Some(run) = &finish.attempt {
+            record_attempt(client, finish.lease.id, run, finish.ran_version.as_deref()).await?;
+        }
+    }
+    Ok(applied)
+}
+
+/// Keeps `run` as job `id`'s current attempt (once: a second record of
+/// one attempt is ignored), and its last progress on the job.
+async fn record_attempt(client: &impl GenericClient, id: JobId, run: &AttemptRun, version: Option<&str>) -> Result<(), StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO job_attempts (job_id, attempt, host, plugin_version, started_at, ended_at, outcome, error, duration_ms, \
+             fuel_used, peak_memory_bytes, http_requests, log_bytes_dropped, logs) \
+             SELECT id, attempt, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 FROM jobs WHERE id = $1 \
+             ON CONFLICT DO NOTHING",
+        )
+        .await
+        .map_err(pg_error)?;
+    let a = &run.summary;
+    let counts = [a.fuel_used, a.peak_memory_bytes, a.http_requests, a.log_bytes_dropped].map(clamp_i64);
+    client
+        .execute(
+            &stmt,
+            &[&id, &a.host, &version, &a.started_at, &a.ended_at, &a.outcome, &a.error, &a.duration_ms, &counts[0], &counts[1], &counts[2], &counts[3], &logs_json(&run.logs)],
+        )
+        .await
+        .map_err(pg_error)?;
+    if let Some(progress) = &run.progress {
+        let stmt = client.prepare_cached("UPDATE jobs SET progress_percent = $2, progress_note = $3 WHERE id = $1").await.map_err(pg_error)?;
+        client.execute(&stmt, &[&id, &i16::from(progress.percent), &progress.note]).await.map_err(pg_error)?;
+    }
+    Ok(())
+}
+
+/// A count as Postgres's bigint (which is signed).
+fn clamp_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// [`apply_one`]'s state change.
+async fn apply_transition(client: &impl GenericClient, finish: &Finish, now: Millis) -> Result<bool, StoreError> {
     let Lease { id, token } = finish.lease;
     let version = &finish.ran_version;
     let (sql, value, error): (&str, i64, Option<String>) = match &finish.transition {
@@ -579,29 +655,118 @@ async fn complete_batch(client: &impl GenericClient, finishes: &[&Finish], now: 
     let mut tokens = Vec::with_capacity(finishes.len());
     let mut results: Vec<&[u8]> = Vec::with_capacity(finishes.len());
     let mut versions: Vec<Option<&str>> = Vec::with_capacity(finishes.len());
+    let mut percents: Vec<Option<i16>> = Vec::with_capacity(finishes.len());
+    let mut notes: Vec<Option<&str>> = Vec::with_capacity(finishes.len());
+    let mut ran = AttemptColumns::default();
     for f in finishes {
         let Transition::Complete { result, .. } = &f.transition else { unreachable!("only completions are batched") };
         ids.push(f.lease.id);
         tokens.push(f.lease.token);
         results.push(result);
         versions.push(f.ran_version.as_deref());
+        let progress = f.attempt.as_ref().and_then(|a| a.progress.as_ref());
+        percents.push(progress.map(|p| i16::from(p.percent)));
+        notes.push(progress.and_then(|p| p.note.as_deref()));
+        if let Some(run) = &f.attempt {
+            ran.push(f.lease.id, f.ran_version.as_deref(), run);
+        }
     }
+    // The completions and their attempts' records in one statement: a
+    // record goes in only for a job the update completed.
     let stmt = client
         .prepare_cached(
             concat!(
-                "WITH done AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::text[]) AS d(id, token, result, version)), ",
+                "WITH done AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::text[], $6::smallint[], $7::text[]) \
+                 AS d(id, token, result, version, percent, note)), ",
                 locked_in_order!(),
-                "UPDATE jobs SET state = 'completed', result = done.result, finalized_at = $5, leased_by = NULL, \
-                 lease_expires_at = NULL, plugin_version = coalesce(done.version, jobs.plugin_version) \
+                ", completed AS (UPDATE jobs SET state = 'completed', result = done.result, finalized_at = $5, leased_by = NULL, \
+                 lease_expires_at = NULL, plugin_version = coalesce(done.version, jobs.plugin_version), \
+                 progress_percent = coalesce(done.percent, jobs.progress_percent), \
+                 progress_note = CASE WHEN done.percent IS NULL THEN jobs.progress_note ELSE done.note END \
                  FROM done, locked WHERE jobs.id = done.id AND jobs.id = locked.id \
                    AND jobs.lease_token = done.token AND jobs.state = 'running' \
-                 RETURNING jobs.id"
+                 RETURNING jobs.id, jobs.attempt), \
+                 recorded AS (INSERT INTO job_attempts (job_id, attempt, host, plugin_version, started_at, ended_at, outcome, error, \
+                   duration_ms, fuel_used, peak_memory_bytes, http_requests, log_bytes_dropped, logs) \
+                 SELECT a.id, completed.attempt, a.host, a.version, a.started_at, a.ended_at, a.outcome, a.error, a.duration_ms, \
+                   a.fuel_used, a.peak_memory_bytes, a.http_requests, a.log_bytes_dropped, a.logs \
+                 FROM unnest($8::bigint[], $9::text[], $10::text[], $11::bigint[], $12::bigint[], $13::text[], $14::text[], \
+                   $15::float8[], $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], $20::text[]) \
+                   AS a(id, host, version, started_at, ended_at, outcome, error, duration_ms, fuel_used, peak_memory_bytes, \
+                   http_requests, log_bytes_dropped, logs) \
+                 JOIN completed ON completed.id = a.id \
+                 ON CONFLICT DO NOTHING) \
+                 SELECT id FROM completed"
             ),
         )
         .await
         .map_err(pg_error)?;
-    let rows = client.query(&stmt, &[&ids, &tokens, &results, &versions, &now]).await.map_err(pg_error)?;
+    let rows = client
+        .query(
+            &stmt,
+            &[
+                &ids,
+                &tokens,
+                &results,
+                &versions,
+                &now,
+                &percents,
+                &notes,
+                &ran.ids,
+                &ran.hosts,
+                &ran.versions,
+                &ran.started_at,
+                &ran.ended_at,
+                &ran.outcomes,
+                &ran.errors,
+                &ran.duration_ms,
+                &ran.fuel_used,
+                &ran.peak_memory_bytes,
+                &ran.http_requests,
+                &ran.log_bytes_dropped,
+                &ran.logs,
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Attempt records as the columns `complete_batch` unnests.
+#[derive(Default)]
+struct AttemptColumns<'a> {
+    ids: Vec<JobId>,
+    hosts: Vec<&'a str>,
+    versions: Vec<Option<&'a str>>,
+    started_at: Vec<Millis>,
+    ended_at: Vec<Millis>,
+    outcomes: Vec<&'a str>,
+    errors: Vec<Option<&'a str>>,
+    duration_ms: Vec<f64>,
+    fuel_used: Vec<i64>,
+    peak_memory_bytes: Vec<i64>,
+    http_requests: Vec<i64>,
+    log_bytes_dropped: Vec<i64>,
+    logs: Vec<String>,
+}
+
+impl<'a> AttemptColumns<'a> {
+    fn push(&mut self, id: JobId, version: Option<&'a str>, run: &'a AttemptRun) {
+        let a = &run.summary;
+        self.ids.push(id);
+        self.hosts.push(&a.host);
+        self.versions.push(version);
+        self.started_at.push(a.started_at);
+        self.ended_at.push(a.ended_at);
+        self.outcomes.push(&a.outcome);
+        self.errors.push(a.error.as_deref());
+        self.duration_ms.push(a.duration_ms);
+        self.fuel_used.push(clamp_i64(a.fuel_used));
+        self.peak_memory_bytes.push(clamp_i64(a.peak_memory_bytes));
+        self.http_requests.push(clamp_i64(a.http_requests));
+        self.log_bytes_dropped.push(clamp_i64(a.log_bytes_dropped));
+        self.logs.push(logs_json(&run.logs));
+    }
 }
 
 /// Applies kv writes in order. `Add` touches only a key that holds a
@@ -1067,19 +1232,23 @@ impl JobStore for PostgresStore {
         let client = self.client().await?;
         let ids: Vec<JobId> = p.leases.iter().map(|l| l.id).collect();
         let tokens: Vec<i64> = p.leases.iter().map(|l| l.token).collect();
+        let reported: std::collections::HashMap<Lease, &Progress> = p.progress.iter().map(|(l, p)| (*l, p)).collect();
+        let percents: Vec<Option<i16>> = p.leases.iter().map(|l| reported.get(l).map(|p| i16::from(p.percent))).collect();
+        let notes: Vec<Option<&str>> = p.leases.iter().map(|l| reported.get(l).and_then(|p| p.note.as_deref())).collect();
         let stmt = client
             .prepare_cached(
                 concat!(
-                    "WITH done AS (SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS held(id, token)), ",
+                    "WITH done AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $4::smallint[], $5::text[]) AS held(id, token, percent, note)), ",
                     locked_in_order!(),
-                    "UPDATE jobs SET lease_expires_at = $3 FROM done, locked \
+                    "UPDATE jobs SET lease_expires_at = $3, progress_percent = coalesce(done.percent, jobs.progress_percent), \
+                     progress_note = CASE WHEN done.percent IS NULL THEN jobs.progress_note ELSE done.note END FROM done, locked \
                      WHERE jobs.id = done.id AND jobs.id = locked.id AND jobs.lease_token = done.token AND jobs.state = 'running' \
                      RETURNING jobs.id, jobs.cancel_requested"
                 ),
             )
             .await
             .map_err(pg_error)?;
-        let rows = client.query(&stmt, &[&ids, &tokens, &(now + p.lease_ms)]).await.map_err(pg_error)?;
+        let rows = client.query(&stmt, &[&ids, &tokens, &(now + p.lease_ms), &percents, &notes]).await.map_err(pg_error)?;
         let kept: std::collections::HashMap<JobId, bool> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
         let mut result = HeartbeatResult::default();
         for lease in p.leases {
@@ -1274,6 +1443,57 @@ impl JobStore for PostgresStore {
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         get_job(&self.client().await?, id).await
+    }
+
+    async fn attempts(&self, id: JobId) -> Result<Vec<Attempt>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT attempt, host, plugin_version, started_at, ended_at, outcome, error, duration_ms, fuel_used, peak_memory_bytes, \
+                 http_requests, log_bytes_dropped FROM job_attempts WHERE job_id = $1 ORDER BY attempt",
+            )
+            .await
+            .map_err(pg_error)?;
+        let count = |r: &Row, i: usize| r.get::<_, i64>(i).max(0) as u64;
+        Ok(client
+            .query(&stmt, &[&id])
+            .await
+            .map_err(pg_error)?
+            .iter()
+            .map(|r| Attempt {
+                attempt: r.get::<_, i32>(0).max(0) as u32,
+                plugin_version: r.get(2),
+                summary: AttemptSummary {
+                    host: r.get(1),
+                    started_at: r.get(3),
+                    ended_at: r.get(4),
+                    outcome: r.get(5),
+                    error: r.get(6),
+                    duration_ms: r.get(7),
+                    fuel_used: count(r, 8),
+                    peak_memory_bytes: count(r, 9),
+                    http_requests: count(r, 10),
+                    log_bytes_dropped: count(r, 11),
+                },
+            })
+            .collect())
+    }
+
+    async fn attempt_logs(&self, id: JobId, attempt: Option<u32>) -> Result<Vec<(u32, LogEntry)>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT attempt, logs FROM job_attempts WHERE job_id = $1 AND ($2::integer IS NULL OR attempt = $2) ORDER BY attempt")
+            .await
+            .map_err(pg_error)?;
+        let attempt = attempt.map(|a| i32::try_from(a).unwrap_or(i32::MAX));
+        let rows = client.query(&stmt, &[&id, &attempt]).await.map_err(pg_error)?;
+        Ok(rows
+            .iter()
+            .flat_map(|r| {
+                let n = r.get::<_, i32>(0).max(0) as u32;
+                logs_of_json(r.get(1)).into_iter().map(move |l| (n, l))
+            })
+            .collect())
     }
 
     async fn list(&self, filter: ListFilter) -> Result<JobList, StoreError> {

@@ -10,6 +10,7 @@
 //! transaction survives a crash of the process (`kill -9`); only a power
 //! loss can drop the last few commits.
 
+use super::attempt::{Attempt, AttemptRun, AttemptSummary, LogEntry, Progress, logs_json, logs_of_json};
 use super::clock::SharedClock;
 use super::job::{AttemptError, Job, JobId, JobState, Lease, Millis};
 use super::store::{
@@ -180,6 +181,38 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     CREATE INDEX jobs_queue_finished ON jobs (queue, state, id) WHERE state IN ('completed', 'cancelled', 'dead');
     "#,
     ),
+    (
+        11,
+        "attempts",
+        r#"
+    -- A running job's last reported progress (with the heartbeat).
+    ALTER TABLE jobs ADD COLUMN progress_percent INTEGER;
+    ALTER TABLE jobs ADD COLUMN progress_note TEXT;
+    -- Each attempt as it ended, with its log lines (a JSON array).
+    CREATE TABLE job_attempts (
+        job_id INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        host TEXT NOT NULL,
+        plugin_version TEXT,
+        started_at INTEGER NOT NULL,
+        ended_at INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        error TEXT,
+        duration_ms REAL NOT NULL,
+        fuel_used INTEGER NOT NULL,
+        peak_memory_bytes INTEGER NOT NULL,
+        http_requests INTEGER NOT NULL,
+        log_bytes_dropped INTEGER NOT NULL,
+        logs TEXT NOT NULL,
+        PRIMARY KEY (job_id, attempt)
+    );
+    -- Whatever deletes a job (the pruner, a hand delete) deletes its attempts.
+    CREATE TRIGGER job_attempts_go_with_their_job AFTER DELETE ON jobs
+    BEGIN
+        DELETE FROM job_attempts WHERE job_id = old.id;
+    END;
+    "#,
+    ),
 ];
 
 // SQL fragments as macros, so every statement below is one literal built at
@@ -188,12 +221,12 @@ macro_rules! columns {
     () => {
         "id, kind, queue, priority, payload, state, attempt, max_attempts, scheduled_at, unique_key, \
          errors, result, lease_token, leased_by, lease_expires_at, cancel_requested, created_at, attempted_at, finalized_at, \
-         plugin_version, parent_id, concurrency_key"
+         plugin_version, parent_id, concurrency_key, progress_percent, progress_note"
     };
 }
 /// How many columns `columns!()` names: a query that adds one of its own
 /// reads it at this index.
-const JOB_COLUMNS: usize = 22;
+const JOB_COLUMNS: usize = 24;
 /// The states a claim takes jobs from (once due).
 macro_rules! waiting {
     () => {
@@ -467,6 +500,7 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         plugin_version: row.get(19)?,
         parent_id: row.get(20)?,
         concurrency_key: row.get(21)?,
+        progress: row.get::<_, Option<u8>>(22)?.map(|percent| Ok::<_, rusqlite::Error>(Progress { percent, note: row.get(23)? })).transpose()?,
     })
 }
 
@@ -533,7 +567,47 @@ fn apply(tx: &rusqlite::Transaction<'_>, finish: &Finish, now: Millis) -> rusqli
             ))?
             .execute(params![id, token, now, error_json(error), Null, Null, Null, Null, finish.ran_version])?,
     };
+    if changed == 1 && !matches!(finish.transition, Transition::Snooze { .. }) {
+        if let Some(run) = &finish.attempt {
+            record_attempt(tx, id, run, finish.ran_version.as_deref())?;
+        }
+    }
     Ok(changed == 1)
+}
+
+/// Keeps `run` as job `id`'s current attempt (once: a second record of
+/// one attempt is ignored), and its last progress on the job.
+fn record_attempt(tx: &rusqlite::Transaction<'_>, id: JobId, run: &AttemptRun, version: Option<&str>) -> rusqlite::Result<()> {
+    let a = &run.summary;
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO job_attempts (job_id, attempt, host, plugin_version, started_at, ended_at, outcome, error, duration_ms, \
+         fuel_used, peak_memory_bytes, http_requests, log_bytes_dropped, logs) \
+         SELECT id, attempt, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13 FROM jobs WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        a.host,
+        version,
+        a.started_at,
+        a.ended_at,
+        a.outcome,
+        a.error,
+        a.duration_ms,
+        clamp_i64(a.fuel_used),
+        clamp_i64(a.peak_memory_bytes),
+        clamp_i64(a.http_requests),
+        clamp_i64(a.log_bytes_dropped),
+        logs_json(&run.logs)
+    ])?;
+    if let Some(progress) = &run.progress {
+        tx.prepare_cached("UPDATE jobs SET progress_percent = ?2, progress_note = ?3 WHERE id = ?1")?.execute(params![id, progress.percent, progress.note])?;
+    }
+    Ok(())
+}
+
+/// A count as SQLite's integer (which is signed).
+fn clamp_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Applies kv writes in order. `Add` touches only a key that holds a
@@ -953,6 +1027,14 @@ impl JobStore for SqliteStore {
                     Some(false) => {}
                 }
             }
+            let mut progress = tx
+                .prepare_cached(
+                    "UPDATE jobs SET progress_percent = ?3, progress_note = ?4 WHERE id = ?1 AND lease_token = ?2 AND state = 'running'",
+                )
+                .map_err(db_error)?;
+            for (lease, p) in &p.progress {
+                progress.execute(params![lease.id, lease.token, p.percent, p.note]).map_err(db_error)?;
+            }
             Ok(result)
         })
         .await
@@ -1088,6 +1170,50 @@ impl JobStore for SqliteStore {
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         self.read(move |conn, _| get_job(conn, id)).await
+    }
+
+    async fn attempts(&self, id: JobId) -> Result<Vec<Attempt>, StoreError> {
+        self.read(move |conn, _| {
+            conn.prepare_cached(
+                "SELECT attempt, host, plugin_version, started_at, ended_at, outcome, error, duration_ms, fuel_used, peak_memory_bytes, \
+                 http_requests, log_bytes_dropped FROM job_attempts WHERE job_id = ?1 ORDER BY attempt",
+            )
+            .and_then(|mut s| {
+                s.query_map([id], |r| {
+                    let count = |i: usize| r.get::<_, i64>(i).map(|n| n.max(0) as u64);
+                    Ok(Attempt {
+                        attempt: r.get(0)?,
+                        plugin_version: r.get(2)?,
+                        summary: AttemptSummary {
+                            host: r.get(1)?,
+                            started_at: r.get(3)?,
+                            ended_at: r.get(4)?,
+                            outcome: r.get(5)?,
+                            error: r.get(6)?,
+                            duration_ms: r.get(7)?,
+                            fuel_used: count(8)?,
+                            peak_memory_bytes: count(9)?,
+                            http_requests: count(10)?,
+                            log_bytes_dropped: count(11)?,
+                        },
+                    })
+                })?
+                .collect()
+            })
+            .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn attempt_logs(&self, id: JobId, attempt: Option<u32>) -> Result<Vec<(u32, LogEntry)>, StoreError> {
+        self.read(move |conn, _| {
+            let rows: Vec<(u32, String)> = conn
+                .prepare_cached("SELECT attempt, logs FROM job_attempts WHERE job_id = ?1 AND (?2 IS NULL OR attempt = ?2) ORDER BY attempt")
+                .and_then(|mut s| s.query_map(params![id, attempt], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                .map_err(db_error)?;
+            Ok(rows.into_iter().flat_map(|(n, logs)| logs_of_json(&logs).into_iter().map(move |l| (n, l))).collect())
+        })
+        .await
     }
 
     async fn list(&self, filter: ListFilter) -> Result<JobList, StoreError> {

@@ -1,5 +1,6 @@
 //! The [`JobStore`] trait: the database boundary, as state transitions.
 
+use super::attempt::{Attempt, AttemptRun, LogEntry, Progress};
 use super::job::{AttemptError, Job, JobId, JobState, Lease, Millis};
 use async_trait::async_trait;
 
@@ -384,6 +385,9 @@ pub fn claim_cap(limits: &TenantLimits, running: u64, tokens: Option<f64>) -> (u
 pub struct HeartbeatParams {
     pub leases: Vec<Lease>,
     pub lease_ms: i64,
+    /// Progress reported since the last beat, by job (written only where
+    /// the lease is current).
+    pub progress: Vec<(Lease, Progress)>,
 }
 
 /// What a heartbeat found.
@@ -460,17 +464,20 @@ pub enum KvChange {
 }
 
 /// One transition out of `running`, accepted only with the current token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Finish {
     pub lease: Lease,
     pub transition: Transition,
     /// The plugin version that ran the attempt, recorded on the job.
     pub ran_version: Option<String>,
+    /// The attempt's record, kept with the job (none for a snooze, which
+    /// does not count as an attempt, or when the host keeps no attempts).
+    pub attempt: Option<AttemptRun>,
 }
 
 impl Finish {
     pub fn new(lease: Lease, transition: Transition) -> Self {
-        Self { lease, transition, ran_version: None }
+        Self { lease, transition, ran_version: None, attempt: None }
     }
 }
 
@@ -735,6 +742,12 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     async fn prune(&self, params: PruneParams) -> Result<u64, StoreError>;
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError>;
+    /// The recorded attempts of job `id`, first first (none for a job that
+    /// does not exist).
+    async fn attempts(&self, id: JobId) -> Result<Vec<Attempt>, StoreError>;
+    /// The log lines of job `id`'s attempt `attempt` (every attempt's when
+    /// `None`), each with its attempt's number, in order.
+    async fn attempt_logs(&self, id: JobId, attempt: Option<u32>) -> Result<Vec<(u32, LogEntry)>, StoreError>;
 
     async fn list(&self, filter: ListFilter) -> Result<JobList, StoreError>;
 

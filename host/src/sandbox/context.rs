@@ -8,6 +8,7 @@ use super::bindings::kiln::worker::context::LogLevel;
 use super::iteration::IterationState;
 use super::logs::{LogSource, MAX_LOG_LINE_BYTES};
 use super::plugin_text::{self, MAX_PROGRESS_NOTE_BYTES};
+use super::progress::ReportedProgress;
 use std::time::Instant;
 use wasmtime::component::{Linker, WasmStr};
 use wasmtime::{AsContext, StoreContextMut};
@@ -40,10 +41,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<IterationState>) -> wasmtime::Re
                 None => None,
             };
             let state = store.data_mut();
-            state.progress = Some(percent);
-            if let Some(note) = note {
+            if let Some(note) = &note {
                 state.log.line(LogSource::Context, tracing::Level::DEBUG, &format!("progress {percent}%: {note}"), 0);
             }
+            state.progress.set(ReportedProgress { percent, note: note.map(|n| state.log.redactor().text(&n).into_owned()) });
             Ok(())
         },
     )?;

@@ -33,12 +33,12 @@ pub(crate) struct IterationState {
     pub(crate) stop: StopSignal,
     pub(crate) deadline: Instant,
     pub(crate) memory: MemoryAccount,
-    pub(crate) progress: Option<u8>,
+    pub(crate) progress: super::ProgressCell,
     pub(crate) interrupted_by: Option<InterruptReason>,
 }
 
 impl IterationState {
-    pub(crate) fn new(log: IterationLog, stop: StopSignal, deadline: Instant, memory_limit: u64, scope: Scope) -> Self {
+    pub(crate) fn new(log: IterationLog, stop: StopSignal, progress: super::ProgressCell, deadline: Instant, memory_limit: u64, scope: Scope) -> Self {
         let mut wasi = WasiCtx::builder();
         // Nothing is granted: no preopened directories, no environment, no
         // arguments, no sockets (the address check denies every address by
@@ -57,7 +57,7 @@ impl IterationState {
             stop,
             deadline,
             memory: MemoryAccount::new(memory_limit),
-            progress: None,
+            progress,
             interrupted_by: None,
         }
     }

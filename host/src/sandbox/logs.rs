@@ -24,9 +24,22 @@ pub enum LogSource {
     Context,
 }
 
+impl LogSource {
+    /// As logs and the API name it: `stdout`, `stderr`, or `log` for `context.log`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogSource::Stdout => "stdout",
+            LogSource::Stderr => "stderr",
+            LogSource::Context => "log",
+        }
+    }
+}
+
 /// One captured log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogLine {
+    /// When the host took the line: milliseconds since the Unix epoch.
+    pub at_ms: i64,
     pub source: LogSource,
     pub level: tracing::Level,
     pub message: String,
@@ -147,11 +160,7 @@ impl LogBuffer {
         self.kept_bytes += bytes.len();
         self.dropped_bytes += full_len - bytes.len() as u64;
         let message = super::plugin_text::escape_controls(&String::from_utf8_lossy(bytes));
-        let stream = match source {
-            LogSource::Stdout => "stdout",
-            LogSource::Stderr => "stderr",
-            LogSource::Context => "log",
-        };
+        let stream = source.as_str();
         match level {
             tracing::Level::ERROR => tracing::error!(target: "kiln::plugin", job = %self.job_id, plugin = %self.kind, stream, "{message}"),
             tracing::Level::WARN => tracing::warn!(target: "kiln::plugin", job = %self.job_id, plugin = %self.kind, stream, "{message}"),
@@ -159,7 +168,8 @@ impl LogBuffer {
             tracing::Level::DEBUG => tracing::debug!(target: "kiln::plugin", job = %self.job_id, plugin = %self.kind, stream, "{message}"),
             tracing::Level::TRACE => tracing::trace!(target: "kiln::plugin", job = %self.job_id, plugin = %self.kind, stream, "{message}"),
         }
-        self.lines.push(LogLine { source, level, message });
+        let at_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        self.lines.push(LogLine { at_ms, source, level, message });
     }
 }
 

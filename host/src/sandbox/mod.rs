@@ -21,6 +21,7 @@ mod iteration;
 mod logs;
 mod outcome;
 mod plugin_text;
+mod progress;
 mod returned;
 mod stop;
 
@@ -37,6 +38,7 @@ pub use engine::{
 pub use logs::{LogLine, LogSource, MAX_LOG_BYTES_PER_ITERATION, MAX_LOG_LINE_BYTES};
 pub use outcome::{HttpUse, Outcome, Report};
 pub use plugin_text::{MAX_ERROR_MESSAGE_BYTES, MAX_PROGRESS_NOTE_BYTES, escape_controls};
+pub use progress::{ProgressCell, ReportedProgress};
 pub use stop::StopSignal;
 
 /// The WIT world plugins must target, as shown in errors.
@@ -62,6 +64,9 @@ pub struct JobInput {
     pub max_attempts: u32,
     pub payload: Vec<u8>,
     pub checkpoint: Option<Vec<u8>>,
+    /// Where the run's `context.progress` lands, for the host to read
+    /// while it runs (a fresh cell when nobody reads it).
+    pub progress: ProgressCell,
 }
 
 /// A component checked against the `job` world and pre-instantiated with
@@ -275,6 +280,7 @@ impl Sandbox {
             IterationState::new(
                 log.clone(),
                 stop.clone(),
+                job.progress.clone(),
                 deadline,
                 budget.memory_bytes,
                 capability::Scope::new(plugin.grants.clone(), budget.max_payload_bytes, self.kv_backend.get().cloned(), deadline),
@@ -329,7 +335,8 @@ impl Sandbox {
         let fuel_used = budget.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         let outcome = classify(end, store.as_context(), stop, budget);
         let state = store.data_mut();
-        let (peak, progress) = (state.memory.peak, state.progress);
+        let peak = state.memory.peak;
+        let progress = state.progress.latest();
         // Effects count only for a run that completed.
         let mut children = if outcome.is_ok() { state.scope.take_children() } else { Vec::new() };
         let kv_writes = if outcome.is_ok() { state.scope.take_kv_effects() } else { Vec::new() };
@@ -366,7 +373,7 @@ impl Sandbox {
     }
 }
 
-fn finish(outcome: Outcome, fuel_used: u64, peak: u64, progress: Option<u8>, started: Instant, log: &IterationLog) -> Report {
+fn finish(outcome: Outcome, fuel_used: u64, peak: u64, progress: Option<ReportedProgress>, started: Instant, log: &IterationLog) -> Report {
     let (logs, log_bytes_dropped) = log.finish();
     let outcome = outcome.redacted(log.redactor());
     Report { outcome, fuel_used, peak_memory_bytes: peak, duration: started.elapsed(), progress, logs, log_bytes_dropped, enqueued: Vec::new(), kv_writes: Vec::new(), http: HttpUse::default() }

@@ -114,8 +114,8 @@ pub struct Report {
     pub peak_memory_bytes: u64,
     /// From the fresh store's creation to its drop.
     pub duration: Duration,
-    /// The last progress the plugin reported, 0–100.
-    pub progress: Option<u8>,
+    /// The last progress the plugin reported.
+    pub progress: Option<super::ReportedProgress>,
     /// Log lines kept for this iteration (stdout, stderr and context log).
     pub logs: Vec<super::LogLine>,
     /// Log bytes dropped past the per-iteration cap.

@@ -11,7 +11,7 @@ use super::runner::{Ran, Runner};
 use crate::queue::{
     ClaimParams, Finish, HeartbeatParams, Inserted, Job, JobId, JobStore, Lease, Millis, NewJob, SharedClock, StoreError, Transition,
 };
-use crate::sandbox::{JobInput, Outcome, StopSignal};
+use crate::sandbox::{JobInput, Outcome, ProgressCell, StopSignal};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -108,6 +108,28 @@ pub struct DispatcherConfig {
     pub tenants: Vec<TenantPolicy>,
     /// How long finished jobs are kept (`None`: for ever).
     pub retention: Option<super::pruner::Retention>,
+    /// What is kept of each attempt.
+    pub attempts: AttemptRecords,
+}
+
+/// `kiln.toml`'s `[attempts]`: what the store keeps of each attempt, with
+/// its job (and deleted with it by the pruner).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttemptRecords {
+    /// Each attempt's host, plugin version, start and end, outcome, error,
+    /// fuel, peak memory and HTTP requests: on.
+    pub record: bool,
+    /// ... and its log lines (`context.log`, stdout, stderr), at most
+    /// [`MAX_LOG_BYTES_PER_ITERATION`](crate::sandbox::MAX_LOG_BYTES_PER_ITERATION)
+    /// an attempt: on.
+    pub logs: bool,
+}
+
+impl Default for AttemptRecords {
+    fn default() -> Self {
+        Self { record: true, logs: true }
+    }
 }
 
 impl Default for DispatcherConfig {
@@ -129,6 +151,7 @@ impl Default for DispatcherConfig {
             max_payload_bytes: crate::sandbox::DEFAULT_MAX_PAYLOAD_BYTES,
             tenants: Vec::new(),
             retention: Some(super::pruner::Retention::default()),
+            attempts: AttemptRecords::default(),
         }
     }
 }
@@ -185,6 +208,8 @@ struct RunningJob {
     lease: Lease,
     stop: StopSignal,
     reason: Option<StopReason>,
+    /// Where the run reports progress; the heartbeat writes what changed.
+    progress: ProgressCell,
 }
 
 struct Inner {
@@ -535,7 +560,7 @@ impl Inner {
     fn put_back(&self, job: &Job) {
         let lease = job.lease();
         self.unwritten.lock().expect("poisoned").insert(job.id, lease);
-        self.send_finish(Finish { lease, transition: Transition::Snooze { at: job.scheduled_at }, ran_version: None });
+        self.send_finish(Finish { lease, transition: Transition::Snooze { at: job.scheduled_at }, ran_version: None, attempt: None });
     }
 
     fn stop_locally(self: &Arc<Self>, id: JobId, reason: StopReason) {
@@ -889,7 +914,7 @@ async fn queue_loop(inner: Arc<Inner>, queue: QueueConfig) {
                 }
                 // Beaten from the claim on, not only once the run has started.
                 let stop = inner.runner.stop_signal();
-                running.insert(job.id, RunningJob { lease: job.lease(), stop: stop.clone(), reason: None });
+                running.insert(job.id, RunningJob { lease: job.lease(), stop: stop.clone(), reason: None, progress: ProgressCell::default() });
                 starting.push((job, stop));
             }
         }
@@ -945,12 +970,13 @@ async fn run_job(inner: Arc<Inner>, job: Job, stop: StopSignal, _holds: (OwnedSe
                 message: "cancelled before it started".into(),
             };
             inner.unwritten.lock().expect("poisoned").insert(job.id, lease);
-            inner.send_finish(Finish { lease, transition: Transition::Cancel { error }, ran_version: None });
+            inner.send_finish(Finish { lease, transition: Transition::Cancel { error }, ran_version: None, attempt: None });
         } else {
             inner.put_back(&job);
         }
         return;
     }
+    let progress = inner.running.lock().expect("poisoned").get(&job.id).map(|r| r.progress.clone()).unwrap_or_default();
     let kind = inner.runner.kind(&job.kind);
     // A schedule's tick gets the result of the last completed tick.
     let checkpoint = match kind.as_ref().map(|k| &k.trigger) {
@@ -970,6 +996,7 @@ async fn run_job(inner: Arc<Inner>, job: Job, stop: StopSignal, _holds: (OwnedSe
         max_attempts: job.max_attempts,
         payload: job.payload.clone(),
         checkpoint,
+        progress,
     };
     let started = inner.clock.now();
     inner.metrics.job_started(&job.kind, started - job.scheduled_at);
@@ -987,11 +1014,53 @@ async fn run_job(inner: Arc<Inner>, job: Job, stop: StopSignal, _holds: (OwnedSe
                 effects.kv = kv_writes(&job.kind, std::mem::take(&mut report.kv_writes));
             }
             log_run_end(&job, &report, &transition);
+            let attempt = inner.config.attempts.record.then(|| attempt_run(&inner, &mut report, &transition, started, now));
             inner.unwritten.lock().expect("poisoned").insert(job.id, lease);
-            inner.send_finish(Finish { lease, transition, ran_version: version });
+            inner.send_finish(Finish { lease, transition, ran_version: version, attempt });
         }
         None => tracing::warn!(job = job.id, "lease lost while running; another host has the job, nothing written"),
     }
+}
+
+/// What the store keeps of a run that ended in `transition`.
+fn attempt_run(inner: &Inner, report: &mut crate::sandbox::Report, transition: &Transition, started_at: Millis, ended_at: Millis) -> crate::queue::AttemptRun {
+    let error = match transition {
+        Transition::RetryAt { error, .. } | Transition::Discard { error } | Transition::Cancel { error } => Some(error.message.clone()),
+        Transition::Complete { .. } | Transition::Snooze { .. } => None,
+    };
+    let logs = match inner.config.attempts.logs {
+        true => std::mem::take(&mut report.logs).into_iter().map(log_entry).collect(),
+        false => Vec::new(),
+    };
+    crate::queue::AttemptRun {
+        summary: crate::queue::AttemptSummary {
+            host: inner.config.host.clone(),
+            started_at,
+            ended_at,
+            outcome: report.outcome.name().to_string(),
+            error,
+            duration_ms: report.duration.as_secs_f64() * 1000.0,
+            fuel_used: report.fuel_used,
+            peak_memory_bytes: report.peak_memory_bytes,
+            http_requests: report.http.requests,
+            log_bytes_dropped: report.log_bytes_dropped,
+        },
+        progress: report.progress.take().map(stored_progress),
+        logs,
+    }
+}
+
+fn log_entry(line: crate::sandbox::LogLine) -> crate::queue::LogEntry {
+    crate::queue::LogEntry {
+        at: line.at_ms,
+        level: line.level.as_str().to_ascii_lowercase(),
+        source: line.source.as_str().to_string(),
+        message: line.message,
+    }
+}
+
+fn stored_progress(p: crate::sandbox::ReportedProgress) -> crate::queue::Progress {
+    crate::queue::Progress { percent: p.percent, note: p.note }
 }
 
 /// The jobs a run of `parent_kind` enqueued, as the store inserts them
@@ -1177,7 +1246,11 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
             () = tokio::time::sleep(every) => {}
             _ = done.wait_for(|done| *done) => break,
         }
-        let mut leases: Vec<Lease> = inner.running.lock().expect("poisoned").values().map(|r| r.lease).collect();
+        let (mut leases, progress): (Vec<Lease>, Vec<(Lease, crate::queue::Progress)>) = {
+            let running = inner.running.lock().expect("poisoned");
+            let progress = running.values().filter_map(|r| Some((r.lease, stored_progress(r.progress.take_unseen()?)))).collect();
+            (running.values().map(|r| r.lease).collect(), progress)
+        };
         leases.extend(inner.unwritten.lock().expect("poisoned").values().copied());
         if leases.is_empty() {
             // Nothing to keep alive is on time: an idle spell is not lateness.
@@ -1189,7 +1262,7 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
             tracing::warn!(since_ms = since.as_millis() as u64, lease_ms = inner.config.lease.as_millis() as u64,
                 "heartbeat late (the host is overloaded?); leases may expire and their jobs run again elsewhere");
         }
-        match inner.store.heartbeat(HeartbeatParams { leases, lease_ms: inner.config.lease.as_millis() as i64 }).await {
+        match inner.store.heartbeat(HeartbeatParams { leases, lease_ms: inner.config.lease.as_millis() as i64, progress }).await {
             Ok(beat) => {
                 last = tokio::time::Instant::now();
                 for lease in beat.lost {

@@ -15,7 +15,7 @@ use super::dispatcher::Dispatcher;
 use super::runner::Ran;
 use crate::plugin::trigger::ContinuousTrigger;
 use crate::queue::{LoopClaim, LoopSave, StoreError};
-use crate::sandbox::{JobInput, Outcome};
+use crate::sandbox::{JobInput, Outcome, ProgressCell};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -65,6 +65,7 @@ pub(super) async fn run_loop(dispatcher: Dispatcher, name: String, trigger: Cont
                 max_attempts: 0,
                 payload: Vec::new(),
                 checkpoint: checkpoint.clone(),
+                progress: ProgressCell::default(),
             };
             let mut ran = run_pass(&dispatcher, input, &mut stop, &mut lost).await;
             if *lost.borrow() {

@@ -23,7 +23,7 @@ pub mod scheduler;
 pub mod startup;
 mod triggers;
 
-pub use dispatcher::{Dispatcher, DispatcherConfig, EnqueueError, EnqueueRequest, QueueConfig, Running};
+pub use dispatcher::{AttemptRecords, Dispatcher, DispatcherConfig, EnqueueError, EnqueueRequest, QueueConfig, Running};
 pub use kv_backend::StoreKv;
 pub use metrics::Metrics;
 pub use runner::{KindInfo, Ran, Runner, SandboxRunner};
