@@ -48,6 +48,7 @@ fn a_job_failing_twice_shows_three_attempts_each_with_its_own_lines_and_the_cap_
     }
     let (_, all) = host.get(&format!("/jobs/{id}/logs"));
     assert_eq!(messages(&all).len(), 30, "every attempt's lines");
+    assert_eq!(all["more"], false, "all of them fit one answer");
     // No such attempt, a bad one, another job's: clear answers.
     assert_eq!(host.get(&format!("/jobs/{id}/logs?attempt=4")).0, 404);
     assert_eq!(host.get(&format!("/jobs/{id}/logs?attempt=0")).0, 404);

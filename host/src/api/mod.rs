@@ -285,8 +285,8 @@ async fn job_logs(
             return Err(AppError::NotFound(format!("job {} has no attempt {n} (it has had {})", job.id, job.attempt)));
         }
     }
-    let lines = state.dispatcher.store().attempt_logs(job.id, query.attempt).await?;
-    Ok(Json(LogPage { lines: lines.into_iter().map(|(n, l)| LogLineView::of(n, l)).collect() }))
+    let logs = state.dispatcher.store().attempt_logs(job.id, query.attempt, MAX_PAGE_BYTES).await?;
+    Ok(Json(LogPage { lines: logs.lines.into_iter().map(|(n, l)| LogLineView::of(n, l)).collect(), more: logs.more }))
 }
 
 async fn retry_job(State(state): State<AppState>, OwnedJob { job, caller }: OwnedJob) -> Result<Json<JobView>, AppError> {

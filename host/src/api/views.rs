@@ -156,6 +156,9 @@ impl From<&Attempt> for AttemptView {
 #[derive(Debug, Serialize)]
 pub struct LogPage {
     pub lines: Vec<LogLineView>,
+    /// Later attempts' lines were left out (about 8 MiB a page): ask for
+    /// them by `attempt`.
+    pub more: bool,
 }
 
 #[derive(Debug, Serialize)]

@@ -802,11 +802,18 @@ pub async fn each_attempt_is_kept_with_its_logs_and_progress_and_goes_with_its_j
     assert_eq!((a.http_requests, a.log_bytes_dropped), (3, 7));
     assert_eq!(attempts[1].summary.error, None);
     assert_eq!(store.get(id).await.unwrap().unwrap().progress.map(|p| p.percent), Some(50), "a run that reported none leaves the last");
-    let lines = |logs: Vec<(u32, super::attempt::LogEntry)>| logs.into_iter().map(|(n, l)| (n, l.message)).collect::<Vec<_>>();
-    assert_eq!(lines(store.attempt_logs(id, Some(1)).await.unwrap()), vec![(1, "one".into()), (1, "two".into())]);
-    assert_eq!(lines(store.attempt_logs(id, None).await.unwrap()), vec![(1, "one".into()), (1, "two".into()), (2, "three".into())]);
-    assert!(store.attempt_logs(id, Some(3)).await.unwrap().is_empty());
-    let line = store.attempt_logs(id, Some(2)).await.unwrap().remove(0).1;
+    let lines = |logs: AttemptLogs| logs.lines.into_iter().map(|(n, l)| (n, l.message)).collect::<Vec<_>>();
+    const ALL: u64 = 1 << 20;
+    assert_eq!(lines(store.attempt_logs(id, Some(1), ALL).await.unwrap()), vec![(1, "one".into()), (1, "two".into())]);
+    let every = store.attempt_logs(id, None, ALL).await.unwrap();
+    assert!(!every.more);
+    assert_eq!(lines(every), vec![(1, "one".into()), (1, "two".into()), (2, "three".into())]);
+    assert!(store.attempt_logs(id, Some(3), ALL).await.unwrap().lines.is_empty());
+    // The bound: whole attempts, at least one, and says more were left.
+    let first_only = store.attempt_logs(id, None, 1).await.unwrap();
+    assert!(first_only.more);
+    assert_eq!(lines(first_only), vec![(1, "one".into()), (1, "two".into())]);
+    let line = store.attempt_logs(id, Some(2), ALL).await.unwrap().lines.remove(0).1;
     assert_eq!((line.at, line.level.as_str(), line.source.as_str()), (1_000, "info", "log"));
 
     // A snooze is no attempt; a completion with effects (its own transaction) records; a discard records.
@@ -830,10 +837,10 @@ pub async fn each_attempt_is_kept_with_its_logs_and_progress_and_goes_with_its_j
 
     // Deleting a job, by hand or by the pruner, deletes its attempts and logs.
     store.delete_by_hand(snoozed).await.unwrap();
-    assert!(store.attempts(snoozed).await.unwrap().is_empty() && store.attempt_logs(snoozed, None).await.unwrap().is_empty());
+    assert!(store.attempts(snoozed).await.unwrap().is_empty() && store.attempt_logs(snoozed, None, ALL).await.unwrap().lines.is_empty());
     let pruned = store.prune(PruneParams { state: JobState::Completed, finalized_before: clock.now() + 1, keep_per_queue: 0, limit: 100 }).await.unwrap();
     assert_eq!(pruned, 2);
-    assert!(store.attempts(id).await.unwrap().is_empty() && store.attempt_logs(id, None).await.unwrap().is_empty());
+    assert!(store.attempts(id).await.unwrap().is_empty() && store.attempt_logs(id, None, ALL).await.unwrap().lines.is_empty());
     assert!(store.attempts(effected).await.unwrap().is_empty());
 }
 

@@ -17,6 +17,7 @@ pub use job::{AttemptError, Job, JobId, JobState, Lease, Millis, plain_name, qua
 pub use postgres::{DEFAULT_SCHEMA, PostgresStore, WAKE_ALL, check_schema};
 pub use sqlite::SqliteStore;
 pub use store::{
+    AttemptLogs,
     ClaimRounds, ClaimShare, Claimed, HeldBack, KindGate, KindLimits, Limit, StartRate, TenantLimits, claim_cap, concurrency_key_problem, kind_bucket_name,
     kind_key, rate_bucket_name, MAX_CONCURRENCY_KEY_BYTES,
     ClaimParams, DEFAULT_PAGE_BYTES, DEFAULT_QUEUE, Effects, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, KvChange, KvWrite, ListFilter, LoopClaim,

@@ -16,10 +16,11 @@
 //! - Time comes from the host's clock, as with SQLite (the hosts' clocks are
 //!   assumed to agree to well within a lease).
 
-use super::attempt::{Attempt, AttemptRun, AttemptSummary, LogEntry, Progress, logs_json, logs_of_json};
+use super::attempt::{Attempt, AttemptRun, AttemptSummary, Progress, logs_json, logs_of_json};
 use super::clock::SharedClock;
 use super::job::{AttemptError, Job, JobId, JobState, Lease, Millis};
 use super::store::{
+    AttemptLogs,
     ClaimParams, Claimed, Finish, HeartbeatParams, HeartbeatResult, HeldBack, Inserted, KindGate, KindLimits, kind_bucket_name, JobList, JobStore, KvChange, KvWrite, Limit, ListFilter,
     LoopClaim, LoopLease, LoopSave, PruneParams, ClaimRounds, claim_cap, rate_bucket_name,
     LoopState, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, SCHEDULE_TICK_KEPT, schedule_key_range, schedule_tick_key, tick_of_key,
@@ -1479,21 +1480,30 @@ impl JobStore for PostgresStore {
             .collect())
     }
 
-    async fn attempt_logs(&self, id: JobId, attempt: Option<u32>) -> Result<Vec<(u32, LogEntry)>, StoreError> {
+    async fn attempt_logs(&self, id: JobId, attempt: Option<u32>, max_bytes: u64) -> Result<AttemptLogs, StoreError> {
         let client = self.client().await?;
+        // Sizes first, then only the attempts that fit.
         let stmt = client
-            .prepare_cached("SELECT attempt, logs FROM job_attempts WHERE job_id = $1 AND ($2::integer IS NULL OR attempt = $2) ORDER BY attempt")
+            .prepare_cached(
+                "WITH sized AS (SELECT attempt, sum(octet_length(logs)) OVER (ORDER BY attempt) - octet_length(logs) AS before, \
+                   row_number() OVER (ORDER BY attempt) AS n, count(*) OVER () AS total \
+                   FROM job_attempts WHERE job_id = $1 AND ($2::integer IS NULL OR attempt = $2)) \
+                 SELECT a.attempt, a.logs, sized.total FROM job_attempts a JOIN sized ON sized.attempt = a.attempt \
+                 WHERE a.job_id = $1 AND (sized.before < $3 OR sized.n = 1) ORDER BY a.attempt",
+            )
             .await
             .map_err(pg_error)?;
         let attempt = attempt.map(|a| i32::try_from(a).unwrap_or(i32::MAX));
-        let rows = client.query(&stmt, &[&id, &attempt]).await.map_err(pg_error)?;
-        Ok(rows
+        let rows = client.query(&stmt, &[&id, &attempt, &clamp_i64(max_bytes)]).await.map_err(pg_error)?;
+        let more = rows.first().is_some_and(|r| r.get::<_, i64>(2) > rows.len() as i64);
+        let lines = rows
             .iter()
             .flat_map(|r| {
                 let n = r.get::<_, i32>(0).max(0) as u32;
                 logs_of_json(r.get(1)).into_iter().map(move |l| (n, l))
             })
-            .collect())
+            .collect();
+        Ok(AttemptLogs { lines, more })
     }
 
     async fn list(&self, filter: ListFilter) -> Result<JobList, StoreError> {

@@ -10,10 +10,11 @@
 //! transaction survives a crash of the process (`kill -9`); only a power
 //! loss can drop the last few commits.
 
-use super::attempt::{Attempt, AttemptRun, AttemptSummary, LogEntry, Progress, logs_json, logs_of_json};
+use super::attempt::{Attempt, AttemptRun, AttemptSummary, Progress, logs_json, logs_of_json};
 use super::clock::SharedClock;
 use super::job::{AttemptError, Job, JobId, JobState, Lease, Millis};
 use super::store::{
+    AttemptLogs,
     ClaimParams, ClaimRounds, Claimed, HeldBack, KindGate, KindLimits, Limit, claim_cap, kind_bucket_name, rate_bucket_name, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, KvChange, KvWrite, ListFilter, LoopClaim, LoopLease, LoopSave, PruneParams,
     LoopState, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, SCHEDULE_TICK_KEPT, schedule_key_range, schedule_tick_key, tick_of_key,
 };
@@ -1205,13 +1206,22 @@ impl JobStore for SqliteStore {
         .await
     }
 
-    async fn attempt_logs(&self, id: JobId, attempt: Option<u32>) -> Result<Vec<(u32, LogEntry)>, StoreError> {
+    async fn attempt_logs(&self, id: JobId, attempt: Option<u32>, max_bytes: u64) -> Result<AttemptLogs, StoreError> {
         self.read(move |conn, _| {
-            let rows: Vec<(u32, String)> = conn
-                .prepare_cached("SELECT attempt, logs FROM job_attempts WHERE job_id = ?1 AND (?2 IS NULL OR attempt = ?2) ORDER BY attempt")
-                .and_then(|mut s| s.query_map(params![id, attempt], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            // Sizes first (length() reads no text), then only the attempts that fit.
+            let rows: Vec<(u32, String, i64)> = conn
+                .prepare_cached(
+                    "WITH sized AS (SELECT attempt, sum(length(CAST(logs AS BLOB))) OVER (ORDER BY attempt) - length(CAST(logs AS BLOB)) AS before, \
+                       row_number() OVER (ORDER BY attempt) AS n, count(*) OVER () AS total \
+                       FROM job_attempts WHERE job_id = ?1 AND (?2 IS NULL OR attempt = ?2)) \
+                     SELECT a.attempt, a.logs, sized.total FROM job_attempts a JOIN sized ON sized.attempt = a.attempt \
+                     WHERE a.job_id = ?1 AND (sized.before < ?3 OR sized.n = 1) ORDER BY a.attempt",
+                )
+                .and_then(|mut s| s.query_map(params![id, attempt, clamp_i64(max_bytes)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect())
                 .map_err(db_error)?;
-            Ok(rows.into_iter().flat_map(|(n, logs)| logs_of_json(&logs).into_iter().map(move |l| (n, l))).collect())
+            let more = rows.first().is_some_and(|r| r.2 > rows.len() as i64);
+            let lines = rows.into_iter().flat_map(|(n, logs, _)| logs_of_json(&logs).into_iter().map(move |l| (n, l))).collect();
+            Ok(AttemptLogs { lines, more })
         })
         .await
     }

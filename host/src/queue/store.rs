@@ -606,6 +606,14 @@ pub struct JobList {
     pub more: bool,
 }
 
+/// What [`JobStore::attempt_logs`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttemptLogs {
+    pub lines: Vec<(u32, LogEntry)>,
+    /// Later attempts' lines were left out to keep within the bound.
+    pub more: bool,
+}
+
 /// How many jobs of one queue and one tenant are in one state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateCount {
@@ -746,8 +754,9 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// does not exist).
     async fn attempts(&self, id: JobId) -> Result<Vec<Attempt>, StoreError>;
     /// The log lines of job `id`'s attempt `attempt` (every attempt's when
-    /// `None`), each with its attempt's number, in order.
-    async fn attempt_logs(&self, id: JobId, attempt: Option<u32>) -> Result<Vec<(u32, LogEntry)>, StoreError>;
+    /// `None`), each with its attempt's number, in order: whole attempts,
+    /// as many as fit in `max_bytes` of stored lines (at least one).
+    async fn attempt_logs(&self, id: JobId, attempt: Option<u32>, max_bytes: u64) -> Result<AttemptLogs, StoreError>;
 
     async fn list(&self, filter: ListFilter) -> Result<JobList, StoreError>;
 
