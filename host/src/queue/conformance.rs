@@ -382,6 +382,18 @@ pub async fn next_due_finds_the_earliest_waiting_job(store: &dyn JobStore, clock
     store.insert(NewJob { scheduled_at: Some(now + 2_000), ..new_job("b") }).await.unwrap();
     assert_eq!(store.next_due(DEFAULT_QUEUE).await.unwrap(), Some(now + 2_000));
     assert_eq!(store.next_due("other").await.unwrap(), None);
+    // Across priorities (it reads the first of each): the earliest is a low one's, among negatives and highs.
+    for (priority, after) in [(10, 9_000), (-3, 1_000), (-3, 700), (0, 800), (7, 600), (-20, 3_000)] {
+        store.insert(NewJob { priority, scheduled_at: Some(now + after), queue: "mixed".into(), ..new_job("c") }).await.unwrap();
+    }
+    assert_eq!(store.next_due("mixed").await.unwrap(), Some(now + 600));
+    // A running or finished job is not waiting.
+    let first = store.claim(ClaimParams { limit: 1, ..claim("mixed", 1) }).await;
+    assert!(first.unwrap().is_empty(), "none is due yet");
+    clock.advance(650);
+    let running = store.claim(claim("mixed", 1)).await.unwrap().pop().unwrap();
+    assert_eq!(running.priority, 7);
+    assert_eq!(store.next_due("mixed").await.unwrap(), Some(now + 700));
 }
 
 pub async fn schedule_ticks_fire_once_and_carry_the_checkpoint(store: &dyn JobStore, clock: &ManualClock) {
@@ -844,6 +856,54 @@ pub async fn each_attempt_is_kept_with_its_logs_and_progress_and_goes_with_its_j
     assert!(store.attempts(effected).await.unwrap().is_empty());
 }
 
+pub async fn counts_follow_jobs_as_they_come_move_and_go(store: &dyn JobStore, clock: &ManualClock) {
+    let count_of = |counts: &[StateCount], queue: &str, tenant: Option<&str>, state: JobState| {
+        counts.iter().filter(|c| c.queue == queue && c.tenant.as_deref() == tenant && c.state == state).map(|c| c.count).sum::<u64>()
+    };
+    store.insert_many((0..5).map(|_| new_job("echo")).collect()).await.unwrap();
+    store.insert_many((0..3).map(|_| NewJob { queue: "mail".into(), ..new_job("acme/send") }).collect()).await.unwrap();
+    store.insert(NewJob { scheduled_at: Some(clock.now() + HOUR), ..new_job("acme/send") }).await.unwrap();
+    let claimed = store.claim(claim(DEFAULT_QUEUE, 3)).await.unwrap();
+    store.complete(claimed[0].lease(), vec![]).await.unwrap();
+    store.discard(claimed[1].lease(), err(1, "bad")).await.unwrap();
+    for folded in [false, true] {
+        if folded {
+            store.fold_counts().await.unwrap();
+            store.fold_counts().await.unwrap();
+        }
+        let counts = store.counts().await.unwrap();
+        let want = [
+            (DEFAULT_QUEUE, None, JobState::Available, 2),
+            (DEFAULT_QUEUE, None, JobState::Running, 1),
+            (DEFAULT_QUEUE, None, JobState::Completed, 1),
+            (DEFAULT_QUEUE, None, JobState::Dead, 1),
+            ("mail", Some("acme"), JobState::Available, 3),
+            (DEFAULT_QUEUE, Some("acme"), JobState::Scheduled, 1),
+        ];
+        for (queue, tenant, state, n) in want {
+            assert_eq!(count_of(&counts, queue, tenant, state), n, "{queue} {tenant:?} {state} (folded: {folded}): {counts:?}");
+        }
+        assert_eq!(counts.iter().map(|c| c.count).sum::<u64>(), 9, "nothing else: {counts:?}");
+        assert!(counts.iter().all(|c| c.count > 0), "no empty rows: {counts:?}");
+        assert_eq!(store.waiting_count(Some("acme")).await.unwrap(), 4);
+        assert_eq!(store.waiting_count(None).await.unwrap(), 2);
+    }
+    // A hand retry, a delete, a heartbeat (no move) and the pruner.
+    let dead = claimed[1].id;
+    store.retry_by_hand(dead).await.unwrap();
+    store.heartbeat(HeartbeatParams { leases: vec![claimed[2].lease()], lease_ms: 30_000, progress: vec![] }).await.unwrap();
+    let counts = store.counts().await.unwrap();
+    assert_eq!((count_of(&counts, DEFAULT_QUEUE, None, JobState::Dead), count_of(&counts, DEFAULT_QUEUE, None, JobState::Available)), (0, 3));
+    assert_eq!(count_of(&counts, DEFAULT_QUEUE, None, JobState::Running), 1);
+    store.prune(PruneParams { state: JobState::Completed, finalized_before: clock.now() + 1, keep_per_queue: 0, limit: 100 }).await.unwrap();
+    let cancelled = store.cancel(claimed[2].id).await.unwrap();
+    assert!(matches!(cancelled.state, JobState::Running | JobState::Cancelled));
+    store.fold_counts().await.unwrap();
+    let counts = store.counts().await.unwrap();
+    assert_eq!(count_of(&counts, DEFAULT_QUEUE, None, JobState::Completed), 0, "{counts:?}");
+    assert_eq!(counts.iter().map(|c| c.count).sum::<u64>(), 8, "{counts:?}");
+}
+
 /// Instantiates every conformance test for one backend. `$factory` is an
 /// async fn returning `(Arc<dyn JobStore>, ManualClock, guard)`; the guard
 /// (a temp dir, a schema) lives as long as the test. Attributes after it
@@ -882,6 +942,7 @@ macro_rules! conformance_tests {
             a_kinds_rate_holds_its_starts_beside_other_kinds_and_tenants,
             the_pruner_deletes_old_and_surplus_finished_jobs_and_keeps_what_schedules_need,
             each_attempt_is_kept_with_its_logs_and_progress_and_goes_with_its_job,
+            counts_follow_jobs_as_they_come_move_and_go,
         );
     };
     (@each $factory:ident, $attrs:tt, $($test:ident),+ $(,)?) => {

@@ -233,6 +233,61 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
         PRIMARY KEY (job_id, attempt)
     );
     "#,
+), (
+    11,
+    "job counts and list paths",
+    r#"
+    -- Jobs by queue, tenant ('' for the host's own) and state, so counting
+    -- is a read of a few rows however many jobs there are (`/metrics`,
+    -- `/queues`, quotas). Every statement that adds, moves or removes jobs
+    -- appends its net change to job_count_deltas (appends: no row that
+    -- hosts' transactions contend for); a host folds the deltas into
+    -- job_counts every second; a count reads both.
+    CREATE TABLE job_counts (
+        queue  text   NOT NULL,
+        tenant text   NOT NULL,
+        state  text   NOT NULL,
+        n      bigint NOT NULL,
+        PRIMARY KEY (queue, tenant, state)
+    );
+    CREATE TABLE job_count_deltas (
+        queue  text   NOT NULL,
+        tenant text   NOT NULL,
+        state  text   NOT NULL,
+        n      bigint NOT NULL
+    );
+    INSERT INTO job_counts (queue, tenant, state, n)
+        SELECT queue, coalesce(tenant, ''), state, count(*) FROM jobs GROUP BY 1, 2, 3;
+    CREATE FUNCTION kiln_count_jobs() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+    BEGIN
+        IF TG_OP = 'INSERT' THEN
+            INSERT INTO job_count_deltas (queue, tenant, state, n)
+                SELECT queue, coalesce(tenant, ''), state, count(*) FROM new_rows GROUP BY 1, 2, 3;
+        ELSIF TG_OP = 'DELETE' THEN
+            INSERT INTO job_count_deltas (queue, tenant, state, n)
+                SELECT queue, coalesce(tenant, ''), state, -count(*) FROM old_rows GROUP BY 1, 2, 3;
+        ELSE
+            INSERT INTO job_count_deltas (queue, tenant, state, n)
+                SELECT queue, tenant, state, sum(n) FROM (
+                    SELECT nw.queue, coalesce(nw.tenant, '') AS tenant, nw.state, 1 AS n
+                        FROM new_rows nw JOIN old_rows od ON od.id = nw.id WHERE nw.state <> od.state OR nw.queue <> od.queue
+                    UNION ALL
+                    SELECT od.queue, coalesce(od.tenant, ''), od.state, -1
+                        FROM new_rows nw JOIN old_rows od ON od.id = nw.id WHERE nw.state <> od.state OR nw.queue <> od.queue
+                ) moved GROUP BY 1, 2, 3 HAVING sum(n) <> 0;
+        END IF;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER jobs_counted_in AFTER INSERT ON jobs REFERENCING NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION kiln_count_jobs();
+    CREATE TRIGGER jobs_counted_moved AFTER UPDATE ON jobs REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION kiln_count_jobs();
+    CREATE TRIGGER jobs_counted_out AFTER DELETE ON jobs REFERENCING OLD TABLE AS old_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION kiln_count_jobs();
+    -- A page of one state's jobs in id order (`GET /jobs?state=`).
+    CREATE INDEX jobs_state_id ON jobs (state, id);
+    "#,
 )];
 
 // SQL fragments as macros, so each statement is one literal built at
@@ -248,6 +303,12 @@ macro_rules! columns {
 /// How many columns `columns!()` names: a query that adds one of its own
 /// reads it at this index.
 const JOB_COLUMNS: usize = 24;
+/// The job counts as of now: what is folded and what is not yet.
+macro_rules! counted {
+    () => {
+        "(SELECT queue, tenant, state, n FROM job_counts UNION ALL SELECT queue, tenant, state, n FROM job_count_deltas) AS counted"
+    };
+}
 /// A job's tenant compared with a parameter that follows (`''`: the host's own).
 macro_rules! tenant_is {
     () => {
@@ -1548,11 +1609,35 @@ impl JobStore for PostgresStore {
         Ok(JobList { more: matched > jobs.len(), jobs })
     }
 
+    async fn fold_counts(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        // One host folds at a time; the others skip this round.
+        let ours: bool = tx
+            .query_one("SELECT pg_try_advisory_xact_lock(hashtextextended('kiln:fold:' || current_schema(), 0))", &[])
+            .await
+            .map_err(pg_error)?
+            .get(0);
+        if ours {
+            tx.execute(
+                "WITH moved AS (DELETE FROM job_count_deltas RETURNING queue, tenant, state, n) \
+                 INSERT INTO job_counts AS c (queue, tenant, state, n) \
+                 SELECT queue, tenant, state, sum(n)::bigint FROM moved GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 \
+                 ON CONFLICT (queue, tenant, state) DO UPDATE SET n = c.n + excluded.n",
+                &[],
+            )
+            .await
+            .map_err(pg_error)?;
+            tx.execute("DELETE FROM job_counts WHERE n = 0", &[]).await.map_err(pg_error)?;
+        }
+        tx.commit().await.map_err(pg_error)
+    }
+
     async fn counts(&self) -> Result<Vec<StateCount>, StoreError> {
         let rows = self
             .client()
             .await?
-            .query("SELECT queue, tenant, state, count(*) FROM jobs GROUP BY queue, tenant, state ORDER BY queue, tenant, state", &[])
+            .query(concat!("SELECT queue, nullif(tenant, ''), state, sum(n)::bigint FROM ", counted!(), " GROUP BY queue, tenant, state HAVING sum(n) <> 0 ORDER BY queue, tenant, state"), &[])
             .await
             .map_err(pg_error)?;
         rows.iter()
@@ -1570,7 +1655,7 @@ impl JobStore for PostgresStore {
     async fn next_due(&self, queue: &str) -> Result<Option<Millis>, StoreError> {
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached(concat!("SELECT min(scheduled_at) FROM jobs WHERE queue = $1 AND state IN ", waiting!()))
+            .prepare_cached(next_due_sql!("$1"))
             .await
             .map_err(pg_error)?;
         Ok(client.query_one(&stmt, &[&queue]).await.map_err(pg_error)?.get(0))
@@ -1603,7 +1688,7 @@ impl JobStore for PostgresStore {
         let row = self
             .client()
             .await?
-            .query_one(concat!("SELECT count(*) FROM jobs WHERE state IN ", waiting!(), " AND ", tenant_is!(), "$1"), &[&tenant.unwrap_or("")])
+            .query_one(concat!("SELECT coalesce(sum(n), 0)::bigint FROM ", counted!(), " WHERE tenant = $1 AND state IN ", waiting!()), &[&tenant.unwrap_or("")])
             .await
             .map_err(pg_error)?;
         Ok(row.get::<_, i64>(0) as u64)

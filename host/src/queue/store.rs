@@ -606,6 +606,9 @@ pub struct JobList {
     pub more: bool,
 }
 
+/// How often each host calls [`JobStore::fold_counts`].
+pub const COUNT_FOLD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What [`JobStore::attempt_logs`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AttemptLogs {
@@ -762,6 +765,13 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Job counts by queue, tenant and state (states with no jobs are left out).
     async fn counts(&self) -> Result<Vec<StateCount>, StoreError>;
+    /// Upkeep of those counts, where a backend keeps them in two parts
+    /// (Postgres folds the changes hosts appended into the totals; see its
+    /// migration 11). Called every [`COUNT_FOLD_INTERVAL`] by each host;
+    /// safe to call from several at once.
+    async fn fold_counts(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// The earliest `scheduled_at` among jobs of `queue` waiting to run.
     async fn next_due(&self, queue: &str) -> Result<Option<Millis>, StoreError>;

@@ -357,6 +357,7 @@ impl Dispatcher {
             }
         };
         tasks.spawn(rescuer.run(self.inner.stopping.subscribe(), held, move || wake.iter().for_each(|w| w.notify_one())));
+        tasks.spawn(fold_counts_loop(self.inner.store.clone(), self.inner.stopping.subscribe()));
         if let Some(retention) = self.inner.config.retention.clone() {
             tasks.spawn(super::pruner::run(self.inner.store.clone(), self.inner.clock.clone(), retention, self.inner.stopping.subscribe()));
         }
@@ -1230,6 +1231,20 @@ async fn finisher(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>) {
     }
     inner.finisher_done.send_replace(true);
     tracing::info!("finisher stopped: every transition written");
+}
+
+/// The store's count upkeep (see [`JobStore::fold_counts`]), every
+/// [`COUNT_FOLD_INTERVAL`](crate::queue::COUNT_FOLD_INTERVAL) until the host stops.
+async fn fold_counts_loop(store: Arc<dyn JobStore>, mut stopping: watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = store.fold_counts().await {
+            tracing::warn!("folding the job counts failed (counts stay right, only slower to read): {e}");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(crate::queue::COUNT_FOLD_INTERVAL) => {}
+            _ = stopping.changed() => break,
+        }
+    }
 }
 
 /// Keeps the leases of running jobs alive, and acts on what it learns: a
