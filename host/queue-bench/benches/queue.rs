@@ -123,21 +123,8 @@ async fn healthz_latency(spinners: usize, samples: usize) -> Vec<f64> {
     let jobs = kiln::serve::job_runtime().unwrap();
     dispatcher.run_jobs_on(jobs.handle().clone());
     let running = dispatcher.start();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/healthz", listener.local_addr().unwrap());
-    let (close, closed) = tokio::sync::oneshot::channel::<()>();
-    // No tenants: the API is open on loopback, as `kiln serve` without them.
-    let state = kiln::api::AppState {
-        dispatcher: dispatcher.clone(),
-        registry,
-        not_ready: tokio::sync::watch::channel(None).1,
-        http: Default::default(),
-        access: kiln::api::auth::Access::new(kiln::tenant::KeyRing::new(&[], &Default::default())),
-        tenants: Default::default(),
-    };
-    let api = tokio::spawn(kiln::api::serve(listener, state, async {
-        let _ = closed.await;
-    }));
+    let api = bench_support::ServedApi::start(dispatcher.clone(), registry).await;
+    let url = format!("{}/healthz", api.base);
     if spinners > 0 {
         let spins = (0..spinners).map(|_| EnqueueRequest { kind: "spin".into(), ..Default::default() }).collect();
         dispatcher.enqueue(spins).await.unwrap();
@@ -162,8 +149,7 @@ async fn healthz_latency(spinners: usize, samples: usize) -> Vec<f64> {
     .unwrap();
     dispatcher.shutdown().await;
     running.stopped().await;
-    let _ = close.send(());
-    api.await.unwrap().unwrap();
+    api.stop().await;
     jobs.shutdown_background();
     out
 }

@@ -60,9 +60,14 @@ impl Runner for Timed {
 
 /// `echo` in a fresh sandbox instance per job, as `kiln serve` runs it.
 pub fn sandbox_runner() -> Arc<dyn Runner> {
+    sandbox_runner_of("echo", plugin::built::ECHO)
+}
+
+/// The plugin built in `dir`, as kind `kind`, in a fresh sandbox instance per job.
+pub fn sandbox_runner_of(kind: &str, dir: &str) -> Arc<dyn Runner> {
     let sandbox = Arc::new(Sandbox::new().unwrap());
-    let echo = plugin::load(&sandbox, None, &plugin::resolve(plugin::built::ECHO, &[]).unwrap()).unwrap();
-    Arc::new(SandboxRunner::new(Arc::new(Registry::fixed(sandbox, BTreeMap::from([("echo".to_string(), Arc::new(echo))])))))
+    let loaded = plugin::load(&sandbox, None, &plugin::resolve(dir, &[]).unwrap()).unwrap();
+    Arc::new(SandboxRunner::new(Arc::new(Registry::fixed(sandbox, BTreeMap::from([(kind.to_string(), Arc::new(loaded))])))))
 }
 
 /// The `p`th percentile (0-100) of `v`, sorting it.
@@ -92,9 +97,14 @@ pub fn throughput_config() -> DispatcherConfig {
 
 /// Inserts `jobs` no-op `echo` jobs, 5,000 to a transaction.
 pub async fn insert_noops(store: &dyn JobStore, jobs: usize) {
+    insert_jobs(store, jobs, "echo", b"{}").await;
+}
+
+/// Inserts `jobs` jobs of `kind` with `payload`, one attempt each, 5,000 to a transaction.
+pub async fn insert_jobs(store: &dyn JobStore, jobs: usize, kind: &str, payload: &[u8]) {
     for start in (0..jobs).step_by(5000) {
         let n = 5000.min(jobs - start);
-        store.insert_many((0..n).map(|_| NewJob { max_attempts: 1, ..NewJob::new("echo", b"{}".to_vec()) }).collect()).await.unwrap();
+        store.insert_many((0..n).map(|_| NewJob { max_attempts: 1, ..NewJob::new(kind, payload.to_vec()) }).collect()).await.unwrap();
     }
 }
 
@@ -171,4 +181,37 @@ where
         jobs_runtime.shutdown_background();
     }
     jobs as f64 / elapsed.as_secs_f64()
+}
+
+/// The HTTP API of `dispatcher` on a loopback port, open as `kiln serve`
+/// is without tenants; its base URL, and what closes it.
+pub struct ServedApi {
+    pub base: String,
+    close: tokio::sync::oneshot::Sender<()>,
+    api: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl ServedApi {
+    pub async fn start(dispatcher: Dispatcher, registry: Arc<Registry>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (close, closed) = tokio::sync::oneshot::channel::<()>();
+        let state = kiln::api::AppState {
+            dispatcher,
+            registry,
+            not_ready: tokio::sync::watch::channel(None).1,
+            http: Default::default(),
+            access: kiln::api::auth::Access::new(kiln::tenant::KeyRing::new(&[], &Default::default())),
+            tenants: Default::default(),
+        };
+        let api = tokio::spawn(kiln::api::serve(listener, state, async {
+            let _ = closed.await;
+        }));
+        Self { base, close, api }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.close.send(());
+        self.api.await.unwrap().unwrap();
+    }
 }
