@@ -46,6 +46,13 @@ fn main() {
     if std::env::var_os("KILN_TEST_MOUNT").is_some_and(|v| !v.is_empty()) {
         println!("cargo:rustc-cfg=kiln_mount");
     }
+    // The schemathesis run needs its command (`KILN_TEST_SCHEMATHESIS`,
+    // which `.ci/run` installs); elsewhere it is listed as ignored.
+    println!("cargo::rustc-check-cfg=cfg(kiln_schemathesis)");
+    println!("cargo:rerun-if-env-changed=KILN_TEST_SCHEMATHESIS");
+    if std::env::var_os("KILN_TEST_SCHEMATHESIS").is_some_and(|v| !v.is_empty()) {
+        println!("cargo:rustc-cfg=kiln_schemathesis");
+    }
     println!("cargo::rustc-check-cfg=cfg(kiln_postgres)");
     println!("cargo::rustc-check-cfg=cfg(kiln_postgres_restart)");
     println!("cargo:rerun-if-env-changed=KILN_TEST_DATABASE_URL");

@@ -17,6 +17,7 @@ mod hot_swap;
 mod install;
 mod kv;
 mod multi_host;
+mod openapi;
 mod postgres_db;
 mod readme;
 mod run_cli;

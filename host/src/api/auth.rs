@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// Routes a load balancer or supervisor probes without a key.
-pub const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+pub const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/openapi.json"];
 
 /// Who may call the API.
 #[derive(Debug, Clone, Default)]

@@ -10,9 +10,11 @@ use axum::extract::{Extension, FromRequestParts, Path, Query, State};
 use crate::tenant::Caller;
 use axum::http::request::Parts;
 use base64::Engine as _;
+use super::ErrorBody;
 use serde::Deserialize;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Default: `default`.
@@ -24,14 +26,15 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct KeyQuery {
     store: Option<String>,
 }
 
 /// `PUT /plugins/{name}/kv/{key}` body: the value as text, or as base64.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetRequest {
     value: Option<String>,
@@ -97,12 +100,16 @@ fn value_json(key: &str, value: &[u8]) -> serde_json::Value {
 
 /// `GET /plugins/{name}/kv?store=&prefix=&offset=&limit=`: keys in byte
 /// order with their values, a page at a time.
+#[utoipa::path(get, path = "/plugins/{name}/kv", tag = "kv", params(("name" = String, Path, description = "A live plugin"), ListQuery),
+    responses((status = 200, description = "Keys in byte order with their values, next_offset, store_bytes", body = serde_json::Value), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 404, description = "Not found (or another tenant's)", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(plugin): Path<String>,
-    Query(q): Query<ListQuery>,
+    plugin: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
+    let plugin = super::path_of(plugin)?;
+    let Query(q) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
     let (namespace, store) = target(&state, &caller, &plugin, q.store)?;
     check_key(&q.prefix)?;
     let limit = q.limit.unwrap_or(100);
@@ -124,6 +131,8 @@ pub async fn list(
 }
 
 /// `GET /plugins/{name}/kv/{key}?store=`.
+#[utoipa::path(get, path = "/plugins/{name}/kv/{key}", tag = "kv", params(("name" = String, Path, description = "A live plugin"), ("key" = String, Path, description = "The key"), KeyQuery),
+    responses((status = 200, description = "The key's value", body = serde_json::Value), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 404, description = "Not found (or another tenant's)", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     KeyAt { plugin, namespace, store, key }: KeyAt,
@@ -136,6 +145,8 @@ pub async fn get(
 
 /// `PUT /plugins/{name}/kv/{key}?store=` with `{"value": TEXT}` or
 /// `{"value_base64": B64}`; held to the value bound and the store's quota.
+#[utoipa::path(put, path = "/plugins/{name}/kv/{key}", tag = "kv", params(("name" = String, Path, description = "A live plugin"), ("key" = String, Path, description = "The key"), KeyQuery), request_body = SetRequest,
+    responses((status = 200, description = "Set", body = serde_json::Value), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 404, description = "Not found (or another tenant's)", body = ErrorBody), (status = 413, description = "Over a size limit", body = ErrorBody)))]
 pub async fn set(
     State(state): State<AppState>,
     KeyAt { plugin, namespace, store, key }: KeyAt,
@@ -173,6 +184,8 @@ pub async fn set(
 }
 
 /// `DELETE /plugins/{name}/kv/{key}?store=`.
+#[utoipa::path(delete, path = "/plugins/{name}/kv/{key}", tag = "kv", params(("name" = String, Path, description = "A live plugin"), ("key" = String, Path, description = "The key"), KeyQuery),
+    responses((status = 200, description = "`deleted`: whether it was there", body = serde_json::Value), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 404, description = "Not found (or another tenant's)", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     KeyAt { plugin, namespace, store, key }: KeyAt,

@@ -19,7 +19,7 @@ mod views;
 pub use error::AppError;
 pub use server::HttpLimits;
 pub use plugins::DeployRequest;
-pub use views::{AttemptView, EnqueuedView, JobDetailView, JobPage, JobRequest, JobView, ListQuery, LogLineView, LogPage, LogQuery, bytes_value};
+pub use views::{AttemptView, EnqueuedAnswer, EnqueuedView, ErrorBody, JobRequests, JobDetailView, JobPage, JobRequest, JobView, ListQuery, LogLineView, LogPage, LogQuery, bytes_value};
 
 use crate::queue::{JobState, ListFilter, from_rfc3339};
 use crate::worker::{Dispatcher, EnqueueRequest};
@@ -28,7 +28,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use crate::plugin::Registry;
 use crate::tenant::Caller;
@@ -61,28 +61,81 @@ pub struct AppState {
     pub tenants: Arc<std::collections::BTreeMap<String, crate::tenant::TenantSettings>>,
 }
 
+/// What the document says besides its paths: who it is for, how to
+/// authenticate, what its tags group. The paths come from the handlers.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Kiln", description = "Kiln's HTTP API: jobs, queues, plugins and their kv stores, tenants, the host's health. \
+        With API keys configured every call but /healthz, /readyz and /openapi.json needs `Authorization: Bearer KEY`."),
+    modifiers(&BearerKeys),
+    tags(
+        (name = "jobs", description = "Enqueue, list, read, retry, cancel and delete jobs; their attempts and logs"),
+        (name = "queues", description = "Queues by state; pause and resume"),
+        (name = "plugins", description = "Deploy, roll back and remove plugins"),
+        (name = "kv", description = "A plugin's key-value stores"),
+        (name = "tenants", description = "Tenants' limits and use"),
+        (name = "host", description = "Health, readiness and metrics"),
+    )
+)]
+struct ApiDoc;
+
+/// The bearer API key, required by every operation that does not say otherwise.
+struct BearerKeys;
+
+impl utoipa::Modify for BearerKeys {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("api_key", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        openapi.security = Some(vec![SecurityRequirement::new("api_key", Vec::<String>::new())]);
+    }
+}
+
+/// Every route with its handler, and the OpenAPI document built from the
+/// same annotations: a route is in the document because it is served.
+fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi as _;
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(enqueue, list_jobs, delete_many))
+        .routes(routes!(get_job, delete_job))
+        .routes(routes!(job_logs))
+        .routes(routes!(retry_many))
+        .routes(routes!(retry_job))
+        .routes(routes!(cancel_job))
+        .routes(routes!(list_queues))
+        .routes(routes!(pause_queue))
+        .routes(routes!(resume_queue))
+        .routes(routes!(tenants::list))
+        .routes(routes!(plugins::list))
+        .routes(routes!(plugins::deploy, plugins::remove))
+        .routes(routes!(plugins::rollback))
+        .routes(routes!(plugins::delete_version))
+        .routes(routes!(kv::list))
+        .routes(routes!(kv::get, kv::set, kv::delete))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .split_for_parts()
+}
+
+/// The OpenAPI document of the whole API, as `GET /openapi.json` serves it.
+pub fn openapi_json() -> String {
+    routes().1.to_pretty_json().expect("the OpenAPI document serialises")
+}
+
 /// The API's routes, without a socket (tests can call it directly).
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/jobs", post(enqueue).get(list_jobs).delete(delete_many))
-        .route("/jobs/{id}", get(get_job).delete(delete_job))
-        .route("/jobs/{id}/logs", get(job_logs))
-        .route("/jobs/retry", post(retry_many))
-        .route("/jobs/{id}/retry", post(retry_job))
-        .route("/jobs/{id}/cancel", post(cancel_job))
-        .route("/queues", get(list_queues))
-        .route("/queues/{name}/pause", post(pause_queue))
-        .route("/queues/{name}/resume", post(resume_queue))
-        .route("/tenants", get(tenants::list))
-        .route("/plugins", get(plugins::list))
-        .route("/plugins/{name}", axum::routing::put(plugins::deploy).delete(plugins::remove))
-        .route("/plugins/{name}/rollback", post(plugins::rollback))
-        .route("/plugins/{name}/versions/{version_id}", axum::routing::delete(plugins::delete_version))
-        .route("/plugins/{name}/kv", get(kv::list))
-        .route("/plugins/{name}/kv/{key}", get(kv::get).put(kv::set).delete(kv::delete))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    let (router, document) = routes();
+    let document: Arc<str> = document.to_pretty_json().expect("the OpenAPI document serialises").into();
+    router
+        .route(
+            "/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], document.to_string()) }
+            }),
+        )
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -107,6 +160,12 @@ async fn no_route(uri: http::Uri) -> AppError {
 
 async fn wrong_method(method: http::Method, uri: http::Uri) -> AppError {
     AppError::MethodNotAllowed(format!("{} does not take {method}", uri.path()))
+}
+
+/// A path's parameters, or a JSON error saying why they could not be read
+/// (axum's own rejection is plain text, which no client of this API expects).
+fn path_of<T>(path: Result<Path<T>, axum::extract::rejection::PathRejection>) -> Result<T, AppError> {
+    path.map(|Path(p)| p).map_err(|e| AppError::BadRequest(e.body_text()))
 }
 
 /// A request body, or the error that says why it could not be read.
@@ -146,6 +205,9 @@ fn parse_request(value: serde_json::Value, index: usize, caller: &Caller) -> Res
 }
 
 /// `POST /jobs`: one job object, or an array of them.
+#[utoipa::path(post, path = "/jobs", tag = "jobs", request_body = JobRequests,
+    responses((status = 201, description = "Enqueued (each says whether it was created)", body = EnqueuedAnswer),
+              (status = 200, description = "None created: each already held its unique_key", body = EnqueuedAnswer), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 413, description = "Over a size limit", body = ErrorBody), (status = 429, description = "Over a quota, named", body = ErrorBody)))]
 async fn enqueue(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -168,15 +230,14 @@ async fn enqueue(
     let created = inserted.iter().any(|i| i.created);
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     let mut views: Vec<EnqueuedView> = inserted.iter().map(|i| EnqueuedView { job: JobView::of(&i.job, &caller), created: i.created }).collect();
-    Ok(if many {
-        (status, Json(views)).into_response()
-    } else {
-        (status, Json(views.remove(0))).into_response()
-    })
+    let answer = if many { EnqueuedAnswer::Many(views) } else { EnqueuedAnswer::One(views.remove(0)) };
+    Ok((status, Json(answer)).into_response())
 }
 
 /// `GET /jobs?state=S&kind=K&queue=Q&after=ID&limit=N` (oldest first), or
 /// `...&order=newest&before=ID` (newest first).
+#[utoipa::path(get, path = "/jobs", tag = "jobs", params(ListQuery),
+    responses((status = 200, description = "A page of jobs", body = JobPage), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody)))]
 async fn list_jobs(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -268,12 +329,16 @@ impl axum::extract::FromRequestParts<AppState> for OwnedJob {
     }
 }
 
+#[utoipa::path(get, path = "/jobs/{id}", tag = "jobs", params(("id" = i64, Path, description = "The job")),
+    responses((status = 200, description = "The job, its progress and every attempt", body = JobDetailView), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 404, description = "Not found (or another tenant's)", body = ErrorBody)))]
 async fn get_job(State(state): State<AppState>, OwnedJob { job, caller }: OwnedJob) -> Result<Json<JobDetailView>, AppError> {
     let records = state.dispatcher.store().attempts(job.id).await?;
     Ok(Json(JobDetailView { attempts: AttemptView::all(&job, &records), job: JobView::of(&job, &caller) }))
 }
 
 /// `GET /jobs/{id}/logs[?attempt=N]`: the log lines kept of its attempts.
+#[utoipa::path(get, path = "/jobs/{id}/logs", tag = "jobs", params(("id" = i64, Path, description = "The job"), LogQuery),
+    responses((status = 200, description = "The log lines of its attempts", body = LogPage), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 404, description = "Not found (or another tenant's)", body = ErrorBody)))]
 async fn job_logs(
     State(state): State<AppState>,
     OwnedJob { job, .. }: OwnedJob,
@@ -289,6 +354,8 @@ async fn job_logs(
     Ok(Json(LogPage { lines: logs.lines.into_iter().map(|(n, l)| LogLineView::of(n, l)).collect(), more: logs.more }))
 }
 
+#[utoipa::path(post, path = "/jobs/{id}/retry", tag = "jobs", params(("id" = i64, Path, description = "A dead or cancelled job")),
+    responses((status = 200, description = "The job, due now", body = JobView), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 404, description = "Not found (or another tenant's)", body = ErrorBody), (status = 409, description = "Not in a state that allows it", body = ErrorBody)))]
 async fn retry_job(State(state): State<AppState>, OwnedJob { job, caller }: OwnedJob) -> Result<Json<JobView>, AppError> {
     let job = state.dispatcher.store().retry_by_hand(job.id).await?;
     state.dispatcher.wake(&job.queue);
@@ -300,7 +367,8 @@ async fn retry_job(State(state): State<AppState>, OwnedJob { job, caller }: Owne
 /// on; `more` says to call again.
 pub const MAX_BULK: usize = 10_000;
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DeadJobsQuery {
     state: String,
@@ -383,6 +451,8 @@ async fn on_dead_jobs(
 /// (of a kind, a queue), up to MAX_BULK a call: `{"retried", "skipped",
 /// "more"}`. A job whose unique key another job took meanwhile is left
 /// dead and counted in `skipped`.
+#[utoipa::path(post, path = "/jobs/retry", tag = "jobs", params(DeadJobsQuery),
+    responses((status = 200, description = "`retried`, `skipped`, `more`", body = serde_json::Value), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody)))]
 async fn retry_many(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -399,6 +469,8 @@ async fn retry_many(
 /// `DELETE /jobs?state=dead[&kind=K][&queue=Q]`: deletes every dead job (of
 /// a kind, a queue), up to MAX_BULK a call: `{"deleted", "skipped",
 /// "more"}`. A schedule's newest tick is kept and counted in `skipped`.
+#[utoipa::path(delete, path = "/jobs", tag = "jobs", params(DeadJobsQuery),
+    responses((status = 200, description = "`deleted`, `skipped`, `more`", body = serde_json::Value), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody)))]
 async fn delete_many(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -410,12 +482,16 @@ async fn delete_many(
 }
 
 /// `DELETE /jobs/{id}`: deletes a dead or cancelled job; answers it as it was.
+#[utoipa::path(delete, path = "/jobs/{id}", tag = "jobs", params(("id" = i64, Path, description = "A dead or cancelled job")),
+    responses((status = 200, description = "The job as it was", body = JobView), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 404, description = "Not found (or another tenant's)", body = ErrorBody), (status = 409, description = "Not in a state that allows it", body = ErrorBody)))]
 async fn delete_job(State(state): State<AppState>, OwnedJob { job, caller }: OwnedJob) -> Result<Json<JobView>, AppError> {
     let job = state.dispatcher.store().delete_by_hand(job.id).await?;
     tracing::info!(kind = %job.kind, job = job.id, state = job.state.as_str(), "job deleted by hand");
     Ok(Json(JobView::of(&job, &caller)))
 }
 
+#[utoipa::path(post, path = "/jobs/{id}/cancel", tag = "jobs", params(("id" = i64, Path, description = "The job")),
+    responses((status = 200, description = "Cancelled, or (running) asked to stop", body = JobView), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 404, description = "Not found (or another tenant's)", body = ErrorBody), (status = 409, description = "Not in a state that allows it", body = ErrorBody)))]
 async fn cancel_job(State(state): State<AppState>, OwnedJob { job, caller }: OwnedJob) -> Result<Json<JobView>, AppError> {
     let job = state.dispatcher.cancel(job.id).await?;
     match job.state {
@@ -429,6 +505,8 @@ async fn cancel_job(State(state): State<AppState>, OwnedJob { job, caller }: Own
 /// state (every state, zeros included), and how long its oldest due job
 /// has waited (`null` when none is due). A tenant sees its own jobs'
 /// counts, and no waiting time (that is every tenant's).
+#[utoipa::path(get, path = "/queues", tag = "queues",
+    responses((status = 200, description = "Each queue: concurrency, paused, jobs by state, oldest_waiting_ms", body = serde_json::Value), (status = 401, description = "No or a wrong API key", body = ErrorBody)))]
 async fn list_queues(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<Json<serde_json::Value>, AppError> {
     let store = state.dispatcher.store();
     let known = store.queues().await?;
@@ -480,11 +558,14 @@ fn operator_only(caller: &Caller, what: &str) -> Result<(), AppError> {
     }
 }
 
+#[utoipa::path(post, path = "/queues/{name}/pause", tag = "queues", params(("name" = String, Path, description = "A queue this host serves")),
+    responses((status = 200, description = "Paused", body = serde_json::Value), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 403, description = "The operator's only", body = ErrorBody), (status = 404, description = "Not found (or another tenant's)", body = ErrorBody)))]
 async fn pause_queue(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
+    let name = path_of(name)?;
     operator_only(&caller, "pausing a queue")?;
     served_queue(&state, &name)?;
     state.dispatcher.store().pause_queue(&name).await?;
@@ -492,11 +573,14 @@ async fn pause_queue(
     Ok(Json(serde_json::json!({ "name": name, "paused": true })))
 }
 
+#[utoipa::path(post, path = "/queues/{name}/resume", tag = "queues", params(("name" = String, Path, description = "A queue this host serves")),
+    responses((status = 200, description = "Resumed", body = serde_json::Value), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 403, description = "The operator's only", body = ErrorBody), (status = 404, description = "Not found (or another tenant's)", body = ErrorBody)))]
 async fn resume_queue(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
+    let name = path_of(name)?;
     operator_only(&caller, "resuming a queue")?;
     served_queue(&state, &name)?;
     state.dispatcher.store().resume_queue(&name).await?;
@@ -506,12 +590,16 @@ async fn resume_queue(
 }
 
 /// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "host", security(()),
+    responses((status = 200, description = "The process is up", body = serde_json::Value)))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
 /// Readiness: start-up plugins have run, the host accepts work, and the
 /// store answers.
+#[utoipa::path(get, path = "/readyz", tag = "host", security(()),
+    responses((status = 200, description = "Ready for work", body = serde_json::Value), (status = 503, description = "Not ready, or the store is unreachable", body = ErrorBody)))]
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
     if let Some(reason) = state.not_ready.borrow().clone() {
         return Err(AppError::Unavailable(format!("not ready: {reason}")));
@@ -528,6 +616,8 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
     Ok(Json(serde_json::json!({ "status": "ready" })))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "host",
+    responses((status = 200, description = "Prometheus/OpenMetrics text", content_type = "application/openmetrics-text", body = String), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 403, description = "The operator's only", body = ErrorBody)))]
 async fn metrics(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<impl IntoResponse, AppError> {
     operator_only(&caller, "/metrics")?;
     let counts = state.dispatcher.store().counts().await?;

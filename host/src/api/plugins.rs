@@ -2,7 +2,7 @@
 //! remove. Validation and the swap are the registry's; compiling runs on
 //! the blocking pool, off the API's threads.
 
-use super::{AppError, AppState};
+use super::{AppError, AppState, ErrorBody};
 use crate::plugin::{Registry, VersionInfo};
 use crate::queue::{LoopState, to_rfc3339};
 use axum::Json;
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// `PUT /plugins/{name}` body.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     /// The `plugin.toml` text; its `name` must be the one in the path.
@@ -26,7 +26,8 @@ pub struct DeployRequest {
     pub signature: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RemoveQuery {
     #[serde(default)]
@@ -66,6 +67,8 @@ fn capabilities_json(g: &crate::capability::Grants) -> serde_json::Value {
     })
 }
 
+#[utoipa::path(get, path = "/plugins", tag = "plugins",
+    responses((status = 200, description = "Live plugins, their versions, capabilities and loop state", body = serde_json::Value), (status = 401, description = "No or a wrong API key", body = ErrorBody)))]
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<Json<serde_json::Value>, AppError> {
     let loops = state.dispatcher.store().loops().await?;
     let registry = state.registry.clone();
@@ -126,12 +129,15 @@ fn deployed_json(d: &crate::plugin::Deployed, caller: &Caller) -> Json<serde_jso
 
 /// `PUT /plugins/{name}`: validates and compiles the version, swaps it in,
 /// writes it into the plugins directory. A refused version changes nothing.
+#[utoipa::path(put, path = "/plugins/{name}", tag = "plugins", params(("name" = String, Path, description = "The manifest's name")), request_body = DeployRequest,
+    responses((status = 200, description = "Deployed (or already serving those bytes)", body = serde_json::Value), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 413, description = "Over a size limit", body = ErrorBody), (status = 429, description = "Over a quota, named", body = ErrorBody)))]
 pub async fn deploy(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
+    let name = super::path_of(name)?;
     let body = super::body_bytes(body)?;
     let request: DeployRequest = serde_json::from_slice(&body)
         .map_err(|e| AppError::BadRequest(format!("request body is not a deploy request ({{\"manifest\", \"wasm_base64\"}}): {e}")))?;
@@ -144,11 +150,14 @@ pub async fn deploy(
 }
 
 /// `POST /plugins/{name}/rollback`: the previous archived version serves again.
+#[utoipa::path(post, path = "/plugins/{name}/rollback", tag = "plugins", params(("name" = String, Path, description = "A live plugin")),
+    responses((status = 200, description = "Serving the version before", body = serde_json::Value), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 404, description = "Not found (or another tenant's)", body = ErrorBody)))]
 pub async fn rollback(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
+    let name = super::path_of(name)?;
     let kind = caller.kind(&name);
     if state.registry.get(&kind).is_none() {
         return Err(AppError::NotFound(format!("no plugin {name:?} is loaded")));
@@ -160,12 +169,15 @@ pub async fn rollback(
 /// `DELETE /plugins/{name}[?force=true]`: refused while jobs of the kind
 /// are pending, unless forced (they then fail as "no plugin loaded" when
 /// claimed, and can be retried by hand after a redeploy).
+#[utoipa::path(delete, path = "/plugins/{name}", tag = "plugins", params(("name" = String, Path, description = "A live plugin"), RemoveQuery),
+    responses((status = 200, description = "Removed", body = serde_json::Value), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 404, description = "Not found (or another tenant's)", body = ErrorBody), (status = 409, description = "Not in a state that allows it", body = ErrorBody)))]
 pub async fn remove(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
     query: Result<Query<RemoveQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
+    let name = super::path_of(name)?;
     let Query(query) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
     let kind = caller.kind(&name);
     if state.registry.get(&kind).is_none() {
@@ -184,11 +196,15 @@ pub async fn remove(
 /// `DELETE /plugins/{name}/versions/{version_id}`: deletes an archived
 /// version that does not serve now (404 for one the caller's plugin does
 /// not have, 409 for the serving one).
+#[utoipa::path(delete, path = "/plugins/{name}/versions/{version_id}", tag = "plugins",
+    params(("name" = String, Path, description = "A plugin"), ("version_id" = String, Path, description = "An archived version")),
+    responses((status = 200, description = "Deleted", body = serde_json::Value), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 404, description = "Not found (or another tenant's)", body = ErrorBody), (status = 409, description = "Not in a state that allows it", body = ErrorBody)))]
 pub async fn delete_version(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((name, version_id)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
+    let (name, version_id) = super::path_of(path)?;
     let kind = caller.kind(&name);
     let deleted = blocking(&state.registry, move |r| r.delete_version(&kind, &version_id)).await?;
     Ok(Json(serde_json::json!({ "name": name, "version": deleted.version, "version_id": deleted.version_id, "deleted": true })))

@@ -3,12 +3,15 @@
 //! (throttled time, as this host's claims saw it). The operator sees
 //! every tenant; a tenant sees itself.
 
+use super::ErrorBody;
 use super::{AppError, AppState};
 use crate::queue::{JobState, Limit};
 use crate::tenant::Caller;
 use axum::Json;
 use axum::extract::{Extension, State};
 
+#[utoipa::path(get, path = "/tenants", tag = "tenants",
+    responses((status = 200, description = "Each tenant's limits, use and throttled time", body = serde_json::Value), (status = 401, description = "No or a wrong API key", body = ErrorBody)))]
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<Json<serde_json::Value>, AppError> {
     let counts = state.dispatcher.store().counts().await?;
     let metrics = state.dispatcher.metrics();

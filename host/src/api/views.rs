@@ -5,7 +5,7 @@ use crate::tenant::Caller;
 use serde::{Deserialize, Serialize};
 
 /// `POST /jobs` body (or an array of these).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
     /// A tenant's plugin name; the operator writes a tenant's as `acme/echo`.
@@ -24,7 +24,7 @@ pub struct JobRequest {
 }
 
 /// A job as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobView {
     pub id: i64,
     /// As the caller writes it: `echo` for its tenant, `acme/echo` for the operator.
@@ -55,14 +55,14 @@ pub struct JobView {
     pub progress: Option<ProgressView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ProgressView {
     pub percent: u8,
     pub note: Option<String>,
 }
 
 /// `GET /jobs/{id}`: the job and every attempt, first first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobDetailView {
     #[serde(flatten)]
     pub job: JobView,
@@ -73,7 +73,7 @@ pub struct JobDetailView {
 /// and its lease ran out, it was cancelled before it started, or it ran
 /// before records were kept) shows what its error says; the attempt
 /// running now shows as `running`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
     pub attempt: u32,
     pub host: Option<String>,
@@ -153,7 +153,7 @@ impl From<&Attempt> for AttemptView {
 }
 
 /// `GET /jobs/{id}/logs` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LogPage {
     pub lines: Vec<LogLineView>,
     /// Later attempts' lines were left out (about 8 MiB a page): ask for
@@ -161,7 +161,7 @@ pub struct LogPage {
     pub more: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LogLineView {
     pub attempt: u32,
     pub at: String,
@@ -177,7 +177,8 @@ impl LogLineView {
 }
 
 /// `GET /jobs/{id}/logs` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogQuery {
     /// One attempt's lines; absent: every attempt's.
@@ -193,14 +194,14 @@ impl From<&Progress> for ProgressView {
 /// A job as `POST /jobs` answers it: the job, and whether this request
 /// created it (`false`: a job with the same `unique_key` already existed,
 /// and this is that job).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EnqueuedView {
     #[serde(flatten)]
     pub job: JobView,
     pub created: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorView {
     pub attempt: u32,
     pub at: String,
@@ -253,7 +254,7 @@ impl From<&AttemptError> for ErrorView {
 }
 
 /// `GET /jobs` answer: a page of jobs and the cursor for the next one.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobPage {
     pub jobs: Vec<JobView>,
     /// Oldest first: pass as `after` to get the next page; null on the last page.
@@ -263,7 +264,8 @@ pub struct JobPage {
 }
 
 /// `GET /jobs` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub state: Option<String>,
@@ -275,4 +277,27 @@ pub struct ListQuery {
     /// `oldest` (the default) or `newest`.
     pub order: Option<String>,
     pub limit: Option<usize>,
+}
+
+/// `POST /jobs` body: one job, or an array of them. The handler reads each
+/// element as a [`JobRequest`] itself, to name the one that is wrong.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum JobRequests {
+    One(JobRequest),
+    Many(Vec<JobRequest>),
+}
+
+/// `POST /jobs` answer: the job, or the array of them, as asked.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum EnqueuedAnswer {
+    One(EnqueuedView),
+    Many(Vec<EnqueuedView>),
+}
+
+/// Every error answer: what is wrong, and where.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
 }
