@@ -856,6 +856,31 @@ pub async fn each_attempt_is_kept_with_its_logs_and_progress_and_goes_with_its_j
     assert!(store.attempts(effected).await.unwrap().is_empty());
 }
 
+pub async fn run_minutes_replace_their_row_and_age_out(store: &dyn JobStore, _clock: &ManualClock) {
+    const MINUTE: i64 = 60_000;
+    let row = |minute: i64, host: &str, kind: &str, runs: u64| MinuteRuns {
+        minute: minute * MINUTE,
+        host: host.into(),
+        queue: DEFAULT_QUEUE.into(),
+        kind: kind.into(),
+        runs,
+        failures: runs / 2,
+        delay_ms_sum: runs as i64 * 10,
+        delay_ms_max: 40,
+    };
+    store.record_minutes(vec![row(100, "a", "echo", 3), row(101, "a", "echo", 1)], 0).await.unwrap();
+    store.record_minutes(vec![row(101, "b", "echo", 7), row(101, "b", "acme/send", 2)], 0).await.unwrap();
+    // A host's running totals replace its row of that minute: they are not added.
+    store.record_minutes(vec![row(101, "a", "echo", 5)], 0).await.unwrap();
+    let all = store.minutes(0).await.unwrap();
+    assert_eq!(all, vec![row(100, "a", "echo", 3), row(101, "a", "echo", 5), row(101, "b", "acme/send", 2), row(101, "b", "echo", 7)]);
+    assert_eq!(store.minutes(101 * MINUTE).await.unwrap().len(), 3);
+    // Writing deletes every host's rows before `keep_since`, and writes none of them.
+    store.record_minutes(vec![row(99, "c", "echo", 9), row(102, "c", "echo", 1)], 101 * MINUTE).await.unwrap();
+    let kept = store.minutes(0).await.unwrap();
+    assert_eq!(kept.iter().map(|r| (r.minute / MINUTE, r.host.as_str())).collect::<Vec<_>>(), vec![(101, "a"), (101, "b"), (101, "b"), (102, "c")]);
+}
+
 pub async fn counts_follow_jobs_as_they_come_move_and_go(store: &dyn JobStore, clock: &ManualClock) {
     let count_of = |counts: &[StateCount], queue: &str, tenant: Option<&str>, state: JobState| {
         counts.iter().filter(|c| c.queue == queue && c.tenant.as_deref() == tenant && c.state == state).map(|c| c.count).sum::<u64>()
@@ -943,6 +968,7 @@ macro_rules! conformance_tests {
             the_pruner_deletes_old_and_surplus_finished_jobs_and_keeps_what_schedules_need,
             each_attempt_is_kept_with_its_logs_and_progress_and_goes_with_its_job,
             counts_follow_jobs_as_they_come_move_and_go,
+            run_minutes_replace_their_row_and_age_out,
         );
     };
     (@each $factory:ident, $attrs:tt, $($test:ident),+ $(,)?) => {

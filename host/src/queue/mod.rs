@@ -40,6 +40,6 @@ pub use store::{
     ClaimRounds, ClaimShare, Claimed, HeldBack, KindGate, KindLimits, Limit, StartRate, TenantLimits, claim_cap, concurrency_key_problem, kind_bucket_name,
     kind_key, rate_bucket_name, MAX_CONCURRENCY_KEY_BYTES,
     ClaimParams, DEFAULT_PAGE_BYTES, DEFAULT_QUEUE, Effects, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, KvChange, KvWrite, ListFilter, LoopClaim,
-    LoopLease, LoopSave, LoopState, NewJob, PruneParams, QueueInfo, ScheduleState, StateCount, StoreError, Transition, schedule_key,
+    LoopLease, LoopSave, LoopState, MinuteRuns, NewJob, PruneParams, QueueInfo, ScheduleState, StateCount, StoreError, Transition, schedule_key,
     SCHEDULE_TICK_KEPT, schedule_key_range, schedule_tick_key, tick_of_key,
 };

@@ -23,7 +23,7 @@ use super::store::{
     AttemptLogs,
     ClaimParams, Claimed, Finish, HeartbeatParams, HeartbeatResult, HeldBack, Inserted, KindGate, KindLimits, kind_bucket_name, JobList, JobStore, KvChange, KvWrite, Limit, ListFilter,
     LoopClaim, LoopLease, LoopSave, PruneParams, ClaimRounds, claim_cap, rate_bucket_name,
-    LoopState, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, SCHEDULE_TICK_KEPT, schedule_key_range, schedule_tick_key, tick_of_key,
+    LoopState, MinuteRuns, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, SCHEDULE_TICK_KEPT, schedule_key_range, schedule_tick_key, tick_of_key,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -287,6 +287,24 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
         FOR EACH STATEMENT EXECUTE FUNCTION kiln_count_jobs();
     -- A page of one state's jobs in id order (`GET /jobs?state=`).
     CREATE INDEX jobs_state_id ON jobs (state, id);
+    "#,
+), (
+    12,
+    "runs per minute",
+    r#"
+    -- Each host's runs per minute, queue and kind, written by the host as
+    -- the minute fills and kept for two hours: the dashboard's charts.
+    CREATE TABLE run_minutes (
+        minute       bigint NOT NULL,
+        host         text   NOT NULL,
+        queue        text   NOT NULL,
+        kind         text   NOT NULL,
+        runs         bigint NOT NULL,
+        failures     bigint NOT NULL,
+        delay_ms_sum bigint NOT NULL,
+        delay_ms_max bigint NOT NULL,
+        PRIMARY KEY (minute, host, queue, kind)
+    );
     "#,
 )];
 
@@ -1819,6 +1837,62 @@ impl JobStore for PostgresStore {
         let tx = client.transaction().await.map_err(pg_error)?;
         apply_kv(&tx, &writes, now).await?;
         tx.commit().await.map_err(pg_error)
+    }
+
+    async fn record_minutes(&self, rows: Vec<MinuteRuns>, keep_since: Millis) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        tx.execute("DELETE FROM run_minutes WHERE minute < $1", &[&keep_since]).await.map_err(pg_error)?;
+        let rows: Vec<&MinuteRuns> = rows.iter().filter(|r| r.minute >= keep_since).collect();
+        if !rows.is_empty() {
+            let column = |f: fn(&MinuteRuns) -> i64| rows.iter().map(|r| f(r)).collect::<Vec<i64>>();
+            let text = |f: fn(&MinuteRuns) -> &str| rows.iter().map(|r| f(r)).collect::<Vec<&str>>();
+            tx.execute(
+                "INSERT INTO run_minutes (minute, host, queue, kind, runs, failures, delay_ms_sum, delay_ms_max) \
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[]) \
+                 ON CONFLICT (minute, host, queue, kind) DO UPDATE SET \
+                 runs = excluded.runs, failures = excluded.failures, delay_ms_sum = excluded.delay_ms_sum, delay_ms_max = excluded.delay_ms_max",
+                &[
+                    &column(|r| r.minute),
+                    &text(|r| &r.host),
+                    &text(|r| &r.queue),
+                    &text(|r| &r.kind),
+                    &column(|r| r.runs as i64),
+                    &column(|r| r.failures as i64),
+                    &column(|r| r.delay_ms_sum),
+                    &column(|r| r.delay_ms_max),
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        }
+        tx.commit().await.map_err(pg_error)
+    }
+
+    async fn minutes(&self, since: Millis) -> Result<Vec<MinuteRuns>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT minute, host, queue, kind, runs, failures, delay_ms_sum, delay_ms_max FROM run_minutes \
+                 WHERE minute >= $1 ORDER BY minute, host, queue, kind",
+                &[&since],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| MinuteRuns {
+                minute: r.get(0),
+                host: r.get(1),
+                queue: r.get(2),
+                kind: r.get(3),
+                runs: r.get::<_, i64>(4) as u64,
+                failures: r.get::<_, i64>(5) as u64,
+                delay_ms_sum: r.get(6),
+                delay_ms_max: r.get(7),
+            })
+            .collect())
     }
 
     async fn loops(&self) -> Result<Vec<LoopState>, StoreError> {

@@ -16,7 +16,7 @@ use super::job::{AttemptError, Job, JobId, JobState, Lease, Millis};
 use super::store::{
     AttemptLogs,
     ClaimParams, ClaimRounds, Claimed, HeldBack, KindGate, KindLimits, Limit, claim_cap, kind_bucket_name, rate_bucket_name, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, KvChange, KvWrite, ListFilter, LoopClaim, LoopLease, LoopSave, PruneParams,
-    LoopState, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, SCHEDULE_TICK_KEPT, schedule_key_range, schedule_tick_key, tick_of_key,
+    LoopState, MinuteRuns, NewJob, QueueInfo, ScheduleState, StateCount, StoreError, Transition, SCHEDULE_TICK_KEPT, schedule_key_range, schedule_tick_key, tick_of_key,
 };
 use async_trait::async_trait;
 use rusqlite::types::Null;
@@ -252,6 +252,25 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     -- served only the count of a kind's pending jobs at plugin removal.
     DROP INDEX jobs_state_kind;
     CREATE INDEX jobs_state ON jobs (state);
+    "#,
+    ),
+    (
+        13,
+        "runs per minute",
+        r#"
+    -- Each host's runs per minute, queue and kind, written by the host as
+    -- the minute fills and kept for two hours: the dashboard's charts.
+    CREATE TABLE run_minutes (
+        minute       INTEGER NOT NULL,
+        host         TEXT    NOT NULL,
+        queue        TEXT    NOT NULL,
+        kind         TEXT    NOT NULL,
+        runs         INTEGER NOT NULL,
+        failures     INTEGER NOT NULL,
+        delay_ms_sum INTEGER NOT NULL,
+        delay_ms_max INTEGER NOT NULL,
+        PRIMARY KEY (minute, host, queue, kind)
+    ) WITHOUT ROWID;
     "#,
     ),
 ];
@@ -1517,6 +1536,52 @@ impl JobStore for SqliteStore {
 
     async fn write_kv(&self, writes: Vec<KvWrite>) -> Result<(), StoreError> {
         self.write(move |tx, now| apply_kv(tx, &writes, now).map_err(db_error)).await
+    }
+
+    async fn record_minutes(&self, rows: Vec<MinuteRuns>, keep_since: Millis) -> Result<(), StoreError> {
+        self.write(move |tx, _| {
+            tx.execute("DELETE FROM run_minutes WHERE minute < ?1", params![keep_since]).map_err(db_error)?;
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT INTO run_minutes (minute, host, queue, kind, runs, failures, delay_ms_sum, delay_ms_max) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (minute, host, queue, kind) DO UPDATE SET \
+                     runs = excluded.runs, failures = excluded.failures, delay_ms_sum = excluded.delay_ms_sum, delay_ms_max = excluded.delay_ms_max",
+                )
+                .map_err(db_error)?;
+            for r in rows.iter().filter(|r| r.minute >= keep_since) {
+                upsert
+                    .execute(params![r.minute, r.host, r.queue, r.kind, r.runs as i64, r.failures as i64, r.delay_ms_sum, r.delay_ms_max])
+                    .map_err(db_error)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn minutes(&self, since: Millis) -> Result<Vec<MinuteRuns>, StoreError> {
+        self.read(move |conn, _| {
+            conn.prepare_cached(
+                "SELECT minute, host, queue, kind, runs, failures, delay_ms_sum, delay_ms_max FROM run_minutes \
+                 WHERE minute >= ?1 ORDER BY minute, host, queue, kind",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![since], |r| {
+                    Ok(MinuteRuns {
+                        minute: r.get(0)?,
+                        host: r.get(1)?,
+                        queue: r.get(2)?,
+                        kind: r.get(3)?,
+                        runs: r.get::<_, i64>(4)? as u64,
+                        failures: r.get::<_, i64>(5)? as u64,
+                        delay_ms_sum: r.get(6)?,
+                        delay_ms_max: r.get(7)?,
+                    })
+                })?
+                .collect()
+            })
+            .map_err(db_error)
+        })
+        .await
     }
 
     async fn loops(&self) -> Result<Vec<LoopState>, StoreError> {

@@ -545,6 +545,23 @@ pub struct LoopSave {
     pub lease_ms: i64,
 }
 
+/// One host's runs of one kind on one queue in one minute: what the
+/// dashboard's throughput and queue-delay charts are drawn from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MinuteRuns {
+    /// The minute's start, ms since the epoch (a multiple of 60,000).
+    pub minute: Millis,
+    pub host: String,
+    pub queue: String,
+    pub kind: String,
+    /// Runs that ended in the minute, and how many of them failed.
+    pub runs: u64,
+    pub failures: u64,
+    /// Their waits from due to start, summed and the longest.
+    pub delay_ms_sum: i64,
+    pub delay_ms_max: i64,
+}
+
 /// A loop as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoopState {
@@ -815,6 +832,15 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     async fn loops(&self) -> Result<Vec<LoopState>, StoreError>;
 
     /// The committed value of a kv key.
+    /// Writes one host's per-minute run totals: each row replaces the one
+    /// of its minute, host, queue and kind (a host writes its running
+    /// totals again as the minute fills). Rows of minutes before
+    /// `keep_since` (every host's) are deleted in the same call.
+    async fn record_minutes(&self, rows: Vec<MinuteRuns>, keep_since: Millis) -> Result<(), StoreError>;
+
+    /// Every host's per-minute totals of minutes from `since` on, oldest first.
+    async fn minutes(&self, since: Millis) -> Result<Vec<MinuteRuns>, StoreError>;
+
     async fn kv_get(&self, namespace: &str, store: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Committed keys of a kv store in byte order, from the `offset`-th,

@@ -218,6 +218,8 @@ struct Inner {
     config: DispatcherConfig,
     clock: SharedClock,
     metrics: Arc<Metrics>,
+    /// This host's runs per minute, for the dashboard's charts.
+    run_minutes: Arc<super::run_minutes::RunMinutes>,
     wake: BTreeMap<String, Arc<Notify>>,
     /// Runs' ends were written: a claim held back by a limit that waits on
     /// running jobs (`max_running`, `max_per_key`) may find room now.
@@ -280,6 +282,7 @@ impl Dispatcher {
                 config,
                 clock,
                 metrics,
+                run_minutes: Arc::default(),
                 wake,
                 running: Mutex::new(HashMap::new()),
                 unwritten: Mutex::new(HashMap::new()),
@@ -358,6 +361,13 @@ impl Dispatcher {
         };
         tasks.spawn(rescuer.run(self.inner.stopping.subscribe(), held, move || wake.iter().for_each(|w| w.notify_one())));
         tasks.spawn(fold_counts_loop(self.inner.store.clone(), self.inner.stopping.subscribe()));
+        tasks.spawn(super::run_minutes::flush_loop(
+            self.inner.run_minutes.clone(),
+            self.inner.store.clone(),
+            self.inner.clock.clone(),
+            self.inner.config.host.clone(),
+            self.inner.stopping.subscribe(),
+        ));
         if let Some(retention) = self.inner.config.retention.clone() {
             tasks.spawn(super::pruner::run(self.inner.store.clone(), self.inner.clock.clone(), retention, self.inner.stopping.subscribe()));
         }
@@ -1006,6 +1016,7 @@ async fn run_job(inner: Arc<Inner>, job: Job, stop: StopSignal, _holds: (OwnedSe
     pace.record(began.elapsed(), &report);
     let reason = inner.running.lock().expect("poisoned").remove(&job.id).and_then(|r| r.reason);
     inner.metrics.job_finished(&job.kind, &report);
+    inner.run_minutes.record(inner.clock.now(), &job.queue, &job.kind, started - job.scheduled_at, !report.outcome.is_ok());
     let policy = kind.map(|k| k.retry).unwrap_or_default();
     let now = inner.clock.now();
     match decide(&job, &report.outcome, reason, &policy, now) {

@@ -8,7 +8,8 @@
 //! schedule and loop tasks as the registry changes), [`rescuer`] (expired
 //! leases), [`retry_policy`] (outcome → transition), [`runner`] (what runs
 //! an iteration), [`kv_backend`] (the kv capability's reads of the job
-//! store), [`metrics`].
+//! store), [`metrics`], [`run_minutes`] (runs per minute, for the
+//! dashboard), [`pruner`] (retention).
 
 pub mod dispatcher;
 pub mod fair_share;
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod pruner;
 pub mod rescuer;
 pub mod retry_policy;
+pub mod run_minutes;
 pub mod runner;
 pub mod scheduler;
 pub mod startup;
