@@ -53,6 +53,14 @@ fn main() {
     if std::env::var_os("KILN_TEST_SCHEMATHESIS").is_some_and(|v| !v.is_empty()) {
         println!("cargo:rustc-cfg=kiln_schemathesis");
     }
+    // The dashboard's browser test needs chromedriver and Chromium
+    // (`KILN_TEST_CHROMEDRIVER`, which `.ci/run` installs); elsewhere it
+    // is listed as ignored.
+    println!("cargo::rustc-check-cfg=cfg(kiln_browser)");
+    println!("cargo:rerun-if-env-changed=KILN_TEST_CHROMEDRIVER");
+    if std::env::var_os("KILN_TEST_CHROMEDRIVER").is_some_and(|v| !v.is_empty()) {
+        println!("cargo:rustc-cfg=kiln_browser");
+    }
     println!("cargo::rustc-check-cfg=cfg(kiln_postgres)");
     println!("cargo::rustc-check-cfg=cfg(kiln_postgres_restart)");
     println!("cargo:rerun-if-env-changed=KILN_TEST_DATABASE_URL");

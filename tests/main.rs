@@ -8,6 +8,7 @@ mod bad_clients;
 mod bad_input;
 mod capabilities;
 mod chaos;
+mod dashboard;
 mod enqueue;
 mod full_disk;
 mod host;

@@ -9,16 +9,16 @@ use crate::support::{built, new_api_key, wasm_of};
 use serde_json::{Value, json};
 use std::path::Path;
 
-const CONFIG: &str = "lease_ms = 5000\npoll_interval_ms = 100\nshutdown_grace_ms = 1000\n\n[queues.default]\nconcurrency = 4\n";
+pub(crate) const CONFIG: &str = "lease_ms = 5000\npoll_interval_ms = 100\nshutdown_grace_ms = 1000\n\n[queues.default]\nconcurrency = 4\n";
 
 /// A caller of one host with one key (or none).
-struct Client<'h> {
-    host: &'h Host,
-    key: Option<String>,
+pub(crate) struct Client<'h> {
+    pub(crate) host: &'h Host,
+    pub(crate) key: Option<String>,
 }
 
 impl Client<'_> {
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    pub(crate) fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_idle_connections(0).build().into();
         let mut request = http::Request::builder().method(method).uri(format!("{}{path}", self.host.url)).header("content-type", "application/json");
         if let Some(key) = &self.key {
@@ -30,17 +30,17 @@ impl Client<'_> {
         (response.status().as_u16(), serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
-    fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+    pub(crate) fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
         let (status, answer) = self.call(method, path, body);
         assert!((200..300).contains(&status), "{method} {path}: {status} {answer}");
         answer
     }
 
-    fn enqueue(&self, job: Value) -> i64 {
+    pub(crate) fn enqueue(&self, job: Value) -> i64 {
         self.ok("POST", "/jobs", Some(&job))["id"].as_i64().unwrap()
     }
 
-    fn wait_for(&self, id: i64, state: &str) -> Value {
+    pub(crate) fn wait_for(&self, id: i64, state: &str) -> Value {
         let mut job = Value::Null;
         eventually(&format!("job {id} is {state}"), || {
             job = self.ok("GET", &format!("/jobs/{id}"), None);
@@ -52,7 +52,7 @@ impl Client<'_> {
 
 /// Puts the built plugin `built` in `tenant`'s directory, its manifest's
 /// version set to `version` (so the tests can tell whose ran).
-fn add_tenant_plugin(dir: &HostDir, tenant: &str, built: &str, version: &str) {
+pub(crate) fn add_tenant_plugin(dir: &HostDir, tenant: &str, built: &str, version: &str) {
     let name = Path::new(built).file_name().unwrap().to_str().unwrap();
     let target = dir.plugins().join(tenant).join(name);
     std::fs::create_dir_all(&target).unwrap();

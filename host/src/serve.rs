@@ -150,6 +150,7 @@ pub async fn serve(
         http: config.http.clone(),
         access,
         tenants: Arc::new(config.tenants.clone()),
+        sessions: Default::default(),
     };
     let api = tokio::spawn(api::serve(listener, state, async {
         let _ = api_closed.await;

@@ -45,6 +45,11 @@ impl Access {
         self.keys.is_empty()
     }
 
+    /// Who `key` belongs to, if anyone (the dashboard's login).
+    pub fn identify(&self, key: &str) -> Option<Caller> {
+        self.keys.identify(key)
+    }
+
     /// Logs a refused call (rate-limited, see the module).
     pub fn note_refusal(&self, method: &http::Method, path: &str, tenant: Option<&str>, why: &str) {
         let now = crate::queue::Clock::now(&crate::queue::SystemClock);
@@ -70,6 +75,10 @@ fn bearer(request: &Request) -> Option<&str> {
 pub async fn authenticate(State(access): State<Access>, mut request: Request, next: Next) -> Response {
     if access.is_open() || OPEN_PATHS.contains(&request.uri().path()) {
         request.extensions_mut().insert(Caller::Admin);
+        return next.run(request).await;
+    }
+    // The dashboard's pages check their own session cookie, never a bearer key.
+    if super::dashboard::is_dashboard_path(request.uri().path()) {
         return next.run(request).await;
     }
     let why = match bearer(&request).map(|key| access.keys.identify(key)) {

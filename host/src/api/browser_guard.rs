@@ -10,7 +10,8 @@
 //!   refused (403), whatever it sends.
 //! - A request body must be `application/json` (415): the only bodies a
 //!   page may send cross-origin without the browser asking first are
-//!   form and text types.
+//!   form and text types. The dashboard's own forms (POSTs to its paths)
+//!   are the exception, held by their CSRF token and the origin check.
 //!
 //! No CORS headers are ever sent, so a browser's preflight fails.
 
@@ -52,7 +53,8 @@ fn header_text<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Result<O
 }
 
 /// The checks above, for one request.
-pub fn check(allowed: &AllowedHosts, method: &Method, headers: &HeaderMap) -> Result<(), AppError> {
+pub fn check(allowed: &AllowedHosts, method: &Method, path: &str, headers: &HeaderMap) -> Result<(), AppError> {
+    let form_path = super::dashboard::is_dashboard_path(path) && *method == Method::POST;
     let host = header_text(headers, header::HOST)?;
     if let Some(host) = host {
         if !allowed.allows(host_part(host)) {
@@ -73,7 +75,10 @@ pub fn check(allowed: &AllowedHosts, method: &Method, headers: &HeaderMap) -> Re
     }
     let has_body = headers.contains_key(header::TRANSFER_ENCODING)
         || header_text(headers, header::CONTENT_LENGTH)?.is_some_and(|length| length.trim() != "0");
-    if has_body && matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
+    // The dashboard's forms are form bodies: its session cookie is
+    // SameSite=Strict, each form carries the session's CSRF token, and the
+    // Origin check above holds for them too.
+    if has_body && matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) && !form_path {
         let kind = header_text(headers, header::CONTENT_TYPE)?.unwrap_or("");
         let essence = kind.split(';').next().unwrap_or("").trim();
         if !essence.eq_ignore_ascii_case("application/json") {
@@ -86,7 +91,7 @@ pub fn check(allowed: &AllowedHosts, method: &Method, headers: &HeaderMap) -> Re
 
 /// The middleware form of [`check`].
 pub async fn guard(State(allowed): State<AllowedHosts>, request: Request, next: Next) -> Response {
-    match check(&allowed, request.method(), request.headers()) {
+    match check(&allowed, request.method(), request.uri().path(), request.headers()) {
         Ok(()) => next.run(request).await,
         Err(refused) => {
             tracing::warn!(method = %request.method(), path = %request.uri().path(), "request refused: {refused}");
@@ -108,22 +113,22 @@ mod tests {
     fn host_names_other_than_local_and_allowed_are_refused() {
         let allowed = AllowedHosts::new(&["Kiln.internal".into()]);
         for ok in ["127.0.0.1:8080", "localhost:8080", "LOCALHOST", "[::1]:8080", "10.0.0.7", "kiln.internal:80"] {
-            assert!(check(&allowed, &Method::GET, &headers(&[(header::HOST, ok)])).is_ok(), "{ok}");
+            assert!(check(&allowed, &Method::GET, "/jobs", &headers(&[(header::HOST, ok)])).is_ok(), "{ok}");
         }
         for bad in ["evil.example:8080", "localhost.evil.example", "127.0.0.1.nip.io:8080", "kiln.internal.evil"] {
-            let e = check(&allowed, &Method::GET, &headers(&[(header::HOST, bad)])).unwrap_err();
+            let e = check(&allowed, &Method::GET, "/jobs", &headers(&[(header::HOST, bad)])).unwrap_err();
             assert!(matches!(e, AppError::MisdirectedRequest(_)), "{bad}: {e}");
         }
-        assert!(check(&allowed, &Method::GET, &HeaderMap::new()).is_ok(), "no Host: not a browser");
+        assert!(check(&allowed, &Method::GET, "/jobs", &HeaderMap::new()).is_ok(), "no Host: not a browser");
     }
 
     #[test]
     fn only_the_apis_own_origin_passes() {
         let allowed = AllowedHosts::default();
         let with = |origin: &str| headers(&[(header::HOST, "127.0.0.1:8080"), (header::ORIGIN, origin)]);
-        assert!(check(&allowed, &Method::POST, &with("http://127.0.0.1:8080")).is_ok());
+        assert!(check(&allowed, &Method::POST, "/jobs", &with("http://127.0.0.1:8080")).is_ok());
         for bad in ["http://evil.example", "http://127.0.0.1:9999", "null", "http://1.2.3.4"] {
-            assert!(matches!(check(&allowed, &Method::POST, &with(bad)), Err(AppError::Forbidden(_))), "{bad}");
+            assert!(matches!(check(&allowed, &Method::POST, "/jobs", &with(bad)), Err(AppError::Forbidden(_))), "{bad}");
         }
     }
 
@@ -137,12 +142,17 @@ mod tests {
             }
             h
         };
-        assert!(check(&allowed, &Method::POST, &body(Some("application/json"))).is_ok());
-        assert!(check(&allowed, &Method::PUT, &body(Some("Application/JSON; charset=utf-8"))).is_ok());
+        assert!(check(&allowed, &Method::POST, "/jobs", &body(Some("application/json"))).is_ok());
+        assert!(check(&allowed, &Method::PUT, "/jobs", &body(Some("Application/JSON; charset=utf-8"))).is_ok());
         for bad in [Some("text/plain"), Some("application/x-www-form-urlencoded"), Some("multipart/form-data; boundary=x"), None] {
-            assert!(matches!(check(&allowed, &Method::POST, &body(bad)), Err(AppError::UnsupportedMediaType(_))), "{bad:?}");
+            assert!(matches!(check(&allowed, &Method::POST, "/jobs", &body(bad)), Err(AppError::UnsupportedMediaType(_))), "{bad:?}");
         }
-        assert!(check(&allowed, &Method::POST, &headers(&[(header::CONTENT_LENGTH, "0")])).is_ok(), "no body, nothing to type");
-        assert!(check(&allowed, &Method::GET, &body(Some("text/plain"))).is_ok());
+        assert!(check(&allowed, &Method::POST, "/jobs", &headers(&[(header::CONTENT_LENGTH, "0")])).is_ok(), "no body, nothing to type");
+        assert!(check(&allowed, &Method::GET, "/jobs", &body(Some("text/plain"))).is_ok());
+        // The dashboard's forms, and only they, may post form bodies.
+        let form = Some("application/x-www-form-urlencoded");
+        assert!(check(&allowed, &Method::POST, "/ui/jobs/bulk", &body(form)).is_ok());
+        assert!(check(&allowed, &Method::POST, "/login", &body(form)).is_ok());
+        assert!(matches!(check(&allowed, &Method::PUT, "/ui/jobs/bulk", &body(form)), Err(AppError::UnsupportedMediaType(_))));
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod browser_guard;
+pub mod dashboard;
 mod error;
 mod kv;
 mod plugins;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub access: auth::Access,
     /// The tenants kiln.toml names, for `GET /tenants`.
     pub tenants: Arc<std::collections::BTreeMap<String, crate::tenant::TenantSettings>>,
+    /// The dashboard's logged-in browsers.
+    pub sessions: dashboard::session::Sessions,
 }
 
 /// What the document says besides its paths: who it is for, how to
@@ -129,6 +132,7 @@ pub fn app(state: AppState) -> Router {
     let (router, document) = routes();
     let document: Arc<str> = document.to_pretty_json().expect("the OpenAPI document serialises").into();
     router
+        .merge(dashboard::routes())
         .route(
             "/openapi.json",
             get(move || {
@@ -318,15 +322,22 @@ impl axum::extract::FromRequestParts<AppState> for OwnedJob {
     async fn from_request_parts(parts: &mut http::request::Parts, state: &AppState) -> Result<Self, AppError> {
         let Path(id) = Path::<String>::from_request_parts(parts, state).await.map_err(|e| AppError::BadRequest(e.body_text()))?;
         let caller = parts.extensions.get::<Caller>().cloned().unwrap_or(Caller::Admin);
-        let id = job_id(&id)?;
-        let not_found = || AppError::NotFound(format!("job {id} not found"));
-        let job = state.dispatcher.store().get(id).await?.ok_or_else(not_found)?;
-        if !caller.owns(&job.kind) {
-            state.access.note_refusal(&parts.method, parts.uri.path(), caller.tenant(), "another tenant's job (answered 404)");
-            return Err(not_found());
-        }
+        let job = owned_job(state, &caller, &id, &parts.method, parts.uri.path()).await?;
         Ok(Self { job, caller })
     }
+}
+
+/// The job `id` names, if `caller` owns it (another tenant's answers as
+/// one that does not exist, and the refusal is logged).
+async fn owned_job(state: &AppState, caller: &Caller, id: &str, method: &http::Method, path: &str) -> Result<crate::queue::Job, AppError> {
+    let id = job_id(id)?;
+    let not_found = || AppError::NotFound(format!("job {id} not found"));
+    let job = state.dispatcher.store().get(id).await?.ok_or_else(not_found)?;
+    if !caller.owns(&job.kind) {
+        state.access.note_refusal(method, path, caller.tenant(), "another tenant's job (answered 404)");
+        return Err(not_found());
+    }
+    Ok(job)
 }
 
 #[utoipa::path(get, path = "/jobs/{id}", tag = "jobs", params(("id" = i64, Path, description = "The job")),
@@ -357,10 +368,33 @@ async fn job_logs(
 #[utoipa::path(post, path = "/jobs/{id}/retry", tag = "jobs", params(("id" = i64, Path, description = "A dead or cancelled job")),
     responses((status = 200, description = "The job, due now", body = JobView), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 404, description = "Not found (or another tenant's)", body = ErrorBody), (status = 409, description = "Not in a state that allows it", body = ErrorBody)))]
 async fn retry_job(State(state): State<AppState>, OwnedJob { job, caller }: OwnedJob) -> Result<Json<JobView>, AppError> {
-    let job = state.dispatcher.store().retry_by_hand(job.id).await?;
+    let job = retry_one(&state, job.id).await?;
+    Ok(Json(JobView::of(&job, &caller)))
+}
+
+/// Retries a dead or cancelled job now (the API's and the dashboard's retry).
+async fn retry_one(state: &AppState, id: crate::queue::JobId) -> Result<crate::queue::Job, AppError> {
+    let job = state.dispatcher.store().retry_by_hand(id).await?;
     state.dispatcher.wake(&job.queue);
     tracing::info!(kind = %job.kind, job = job.id, attempt = job.attempt, max_attempts = job.max_attempts, "job retried by hand");
-    Ok(Json(JobView::of(&job, &caller)))
+    Ok(job)
+}
+
+/// Deletes a dead or cancelled job (the API's and the dashboard's discard).
+async fn delete_one(state: &AppState, id: crate::queue::JobId) -> Result<crate::queue::Job, AppError> {
+    let job = state.dispatcher.store().delete_by_hand(id).await?;
+    tracing::info!(kind = %job.kind, job = job.id, state = job.state.as_str(), "job deleted by hand");
+    Ok(job)
+}
+
+/// Cancels a job, or asks its run to stop.
+async fn cancel_one(state: &AppState, id: crate::queue::JobId) -> Result<crate::queue::Job, AppError> {
+    let job = state.dispatcher.cancel(id).await?;
+    match job.state {
+        JobState::Cancelled => tracing::info!(kind = %job.kind, job = job.id, "job cancelled by hand"),
+        _ => tracing::info!(kind = %job.kind, job = job.id, "cancel requested by hand; the running job is asked to stop"),
+    }
+    Ok(job)
 }
 
 /// The most jobs one bulk call (`POST /jobs/retry`, `DELETE /jobs`) acts
@@ -402,12 +436,18 @@ async fn on_dead_jobs(
     query: Result<Query<DeadJobsQuery>, QueryRejection>,
     action: BulkAction,
 ) -> Result<(DeadJobsQuery, Bulk), AppError> {
+    let Query(q) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
+    let bulk = on_dead_jobs_of(state, caller, &q, action).await?;
+    Ok((q, bulk))
+}
+
+/// [`on_dead_jobs`] for a query already read (the dashboard's bulk forms).
+async fn on_dead_jobs_of(state: &AppState, caller: &Caller, q: &DeadJobsQuery, action: BulkAction) -> Result<Bulk, AppError> {
     let verb = match action {
         BulkAction::Retry => "retry",
         BulkAction::Delete => "delete",
     };
     use crate::queue::StoreError;
-    let Query(q) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
     if q.state != "dead" {
         return Err(AppError::BadRequest(format!("bulk {verb} takes state=dead, not {:?}", q.state)));
     }
@@ -444,7 +484,12 @@ async fn on_dead_jobs(
             }
         }
     }
-    Ok((q, bulk))
+    if matches!(action, BulkAction::Retry) {
+        for queue in &bulk.queues {
+            state.dispatcher.wake(queue);
+        }
+    }
+    Ok(bulk)
 }
 
 /// `POST /jobs/retry?state=dead[&kind=K][&queue=Q]`: retries every dead job
@@ -459,9 +504,6 @@ async fn retry_many(
     query: Result<Query<DeadJobsQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
     let (q, bulk) = on_dead_jobs(&state, &caller, query, BulkAction::Retry).await?;
-    for queue in &bulk.queues {
-        state.dispatcher.wake(queue);
-    }
     tracing::info!(retried = bulk.done, skipped = bulk.skipped, kind = q.kind.as_deref().unwrap_or("any"), "dead jobs retried by hand");
     Ok(Json(serde_json::json!({ "retried": bulk.done, "skipped": bulk.skipped, "more": bulk.more })))
 }
@@ -485,19 +527,14 @@ async fn delete_many(
 #[utoipa::path(delete, path = "/jobs/{id}", tag = "jobs", params(("id" = i64, Path, description = "A dead or cancelled job")),
     responses((status = 200, description = "The job as it was", body = JobView), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 404, description = "Not found (or another tenant's)", body = ErrorBody), (status = 409, description = "Not in a state that allows it", body = ErrorBody)))]
 async fn delete_job(State(state): State<AppState>, OwnedJob { job, caller }: OwnedJob) -> Result<Json<JobView>, AppError> {
-    let job = state.dispatcher.store().delete_by_hand(job.id).await?;
-    tracing::info!(kind = %job.kind, job = job.id, state = job.state.as_str(), "job deleted by hand");
+    let job = delete_one(&state, job.id).await?;
     Ok(Json(JobView::of(&job, &caller)))
 }
 
 #[utoipa::path(post, path = "/jobs/{id}/cancel", tag = "jobs", params(("id" = i64, Path, description = "The job")),
     responses((status = 200, description = "Cancelled, or (running) asked to stop", body = JobView), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 404, description = "Not found (or another tenant's)", body = ErrorBody), (status = 409, description = "Not in a state that allows it", body = ErrorBody)))]
 async fn cancel_job(State(state): State<AppState>, OwnedJob { job, caller }: OwnedJob) -> Result<Json<JobView>, AppError> {
-    let job = state.dispatcher.cancel(job.id).await?;
-    match job.state {
-        JobState::Cancelled => tracing::info!(kind = %job.kind, job = job.id, "job cancelled by hand"),
-        _ => tracing::info!(kind = %job.kind, job = job.id, "cancel requested by hand; the running job is asked to stop"),
-    }
+    let job = cancel_one(&state, job.id).await?;
     Ok(Json(JobView::of(&job, &caller)))
 }
 
@@ -508,14 +545,48 @@ async fn cancel_job(State(state): State<AppState>, OwnedJob { job, caller }: Own
 #[utoipa::path(get, path = "/queues", tag = "queues",
     responses((status = 200, description = "Each queue: concurrency, paused, jobs by state, oldest_waiting_ms", body = serde_json::Value), (status = 401, description = "No or a wrong API key", body = ErrorBody)))]
 async fn list_queues(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<Json<serde_json::Value>, AppError> {
+    let queues: Vec<serde_json::Value> = queue_views(&state, &caller)
+        .await?
+        .into_iter()
+        .map(|q| {
+            let by_state: serde_json::Map<String, serde_json::Value> = q.jobs.iter().map(|(s, n)| (s.as_str().to_string(), (*n).into())).collect();
+            let mut queue = serde_json::json!({
+                "name": q.name,
+                "concurrency": q.concurrency,
+                "light_concurrency": q.light_concurrency,
+                "paused": q.paused,
+                "jobs": by_state,
+            });
+            if caller == Caller::Admin {
+                queue["oldest_waiting_ms"] = q.oldest_waiting_ms.into();
+            }
+            queue
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "queues": queues })))
+}
+
+/// A queue this host serves, as `GET /queues` and the dashboard show it.
+struct QueueView {
+    name: String,
+    concurrency: usize,
+    light_concurrency: usize,
+    paused: bool,
+    /// Every state, zeros included, counting the caller's jobs only.
+    jobs: Vec<(JobState, u64)>,
+    /// How long its oldest due job has waited; the operator's only (it is
+    /// every tenant's), `None` for a tenant or when none is due.
+    oldest_waiting_ms: Option<i64>,
+}
+
+async fn queue_views(state: &AppState, caller: &Caller) -> Result<Vec<QueueView>, AppError> {
     let store = state.dispatcher.store();
     let known = store.queues().await?;
     let counts = store.counts().await?;
     let now = state.dispatcher.clock().now();
     let mut queues = Vec::with_capacity(state.dispatcher.config().queues.len());
     for q in &state.dispatcher.config().queues {
-        let paused = known.iter().any(|k| k.name == q.name && k.paused);
-        let by_state: serde_json::Map<String, serde_json::Value> = JobState::ALL
+        let jobs = JobState::ALL
             .iter()
             .map(|s| {
                 let n: u64 = counts
@@ -523,23 +594,23 @@ async fn list_queues(State(state): State<AppState>, Extension(caller): Extension
                     .filter(|c| c.queue == q.name && c.state == *s && (caller.tenant().is_none() || c.tenant.as_deref() == caller.tenant()))
                     .map(|c| c.count)
                     .sum();
-                (s.as_str().to_string(), n.into())
+                (*s, n)
             })
             .collect();
-        let mut queue = serde_json::json!({
-            "name": q.name,
-            "concurrency": q.concurrency,
-            "light_concurrency": q.light_concurrency,
-            "paused": paused,
-            "jobs": by_state,
+        let oldest_waiting_ms = match caller {
+            Caller::Admin => store.next_due(&q.name).await?.filter(|at| *at <= now).map(|at| now - at),
+            Caller::Tenant(_) => None,
+        };
+        queues.push(QueueView {
+            name: q.name.clone(),
+            concurrency: q.concurrency,
+            light_concurrency: q.light_concurrency,
+            paused: known.iter().any(|k| k.name == q.name && k.paused),
+            jobs,
+            oldest_waiting_ms,
         });
-        if caller == Caller::Admin {
-            let oldest_due = store.next_due(&q.name).await?.filter(|at| *at <= now);
-            queue["oldest_waiting_ms"] = oldest_due.map(|at| now - at).into();
-        }
-        queues.push(queue);
     }
-    Ok(Json(serde_json::json!({ "queues": queues })))
+    Ok(queues)
 }
 
 fn served_queue(state: &AppState, name: &str) -> Result<(), AppError> {
@@ -566,10 +637,7 @@ async fn pause_queue(
     name: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
     let name = path_of(name)?;
-    operator_only(&caller, "pausing a queue")?;
-    served_queue(&state, &name)?;
-    state.dispatcher.store().pause_queue(&name).await?;
-    tracing::info!(queue = %name, "queue paused");
+    set_paused(&state, &caller, &name, true).await?;
     Ok(Json(serde_json::json!({ "name": name, "paused": true })))
 }
 
@@ -581,12 +649,23 @@ async fn resume_queue(
     name: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
     let name = path_of(name)?;
-    operator_only(&caller, "resuming a queue")?;
-    served_queue(&state, &name)?;
-    state.dispatcher.store().resume_queue(&name).await?;
-    state.dispatcher.wake(&name);
-    tracing::info!(queue = %name, "queue resumed");
+    set_paused(&state, &caller, &name, false).await?;
     Ok(Json(serde_json::json!({ "name": name, "paused": false })))
+}
+
+/// Pauses or resumes a queue this host serves (the operator's only).
+async fn set_paused(state: &AppState, caller: &Caller, name: &str, paused: bool) -> Result<(), AppError> {
+    operator_only(caller, if paused { "pausing a queue" } else { "resuming a queue" })?;
+    served_queue(state, name)?;
+    if paused {
+        state.dispatcher.store().pause_queue(name).await?;
+        tracing::info!(queue = %name, "queue paused");
+    } else {
+        state.dispatcher.store().resume_queue(name).await?;
+        state.dispatcher.wake(name);
+        tracing::info!(queue = %name, "queue resumed");
+    }
+    Ok(())
 }
 
 /// Liveness: the process answers.

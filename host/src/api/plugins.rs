@@ -158,12 +158,17 @@ pub async fn rollback(
     name: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
     let name = super::path_of(name)?;
-    let kind = caller.kind(&name);
+    let deployed = rollback_one(&state, &caller, &name).await?;
+    Ok(deployed_json(&deployed, &caller))
+}
+
+/// Serves the version of the caller's plugin `name` before the one serving now.
+pub(super) async fn rollback_one(state: &AppState, caller: &Caller, name: &str) -> Result<crate::plugin::Deployed, AppError> {
+    let kind = caller.kind(name);
     if state.registry.get(&kind).is_none() {
         return Err(AppError::NotFound(format!("no plugin {name:?} is loaded")));
     }
-    let deployed = blocking(&state.registry, move |r| r.rollback(&kind)).await?;
-    Ok(deployed_json(&deployed, &caller))
+    blocking(&state.registry, move |r| r.rollback(&kind)).await
 }
 
 /// `DELETE /plugins/{name}[?force=true]`: refused while jobs of the kind

@@ -203,6 +203,7 @@ impl ServedApi {
             http: Default::default(),
             access: kiln::api::auth::Access::new(kiln::tenant::KeyRing::new(&[], &Default::default())),
             tenants: Default::default(),
+            sessions: Default::default(),
         };
         let api = tokio::spawn(kiln::api::serve(listener, state, async {
             let _ = closed.await;
