@@ -148,14 +148,46 @@ fn a_login_gives_a_strict_session_cookie_that_opens_the_pages_only_and_forms_nee
 }
 
 #[test]
-fn an_open_host_opens_an_operators_session_without_a_key() {
-    let dir = HostDir::new("poll_interval_ms = 100\n\n[queues.default]\nconcurrency = 1\n");
+fn an_open_host_opens_an_operators_session_and_shows_its_plugins_schedules_and_loops() {
+    let dir = HostDir::new("lease_ms = 1500\npoll_interval_ms = 100\n\n[queues.default]\nconcurrency = 2\n");
+    dir.add_plugin("cleanup", built::CLEANUP, "name = \"cleanup\"\nversion = \"1.0.0\"\n[capabilities]\nkv = [\"default\"]\n[trigger.schedule]\ninterval = \"400ms\"\n");
+    dir.add_plugin(
+        "poller",
+        built::POLLER,
+        "name = \"poller\"\nversion = \"1\"\n[trigger.continuous]\ndelay = \"20ms\"\n\
+         [capabilities]\nhttp = [\"http://127.0.0.1:*\"]\nconfig = [\"feed_url\"]\nkv = [\"default\"]\n",
+    );
     let host = dir.start();
     let (status, headers, _) = call(&host, "GET", "/login", None, None, None);
     assert_eq!(status, 303);
     let cookie = headers["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
     let (status, _, page) = call(&host, "GET", "/", Some(&cookie), None, None);
     assert!(status == 200 && page.contains("<span id=\"who\">operator</span>"), "{page}");
+    let page_of = |path: &str| {
+        let (status, _, page) = call(&host, "GET", path, Some(&cookie), None, None);
+        assert_eq!(status, 200, "{path}: {page}");
+        page
+    };
+    let plugins = page_of("/ui/plugins");
+    for name in ["echo", "cleanup", "poller"] {
+        assert!(plugins.contains(&format!("data-plugin=\"{name}\"")), "{name}: {plugins}");
+    }
+    assert!(plugins.contains("every 400ms"), "{plugins}");
+    // The schedule has ticked: a last tick, and a next one.
+    eventually("the schedules page shows a last tick", || !page_of("/ui/schedules").contains("<td>never</td>"));
+    let schedules = page_of("/ui/schedules");
+    assert!(schedules.contains("data-plugin=\"cleanup\"") && schedules.contains("every 400ms"), "{schedules}");
+    // The loop is held by this host, with its passes and checkpoint.
+    eventually("the loops page shows the poller held", || {
+        let loops = page_of("/ui/loops");
+        loops.contains("data-plugin=\"poller\"") && !loops.contains("<td>nobody</td>")
+    });
+    assert!(!page_of("/ui/loops").contains("No loop has run"));
+    // Unknown pages and actions are named, not served.
+    let (status, _, page) = call(&host, "GET", "/ui/jobs?state=nonsense", Some(&cookie), None, None);
+    assert!(status == 400 && page.contains("nonsense"), "{page}");
+    let (status, _, _) = call(&host, "GET", "/ui/jobs?id=12x", Some(&cookie), None, None);
+    assert_eq!(status, 400);
 }
 
 mod browser {
