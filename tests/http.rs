@@ -14,22 +14,22 @@ use std::sync::{Arc, Mutex};
 
 /// One request the server saw.
 #[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    path: String,
-    headers: HeaderMap,
-    body: Vec<u8>,
+pub(crate) struct Seen {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Vec<u8>,
 }
 
 /// A real HTTP server on a thread of its own: `/ok`, `/send` (records the
 /// request), `/fail` (500), `/big` (17 MiB), `/hang` (never answers).
-struct TestServer {
-    port: u16,
-    seen: Arc<Mutex<Vec<Seen>>>,
+pub(crate) struct TestServer {
+    pub(crate) port: u16,
+    pub(crate) seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl TestServer {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let record = seen.clone();
         let record_mail = seen.clone();
@@ -76,11 +76,11 @@ impl TestServer {
         Self { port: rx.recv().unwrap(), seen }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    fn origin(&self) -> String {
+    pub(crate) fn origin(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 }
@@ -214,7 +214,7 @@ fn a_host_that_allows_no_http_refuses_a_plugin_that_imports_it() {
 
 /// send-email as shipped, on a host whose config points it at `mail_url`
 /// with `secret` as its key, allowed to reach only the test server.
-fn send_email_host(server: &TestServer, mail_url: &str, secret_var: &str) -> HostDir {
+pub(crate) fn send_email_host(server: &TestServer, mail_url: &str, secret_var: &str) -> HostDir {
     let dir = HostDir::new(&format!(
         "lease_ms = 5000\npoll_interval_ms = 100\nshutdown_grace_ms = 1000\n[queues.default]\nconcurrency = 4\n\
          [capabilities]\nallow_http = [\"{}\"]\n[config]\nmail_api_url = \"{mail_url}\"\n[secrets]\nmail_api_key = {{ env = \"{secret_var}\" }}\n",

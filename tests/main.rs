@@ -27,4 +27,5 @@ mod serve;
 mod shutdown;
 mod support;
 mod tenants;
+mod traces;
 mod triggers;

@@ -22,6 +22,7 @@ fn job(kind: &str, payload: &[u8]) -> JobInput {
         payload: payload.to_vec(),
         checkpoint: None,
         progress: Default::default(),
+        traceparent: None,
     }
 }
 

@@ -106,6 +106,7 @@ fn outbound_http(rounds: usize) -> (f64, f64) {
         payload: serde_json::to_vec(&json!({"requests": requests, "fail_on_error": true})).unwrap(),
         checkpoint: None,
         progress: Default::default(),
+        traceparent: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let native: ureq::Agent = ureq::Agent::config_builder().max_idle_connections(0).build().into();

@@ -59,7 +59,7 @@ async fn land(registry: &Arc<Registry>, runner: &SandboxRunner, version: &str, w
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
     let serving = landed.elapsed();
-    let input = JobInput { id: "1".into(), kind: "echo".into(), attempt: 1, max_attempts: 1, payload: b"1".to_vec(), checkpoint: None, progress: Default::default() };
+    let input = JobInput { id: "1".into(), kind: "echo".into(), attempt: 1, max_attempts: 1, payload: b"1".to_vec(), checkpoint: None, progress: Default::default(), traceparent: None };
     let stop = runner.stop_signal();
     let ran = runner.run(&input, &stop).await;
     assert!(matches!(ran.report.outcome, Outcome::Ok(_)));

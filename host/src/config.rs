@@ -78,6 +78,8 @@ pub struct Config {
     pub retention: crate::worker::pruner::Retention,
     /// What is kept of each attempt (its record, its log lines).
     pub attempts: crate::worker::AttemptRecords,
+    /// Where traces of job runs are exported (OTLP), if anywhere.
+    pub telemetry: crate::telemetry::TelemetrySettings,
     /// `kiln serve --insecure`: listen beyond loopback with no API keys.
     #[serde(skip)]
     pub insecure: bool,
@@ -146,6 +148,7 @@ impl Default for Config {
             tenants: BTreeMap::new(),
             retention: crate::worker::pruner::Retention::default(),
             attempts: crate::worker::AttemptRecords::default(),
+            telemetry: crate::telemetry::TelemetrySettings::default(),
             insecure: false,
         }
     }
@@ -206,6 +209,9 @@ impl Config {
             return invalid(key, &problem);
         }
         if let Some((key, problem)) = self.http.problem() {
+            return invalid(key, &problem);
+        }
+        if let Some((key, problem)) = self.telemetry.problem() {
             return invalid(key, &problem);
         }
         if self.queues.is_empty() {
@@ -328,6 +334,7 @@ impl Config {
                 .collect(),
             retention: Some(self.retention.clone()),
             attempts: self.attempts,
+            tracing: crate::telemetry::Tracing::default(),
         }
     }
 

@@ -16,6 +16,8 @@
 //!   graceful shutdown. The only part that knows queue and sandbox.
 //! - [`tenant`]: who calls the API: the operator's and tenants' keys
 //!   (as hashes) and each tenant's settings.
+//! - [`telemetry`]: traces of job runs (OpenTelemetry, OTLP) and the W3C
+//!   trace context a job carries from its caller to its plugin's requests.
 //! - [`api`]: the HTTP API; calls into worker and queue, and asks
 //!   [`tenant`] who a request's key belongs to.
 //! - [`config`], [`serve`]: `kiln.toml` and the composition root of
@@ -36,5 +38,6 @@ pub mod plugin;
 pub mod queue;
 pub mod sandbox;
 pub mod serve;
+pub mod telemetry;
 pub mod tenant;
 pub mod worker;

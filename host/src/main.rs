@@ -1086,6 +1086,7 @@ async fn run(common: &CommonArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         payload,
         checkpoint,
         progress: Default::default(),
+        traceparent: None,
     };
     let stop = sandbox.stop_signal();
     let report = sandbox.run_iteration(&plugin.component, &job, &budget, &stop).await;

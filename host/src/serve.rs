@@ -132,7 +132,10 @@ pub async fn serve(
         .with_context(|| format!("cannot watch the plugins directory {}", plugins_dir.display()))?;
     let runner = Arc::new(SandboxRunner::new(registry.clone()));
 
-    let dispatcher = Dispatcher::new(store, runner.clone(), config.dispatcher(), clock, Arc::new(Metrics::new()));
+    let mut settings = config.dispatcher();
+    settings.tracing = crate::telemetry::Tracing::start(&config.telemetry, &settings.host)?;
+    let tracing_spans = settings.tracing.clone();
+    let dispatcher = Dispatcher::new(store, runner.clone(), settings, clock, Arc::new(Metrics::new()));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -192,6 +195,9 @@ pub async fn serve(
     api.await.context("the API task failed")?.context("the API server failed")?;
     // Every run has ended; nothing is left on it to wait for.
     jobs.shutdown_background();
+    // The last runs' spans, sent before the process ends (off the async
+    // threads: the exporter blocks while it sends).
+    tokio::task::spawn_blocking(move || tracing_spans.shutdown()).await.context("the trace exporter's shutdown failed")?;
     tracing::info!("stopped");
     Ok(())
 }

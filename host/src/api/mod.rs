@@ -183,7 +183,7 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, AppError> {
     })
 }
 
-fn parse_request(value: serde_json::Value, index: usize, caller: &Caller) -> Result<EnqueueRequest, AppError> {
+fn parse_request(value: serde_json::Value, index: usize, caller: &Caller, traceparent: Option<&str>) -> Result<EnqueueRequest, AppError> {
     let request: JobRequest = serde_json::from_value(value)
         .map_err(|e| AppError::BadRequest(format!("job {index}: {e}")))?;
     let payload = match request.payload {
@@ -205,26 +205,34 @@ fn parse_request(value: serde_json::Value, index: usize, caller: &Caller) -> Res
         scheduled_at,
         max_attempts: request.max_attempts,
         concurrency_key: request.concurrency_key,
+        traceparent: traceparent.map(str::to_string),
     })
 }
 
 /// `POST /jobs`: one job object, or an array of them.
 #[utoipa::path(post, path = "/jobs", tag = "jobs", request_body = JobRequests,
+    params(("traceparent" = Option<String>, Header, description = "W3C trace context: the jobs' attempts are traced as children of this span (an invalid one is ignored)")),
     responses((status = 201, description = "Enqueued (each says whether it was created)", body = EnqueuedAnswer),
               (status = 200, description = "None created: each already held its unique_key", body = EnqueuedAnswer), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 413, description = "Over a size limit", body = ErrorBody), (status = 429, description = "Over a quota, named", body = ErrorBody)))]
 async fn enqueue(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    headers: http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::response::Response, AppError> {
     let body = body_bytes(body)?;
+    // W3C trace context: one that is not valid is ignored, never refused.
+    let traceparent = headers
+        .get(crate::telemetry::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| t.len() <= crate::telemetry::MAX_TRACEPARENT_BYTES);
     let value: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| AppError::BadRequest(format!("request body is not JSON: {e}")))?;
     let (requests, many) = match value {
         serde_json::Value::Array(items) => {
-            (items.into_iter().enumerate().map(|(i, v)| parse_request(v, i, &caller)).collect::<Result<Vec<_>, _>>()?, true)
+            (items.into_iter().enumerate().map(|(i, v)| parse_request(v, i, &caller, traceparent)).collect::<Result<Vec<_>, _>>()?, true)
         }
-        object @ serde_json::Value::Object(_) => (vec![parse_request(object, 0, &caller)?], false),
+        object @ serde_json::Value::Object(_) => (vec![parse_request(object, 0, &caller, traceparent)?], false),
         _ => return Err(AppError::BadRequest("request body must be a job object or an array of job objects".into())),
     };
     if requests.is_empty() {

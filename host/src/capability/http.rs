@@ -205,6 +205,8 @@ pub(crate) struct HttpScope {
     pub(crate) stats: Arc<HttpStats>,
     /// Why requests were denied, for the run's log and error.
     pub(crate) denials: Arc<Mutex<Vec<String>>>,
+    /// The run's W3C trace context, sent as every request's `traceparent`.
+    traceparent: Option<http::HeaderValue>,
 }
 
 impl fmt::Debug for HttpScope {
@@ -214,8 +216,9 @@ impl fmt::Debug for HttpScope {
 }
 
 impl HttpScope {
-    pub(crate) fn new(grants: Arc<super::Grants>, deadline: Instant) -> Self {
-        Self { grants, deadline, stats: Arc::default(), denials: Arc::default() }
+    pub(crate) fn new(grants: Arc<super::Grants>, deadline: Instant, traceparent: Option<String>) -> Self {
+        let traceparent = traceparent.and_then(|t| http::HeaderValue::try_from(t).ok());
+        Self { grants, deadline, stats: Arc::default(), denials: Arc::default(), traceparent }
     }
 
     fn grant_text(&self) -> String {
@@ -315,6 +318,12 @@ impl WasiHttpHooks for HttpScope {
             let why = format!("{shown} is not in the plugin's grant (`[capabilities] http` allowed here: {})", self.grant_text());
             return self.deny(why, request);
         };
+        // The host's trace context replaces any the plugin set: a plugin
+        // cannot graft its requests onto another trace, nor drop them
+        // from this one. (`tracestate` is the plugin's own business.)
+        if let Some(traceparent) = &self.traceparent {
+            request.headers_mut().insert(crate::telemetry::TRACEPARENT, traceparent.clone());
+        }
         let sent = self.stats.requests.fetch_add(1, Ordering::Relaxed) + 1;
         if sent > MAX_REQUESTS_PER_RUN {
             return self.deny(format!("{shown}: this run has sent {MAX_REQUESTS_PER_RUN} requests, the most one run may"), request);

@@ -359,8 +359,9 @@ impl Scope {
         max_payload_bytes: usize,
         kv_backend: Option<std::sync::Arc<dyn KvBackend>>,
         deadline: std::time::Instant,
+        traceparent: Option<String>,
     ) -> Self {
-        let http = http::HttpScope::new(grants.clone(), deadline);
+        let http = http::HttpScope::new(grants.clone(), deadline, traceparent);
         Self { grants, max_payload_bytes, children: enqueue::Children::default(), kv_backend, kv: kv::KvScope::default(), http }
     }
 

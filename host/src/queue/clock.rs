@@ -56,11 +56,15 @@ pub fn millis_after(now: Millis, delay: std::time::Duration) -> Millis {
     now.saturating_add(delay).clamp(0, MAX_MILLIS)
 }
 
+/// A stored time as a [`std::time::SystemTime`] (clamped as [`to_rfc3339`] is).
+pub fn system_time(ms: Millis) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.clamp(0, MAX_MILLIS) as u64)
+}
+
 /// Formats a time as RFC 3339 (UTC, milliseconds). Any stored value
 /// renders: one before 1970 or after year 9999 shows as that bound.
 pub fn to_rfc3339(ms: Millis) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.clamp(0, MAX_MILLIS) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
+    humantime::format_rfc3339_millis(system_time(ms)).to_string()
 }
 
 /// Parses an RFC 3339 time.

@@ -9,6 +9,8 @@ use super::store::*;
 
 const HOUR: i64 = 3_600_000;
 
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
 fn new_job(kind: &str) -> NewJob {
     NewJob { max_attempts: 3, ..NewJob::new(kind, b"{}".to_vec()) }
 }
@@ -25,6 +27,7 @@ pub async fn insert_and_get(store: &dyn JobStore, clock: &ManualClock) {
     let mut job = new_job("echo");
     job.priority = 7;
     job.payload = br#"{"x":1}"#.to_vec();
+    job.traceparent = Some(TRACEPARENT.into());
     let inserted = store.insert(job).await.unwrap();
     assert!(inserted.created);
     let got = store.get(inserted.job.id).await.unwrap().unwrap();
@@ -33,7 +36,12 @@ pub async fn insert_and_get(store: &dyn JobStore, clock: &ManualClock) {
     assert_eq!(got.payload, br#"{"x":1}"#);
     assert_eq!((got.state, got.attempt, got.max_attempts), (JobState::Available, 0, 3));
     assert_eq!(got.created_at, clock.now_for_tests());
+    assert_eq!(got.traceparent.as_deref(), Some(TRACEPARENT), "the trace context is kept");
     assert!(store.get(got.id + 1000).await.unwrap().is_none());
+    // A batch keeps each job's own trace context (or none).
+    let batch = vec![NewJob { traceparent: Some(TRACEPARENT.into()), ..new_job("echo") }, new_job("echo")];
+    let batch = store.insert_many(batch).await.unwrap();
+    assert_eq!((batch[0].job.traceparent.as_deref(), batch[1].job.traceparent.as_deref()), (Some(TRACEPARENT), None));
 
     let later = NewJob { scheduled_at: Some(clock.now_for_tests() + HOUR), ..new_job("echo") };
     assert_eq!(store.insert(later).await.unwrap().job.state, JobState::Scheduled);
@@ -475,6 +483,7 @@ pub async fn a_completion_inserts_its_children_with_it_or_not_at_all(store: &dyn
     let now = clock.now_for_tests();
     let child = |parent: &super::job::Job, n: u8| NewJob {
         parent_id: Some(parent.id),
+        traceparent: Some(TRACEPARENT.into()),
         queue: "mail".into(),
         payload: vec![b'0' + n],
         ..new_job("send-email")
@@ -493,7 +502,10 @@ pub async fn a_completion_inserts_its_children_with_it_or_not_at_all(store: &dyn
     assert!(results[0].is_ok() && results[1].is_err() && results[2].is_ok(), "{results:?}");
     let children = store.list(ListFilter { kind: Some("send-email".into()), ..ListFilter::default() }).await.unwrap().jobs;
     assert_eq!(children.iter().map(|c| c.payload.clone()).collect::<Vec<_>>(), vec![b"1".to_vec(), b"2".to_vec(), b"9".to_vec()]);
-    assert!(children.iter().all(|c| c.parent_id == Some(jobs[0].id) && c.queue == "mail" && c.max_attempts == 3), "{children:?}");
+    assert!(
+        children.iter().all(|c| c.parent_id == Some(jobs[0].id) && c.queue == "mail" && c.max_attempts == 3 && c.traceparent.as_deref() == Some(TRACEPARENT)),
+        "{children:?}"
+    );
     assert_eq!((children[0].state, children[2].state), (JobState::Available, JobState::Scheduled));
     assert_eq!(store.get(jobs[1].id).await.unwrap().unwrap().state, JobState::Running, "the stale completion changed nothing");
     assert_eq!(store.get(jobs[0].id).await.unwrap().unwrap().parent_id, None);

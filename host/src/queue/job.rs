@@ -136,6 +136,8 @@ pub struct Job {
     /// The progress its plugin last reported (by this attempt, or the last
     /// one until this one reports), written with the heartbeat and the end.
     pub progress: Option<super::attempt::Progress>,
+    /// The W3C `traceparent` its attempts' spans are children of.
+    pub traceparent: Option<String>,
 }
 
 impl Job {

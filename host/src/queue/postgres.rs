@@ -306,6 +306,13 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
         PRIMARY KEY (minute, host, queue, kind)
     );
     "#,
+), (
+    13,
+    "trace context",
+    r#"
+    -- The W3C traceparent a job's attempts' spans are children of.
+    ALTER TABLE jobs ADD COLUMN traceparent text;
+    "#,
 )];
 
 // SQL fragments as macros, so each statement is one literal built at
@@ -315,12 +322,12 @@ macro_rules! columns {
         "jobs.id, jobs.kind, jobs.queue, jobs.priority, jobs.payload, jobs.state, jobs.attempt, jobs.max_attempts, \
          jobs.scheduled_at, jobs.unique_key, jobs.errors::text, jobs.result, jobs.lease_token, jobs.leased_by, \
          jobs.lease_expires_at, jobs.cancel_requested, jobs.created_at, jobs.attempted_at, jobs.finalized_at, jobs.plugin_version, \
-         jobs.parent_id, jobs.concurrency_key, jobs.progress_percent, jobs.progress_note"
+         jobs.parent_id, jobs.concurrency_key, jobs.progress_percent, jobs.progress_note, jobs.traceparent"
     };
 }
 /// How many columns `columns!()` names: a query that adds one of its own
 /// reads it at this index.
-const JOB_COLUMNS: usize = 24;
+const JOB_COLUMNS: usize = 25;
 /// The job counts as of now: what is folded and what is not yet.
 macro_rules! counted {
     () => {
@@ -606,6 +613,7 @@ fn job_from_row(row: &Row) -> Result<Job, StoreError> {
             Some(percent) => Some(Progress { percent: percent.clamp(0, 100) as u8, note: row.try_get(23).map_err(bad)? }),
             None => None,
         },
+        traceparent: row.try_get(24).map_err(bad)?,
     })
 }
 
@@ -937,21 +945,22 @@ async fn insert_jobs(client: &impl GenericClient, jobs: &[NewJob], now: Millis) 
         let times: Vec<i64> = prepared.iter().map(|p| p.1).collect();
         let parents: Vec<Option<i64>> = jobs.iter().map(|j| j.parent_id).collect();
         let keys: Vec<Option<&str>> = jobs.iter().map(|j| j.concurrency_key.as_deref()).collect();
+        let traces: Vec<Option<&str>> = jobs.iter().map(|j| j.traceparent.as_deref()).collect();
         let stmt = client
             .prepare_cached(concat!(
                 "WITH touched AS (INSERT INTO queues (name, updated_at) SELECT DISTINCT unnest($2::text[]), $8::bigint \
                  ON CONFLICT (name) DO NOTHING) \
-                 INSERT INTO jobs (kind, queue, priority, payload, state, max_attempts, scheduled_at, created_at, parent_id, concurrency_key) \
-                 SELECT kind, queue, priority, payload, state, max_attempts, scheduled_at, $8, parent_id, concurrency_key \
-                 FROM unnest($1::text[], $2::text[], $3::int[], $4::bytea[], $5::text[], $6::int[], $7::bigint[], $9::bigint[], $10::text[]) \
-                   WITH ORDINALITY AS incoming(kind, queue, priority, payload, state, max_attempts, scheduled_at, parent_id, concurrency_key, n) \
+                 INSERT INTO jobs (kind, queue, priority, payload, state, max_attempts, scheduled_at, created_at, parent_id, concurrency_key, traceparent) \
+                 SELECT kind, queue, priority, payload, state, max_attempts, scheduled_at, $8, parent_id, concurrency_key, traceparent \
+                 FROM unnest($1::text[], $2::text[], $3::int[], $4::bytea[], $5::text[], $6::int[], $7::bigint[], $9::bigint[], $10::text[], $11::text[]) \
+                   WITH ORDINALITY AS incoming(kind, queue, priority, payload, state, max_attempts, scheduled_at, parent_id, concurrency_key, traceparent, n) \
                  ORDER BY n RETURNING ",
                 columns!()
             ))
             .await
             .map_err(pg_error)?;
         let rows = client
-            .query(&stmt, &[&kinds, &queues, &priorities, &payloads, &states, &attempts, &times, &now, &parents, &keys])
+            .query(&stmt, &[&kinds, &queues, &priorities, &payloads, &states, &attempts, &times, &now, &parents, &keys, &traces])
             .await
             .map_err(pg_error)?;
         let mut inserted = jobs_from_rows(&rows)?;
@@ -967,8 +976,8 @@ async fn insert_jobs(client: &impl GenericClient, jobs: &[NewJob], now: Millis) 
         .map_err(pg_error)?;
     let insert = client
         .prepare_cached(concat!(
-            "INSERT INTO jobs (kind, queue, priority, payload, state, max_attempts, scheduled_at, unique_key, created_at, parent_id, concurrency_key) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT ",
+            "INSERT INTO jobs (kind, queue, priority, payload, state, max_attempts, scheduled_at, unique_key, created_at, parent_id, concurrency_key, traceparent) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT ",
             unique_live!(),
             " DO NOTHING RETURNING ",
             columns!()
@@ -982,8 +991,20 @@ async fn insert_jobs(client: &impl GenericClient, jobs: &[NewJob], now: Millis) 
     let mut inserted = Vec::with_capacity(jobs.len());
     for (job, (state, at)) in jobs.iter().zip(&prepared) {
         let max_attempts = job.max_attempts as i32;
-        let params: [&(dyn ToSql + Sync); 11] =
-            [&job.kind, &job.queue, &job.priority, &job.payload, state, &max_attempts, at, &job.unique_key, &now, &job.parent_id, &job.concurrency_key];
+        let params: [&(dyn ToSql + Sync); 12] = [
+            &job.kind,
+            &job.queue,
+            &job.priority,
+            &job.payload,
+            state,
+            &max_attempts,
+            at,
+            &job.unique_key,
+            &now,
+            &job.parent_id,
+            &job.concurrency_key,
+            &job.traceparent,
+        ];
         if let Some(row) = client.query_opt(&insert, &params).await.map_err(pg_error)? {
             inserted.push(Inserted { job: job_from_row(&row)?, created: true });
             continue;

@@ -273,6 +273,14 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ) WITHOUT ROWID;
     "#,
     ),
+    (
+        14,
+        "trace context",
+        r#"
+    -- The W3C traceparent a job's attempts' spans are children of.
+    ALTER TABLE jobs ADD COLUMN traceparent TEXT;
+    "#,
+    ),
 ];
 
 // SQL fragments as macros, so every statement below is one literal built at
@@ -281,12 +289,12 @@ macro_rules! columns {
     () => {
         "id, kind, queue, priority, payload, state, attempt, max_attempts, scheduled_at, unique_key, \
          errors, result, lease_token, leased_by, lease_expires_at, cancel_requested, created_at, attempted_at, finalized_at, \
-         plugin_version, parent_id, concurrency_key, progress_percent, progress_note"
+         plugin_version, parent_id, concurrency_key, progress_percent, progress_note, traceparent"
     };
 }
 /// How many columns `columns!()` names: a query that adds one of its own
 /// reads it at this index.
-const JOB_COLUMNS: usize = 24;
+const JOB_COLUMNS: usize = 25;
 /// The states a claim takes jobs from (once due).
 macro_rules! waiting {
     () => {
@@ -561,6 +569,7 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         parent_id: row.get(20)?,
         concurrency_key: row.get(21)?,
         progress: row.get::<_, Option<u8>>(22)?.map(|percent| Ok::<_, rusqlite::Error>(Progress { percent, note: row.get(23)? })).transpose()?,
+        traceparent: row.get(24)?,
     })
 }
 
@@ -746,12 +755,12 @@ fn insert_jobs(tx: &rusqlite::Transaction<'_>, jobs: &[NewJob], now: Millis) -> 
         let state = if scheduled_at > now { JobState::Scheduled } else { JobState::Available };
         let row = tx
             .prepare_cached(concat!(
-                "INSERT INTO jobs (kind, queue, priority, payload, state, max_attempts, scheduled_at, unique_key, created_at, parent_id, concurrency_key) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) RETURNING ",
+                "INSERT INTO jobs (kind, queue, priority, payload, state, max_attempts, scheduled_at, unique_key, created_at, parent_id, concurrency_key, traceparent) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING ",
                 columns!()
             ))?
             .query_row(
-                params![job.kind, job.queue, job.priority, job.payload, state.as_str(), job.max_attempts, scheduled_at, job.unique_key, now, job.parent_id, job.concurrency_key],
+                params![job.kind, job.queue, job.priority, job.payload, state.as_str(), job.max_attempts, scheduled_at, job.unique_key, now, job.parent_id, job.concurrency_key, job.traceparent],
                 job_from_row,
             )?;
         inserted.push(Inserted { job: row, created: true });

@@ -20,6 +20,9 @@ pub struct NewJob {
     /// Groups jobs of one kind (a customer id, say) that its
     /// `[throttle] max_per_key` lets run only so many at once.
     pub concurrency_key: Option<String>,
+    /// The W3C `traceparent` its attempts' spans are children of (checked
+    /// by the caller: the store keeps what it is given).
+    pub traceparent: Option<String>,
 }
 
 /// The longest concurrency key a job may carry, in bytes.
@@ -50,6 +53,7 @@ impl NewJob {
             unique_key: None,
             parent_id: None,
             concurrency_key: None,
+            traceparent: None,
         }
     }
 }

@@ -67,6 +67,9 @@ pub struct JobInput {
     /// Where the run's `context.progress` lands, for the host to read
     /// while it runs (a fresh cell when nobody reads it).
     pub progress: ProgressCell,
+    /// The W3C `traceparent` the run's outbound HTTP requests carry (the
+    /// host's span of this attempt), when it is traced.
+    pub traceparent: Option<String>,
 }
 
 /// A component checked against the `job` world and pre-instantiated with
@@ -283,7 +286,7 @@ impl Sandbox {
                 job.progress.clone(),
                 deadline,
                 budget.memory_bytes,
-                capability::Scope::new(plugin.grants.clone(), budget.max_payload_bytes, self.kv_backend.get().cloned(), deadline),
+                capability::Scope::new(plugin.grants.clone(), budget.max_payload_bytes, self.kv_backend.get().cloned(), deadline, job.traceparent.clone()),
             ),
         );
         store.limiter(|state| state);

@@ -110,6 +110,8 @@ pub struct DispatcherConfig {
     pub retention: Option<super::pruner::Retention>,
     /// What is kept of each attempt.
     pub attempts: AttemptRecords,
+    /// Spans of enqueues and attempts, and the trace context jobs carry.
+    pub tracing: crate::telemetry::Tracing,
 }
 
 /// `kiln.toml`'s `[attempts]`: what the store keeps of each attempt, with
@@ -152,6 +154,7 @@ impl Default for DispatcherConfig {
             tenants: Vec::new(),
             retention: Some(super::pruner::Retention::default()),
             attempts: AttemptRecords::default(),
+            tracing: crate::telemetry::Tracing::default(),
         }
     }
 }
@@ -202,6 +205,8 @@ pub struct EnqueueRequest {
     pub max_attempts: Option<u32>,
     /// Its group under the kind's `[throttle] max_per_key`.
     pub concurrency_key: Option<String>,
+    /// The caller's W3C `traceparent`, as it came (not valid: ignored).
+    pub traceparent: Option<String>,
 }
 
 struct RunningJob {
@@ -439,9 +444,11 @@ impl Dispatcher {
                 unique_key: r.unique_key,
                 parent_id: None,
                 concurrency_key: r.concurrency_key,
+                traceparent: r.traceparent,
             });
         }
         self.check_waiting_quota(&jobs).await?;
+        self.trace_enqueue(&mut jobs);
         let inserted = self.inner.store.insert_many(jobs).await?;
         let mut woken: Vec<&str> = inserted.iter().filter(|i| i.created).map(|i| i.job.queue.as_str()).collect();
         woken.dedup();
@@ -451,6 +458,26 @@ impl Dispatcher {
             }
         }
         Ok(inserted)
+    }
+
+    /// Replaces each job's caller `traceparent` with what it keeps: the
+    /// context of one `send` span per queue and caller (exporting), or the
+    /// caller's own when valid.
+    fn trace_enqueue(&self, jobs: &mut [NewJob]) {
+        let tracing = &self.inner.config.tracing;
+        if !tracing.is_exporting() && jobs.iter().all(|j| j.traceparent.is_none()) {
+            return;
+        }
+        let mut kept: HashMap<(String, Option<String>), Option<String>> = HashMap::new();
+        let mut counts: HashMap<(String, Option<String>), usize> = HashMap::new();
+        for job in jobs.iter() {
+            *counts.entry((job.queue.clone(), job.traceparent.clone())).or_default() += 1;
+        }
+        for job in jobs.iter_mut() {
+            let key = (job.queue.clone(), job.traceparent.take());
+            let count = counts[&key];
+            job.traceparent = kept.entry(key).or_insert_with_key(|(queue, caller)| tracing.enqueued(caller.as_deref(), queue, count)).clone();
+        }
     }
 
     /// Refuses `jobs` if they would take a tenant past its `max_waiting`.
@@ -1000,6 +1027,11 @@ async fn run_job(inner: Arc<Inner>, job: Job, stop: StopSignal, _holds: (OwnedSe
         },
         _ => None,
     };
+    let span = inner.config.tracing.attempt(
+        job.traceparent.as_deref(),
+        &crate::telemetry::JobAttempt { id: job.id, kind: &job.kind, queue: &job.queue, attempt: job.attempt, max_attempts: job.max_attempts },
+        crate::queue::system_time(job.attempted_at.unwrap_or_else(|| inner.clock.now())),
+    );
     let input = JobInput {
         id: job.id.to_string(),
         kind: job.kind.clone(),
@@ -1008,6 +1040,7 @@ async fn run_job(inner: Arc<Inner>, job: Job, stop: StopSignal, _holds: (OwnedSe
         payload: job.payload.clone(),
         checkpoint,
         progress,
+        traceparent: span.traceparent().map(str::to_string),
     };
     let started = inner.clock.now();
     inner.metrics.job_started(&job.kind, started - job.scheduled_at);
@@ -1023,15 +1056,39 @@ async fn run_job(inner: Arc<Inner>, job: Job, stop: StopSignal, _holds: (OwnedSe
         Some(mut transition) => {
             if let Transition::Complete { effects, .. } = &mut transition {
                 effects.children = child_jobs(&inner, &job.kind, Some(job.id), std::mem::take(&mut report.enqueued), now);
+                for child in &mut effects.children {
+                    child.traceparent = span.traceparent().map(str::to_string);
+                }
                 effects.kv = kv_writes(&job.kind, std::mem::take(&mut report.kv_writes));
             }
             log_run_end(&job, &report, &transition);
+            end_span(span, &job, &report, &transition, started, now);
             let attempt = inner.config.attempts.record.then(|| attempt_run(&inner, &mut report, &transition, started, now));
             inner.unwritten.lock().expect("poisoned").insert(job.id, lease);
             inner.send_finish(Finish { lease, transition, ran_version: version, attempt });
         }
         None => tracing::warn!(job = job.id, "lease lost while running; another host has the job, nothing written"),
     }
+}
+
+/// Ends an attempt's span with how it ended and what it cost.
+fn end_span(span: crate::telemetry::AttemptSpan, job: &Job, report: &crate::sandbox::Report, transition: &Transition, started_at: Millis, ended_at: Millis) {
+    let error = match transition {
+        Transition::RetryAt { error, .. } | Transition::Discard { error } | Transition::Cancel { error } => Some(error.message.as_str()),
+        Transition::Complete { .. } | Transition::Snooze { .. } => None,
+    };
+    let end = crate::telemetry::AttemptEnd {
+        outcome: report.outcome.name(),
+        error,
+        run_started_at: crate::queue::system_time(started_at),
+        run_ended_at: crate::queue::system_time(started_at) + report.duration,
+        duration: report.duration,
+        fuel_used: report.fuel_used,
+        peak_memory_bytes: report.peak_memory_bytes,
+        http_requests: report.http.requests,
+        queue_delay_ms: started_at - job.scheduled_at,
+    };
+    span.end(&end, crate::queue::system_time(ended_at));
 }
 
 /// What the store keeps of a run that ended in `transition`.
@@ -1106,6 +1163,7 @@ fn child_jobs(inner: &Inner, parent_kind: &str, parent_id: Option<JobId>, childr
             payload: c.payload,
             kind,
             concurrency_key: None,
+            traceparent: None,
         })
         .collect()
 }
@@ -1415,6 +1473,7 @@ mod tests {
             unique_key: None,
             parent_id: None,
             concurrency_key: None,
+            traceparent: None,
         }
     }
 

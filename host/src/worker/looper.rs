@@ -66,6 +66,7 @@ pub(super) async fn run_loop(dispatcher: Dispatcher, name: String, trigger: Cont
                 payload: Vec::new(),
                 checkpoint: checkpoint.clone(),
                 progress: ProgressCell::default(),
+                traceparent: None,
             };
             let mut ran = run_pass(&dispatcher, input, &mut stop, &mut lost).await;
             if *lost.borrow() {

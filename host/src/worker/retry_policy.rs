@@ -104,6 +104,7 @@ mod tests {
             plugin_version: None,
             parent_id: None,
             concurrency_key: None,
+            traceparent: None,
             progress: None,
         }
     }

@@ -35,7 +35,7 @@ pub async fn run_startup_plugins(runner: Arc<dyn Runner>, runtime: tokio::runtim
     for name in runner.kinds() {
         let Some(Trigger::Startup { on_failure }) = runner.kind(&name).map(|k| k.trigger) else { continue };
         tracing::info!(plugin = %name, "running start-up plugin");
-        let input = JobInput { id: format!("startup:{name}"), kind: name.clone(), attempt: 1, max_attempts: 1, payload: Vec::new(), checkpoint: None, progress: Default::default() };
+        let input = JobInput { id: format!("startup:{name}"), kind: name.clone(), attempt: 1, max_attempts: 1, payload: Vec::new(), checkpoint: None, progress: Default::default(), traceparent: None };
         let task_runner = runner.clone();
         let ran = runtime
             .spawn(async move {
