@@ -182,7 +182,8 @@ fn a_job_enqueued_with_a_traceparent_is_one_trace_from_the_callers_span_through_
     // One job, one attempt, one request to the mail API.
     let caller = traceparent(CALLER_TRACE, CALLER_SPAN);
     let id = enqueue_traced(&host, Some(&caller), &json!({"kind": "send-email", "payload": {"to": "ada@example.com", "subject": "Welcome"}}));
-    host.wait_for(id, "completed");
+    let job = host.wait_for(id, "completed");
+    assert_eq!(job["trace_id"], CALLER_TRACE, "the job shows its trace: {job}");
     let (trace, parent) = mail_traceparent(&server, 0).expect("the plugin's request carries a traceparent");
     assert_eq!(trace, CALLER_TRACE, "the plugin's request is in the caller's trace");
 
@@ -292,8 +293,9 @@ fn without_an_endpoint_the_callers_traceparent_reaches_the_plugins_requests_as_s
         host.wait_for(enqueue_traced(&host, Some(bad), &mail), "completed");
         assert_eq!(mail_traceparent(&server, n + 1), None, "{bad:.80}");
     }
-    host.wait_for(enqueue_traced(&host, None, &mail), "completed");
+    let job = host.wait_for(enqueue_traced(&host, None, &mail), "completed");
     assert_eq!(mail_traceparent(&server, 4), None, "no trace, no header");
+    assert_eq!(job["trace_id"], Value::Null, "{job}");
     // With no trace of the host's, a plugin's own context is its business.
     let own = traceparent("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
     let probe = json!({"kind": "http-probe", "payload": {"requests": [{"method": "POST", "url": server.url("/send"), "headers": [["traceparent", own]], "body": "x"}]}});

@@ -53,6 +53,9 @@ pub struct JobView {
     pub cancel_requested: bool,
     /// What its plugin last reported (`context.progress`), with the heartbeat.
     pub progress: Option<ProgressView>,
+    /// The trace its attempts are spans of (32 hex digits), when it has one:
+    /// its caller's, or the host's own when it exports traces.
+    pub trace_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -243,6 +246,7 @@ impl JobView {
             leased_by: job.leased_by.clone(),
             cancel_requested: job.cancel_requested,
             progress: job.progress.as_ref().map(ProgressView::from),
+            trace_id: job.traceparent.as_deref().and_then(|t| t.get(3..35)).map(str::to_string),
         }
     }
 }
