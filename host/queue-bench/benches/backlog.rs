@@ -1,6 +1,8 @@
-//! What a large backlog costs the API: `GET /jobs?state=available&limit=100`,
-//! `GET /metrics` and `GET /queues` with 10,000 and with 1,000,000 jobs
-//! waiting, on SQLite and, when it is reachable, on Postgres. The goal is
+//! What a large backlog costs the API and the dashboard: `GET
+//! /jobs?state=available&limit=100`, `GET /metrics`, `GET /queues`, the
+//! dashboard's overview (`/`, with an hour of runs per minute from three
+//! hosts behind its charts), its jobs page filtered to a state and its
+//! queues page, with 10,000 and with 1,000,000 jobs waiting, on SQLite and, when it is reachable, on Postgres. The goal is
 //! that neither grows with the backlog (the 10,000-job store is the
 //! baseline of the same run).
 //!
@@ -22,7 +24,31 @@ use std::time::Instant;
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const CALLS: usize = 50;
-const PATHS: [&str; 3] = ["/jobs?state=available&limit=100", "/metrics", "/queues"];
+const PATHS: [&str; 6] = ["/jobs?state=available&limit=100", "/metrics", "/queues", "/", "/ui/jobs?state=available", "/ui/queues"];
+
+/// An hour of runs per minute from three hosts, five kinds on two queues:
+/// what the overview's charts read on a busy host.
+async fn an_hour_of_runs(store: &dyn JobStore) {
+    let now = kiln::queue::Clock::now(&SystemClock);
+    let minute = now - now.rem_euclid(60_000);
+    let rows = (0..60)
+        .flat_map(|m| {
+            (0..3).flat_map(move |host| {
+                (0..5).map(move |kind| kiln::queue::MinuteRuns {
+                    minute: minute - m * 60_000,
+                    host: format!("host-{host}"),
+                    queue: if kind % 2 == 0 { "default".into() } else { "mail".into() },
+                    kind: format!("kind-{kind}"),
+                    runs: 50_000 + m as u64,
+                    failures: 12,
+                    delay_ms_sum: 900_000,
+                    delay_ms_max: 250,
+                })
+            })
+        })
+        .collect();
+    store.record_minutes(rows, minute - 2 * 3_600_000).await.unwrap();
+}
 
 /// Each path's call times (ms) against a store holding `jobs` waiting jobs.
 async fn call_times(store: Arc<dyn JobStore>, jobs: usize) -> Vec<Vec<f64>> {
@@ -36,18 +62,23 @@ async fn call_times(store: Arc<dyn JobStore>, jobs: usize) -> Vec<Vec<f64>> {
     let api = ServedApi::start(dispatcher, registry).await;
     // The counts' upkeep, as a running host does it every second.
     store.fold_counts().await.unwrap();
+    an_hour_of_runs(&*store).await;
     let base = api.base.clone();
     let times = tokio::task::spawn_blocking(move || {
-        let agent = ureq::Agent::new_with_defaults();
+        let agent: ureq::Agent = ureq::Agent::config_builder().max_redirects(0).build().into();
+        // The host is open (no keys): its login page opens a session at once.
+        let login = agent.get(&format!("{base}/login")).call().unwrap();
+        let cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
         PATHS
             .iter()
             .map(|path| {
                 let url = format!("{base}{path}");
-                agent.get(&url).call().unwrap().body_mut().read_to_string().unwrap();
+                let get = || agent.get(&url).header("cookie", &cookie).call().unwrap();
+                get().body_mut().read_to_string().unwrap();
                 (0..CALLS)
                     .map(|_| {
                         let t = Instant::now();
-                        let mut answer = agent.get(&url).call().unwrap();
+                        let mut answer = get();
                         assert_eq!(answer.status(), 200, "{url}");
                         answer.body_mut().read_to_string().unwrap();
                         t.elapsed().as_secs_f64() * 1000.0
@@ -101,6 +132,10 @@ fn main() {
         });
         for (i, path) in PATHS.iter().enumerate() {
             let (f, m) = (percentile(&mut few[i], 50.0), percentile(&mut many[i], 50.0));
+            let path = match *path {
+                "/" => "/ (dashboard overview)",
+                other => other,
+            };
             println!("| {name} | `GET {path}` | {f:.2} ms | {m:.2} ms | {:.2} ms | {:.2} |", percentile(&mut many[i], 99.0), m / f);
         }
     }
