@@ -226,11 +226,6 @@ pub struct AttemptSpan {
 const MAX_SPAN_ERROR_BYTES: usize = 1024;
 
 impl AttemptSpan {
-    /// A span that is not recorded, carrying `traceparent` on.
-    pub fn carrying(traceparent: Option<String>) -> Self {
-        Self { span: None, traceparent }
-    }
-
     /// The context the attempt's requests and children carry.
     pub fn traceparent(&self) -> Option<&str> {
         self.traceparent.as_deref()
