@@ -61,6 +61,16 @@ fn main() {
     if std::env::var_os("KILN_TEST_CHROMEDRIVER").is_some_and(|v| !v.is_empty()) {
         println!("cargo:rustc-cfg=kiln_browser");
     }
+    // The JavaScript and Python plugin tests build their plugins with the
+    // stock toolchains (`KILN_TEST_COMPONENTIZE_JS`, `KILN_TEST_COMPONENTIZE_PY`,
+    // which `.ci/run` installs); elsewhere they are listed as ignored.
+    for (cfg, var) in [("kiln_js", "KILN_TEST_COMPONENTIZE_JS"), ("kiln_python", "KILN_TEST_COMPONENTIZE_PY")] {
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+        println!("cargo:rerun-if-env-changed={var}");
+        if std::env::var_os(var).is_some_and(|v| !v.is_empty()) {
+            println!("cargo:rustc-cfg={cfg}");
+        }
+    }
     println!("cargo::rustc-check-cfg=cfg(kiln_postgres)");
     println!("cargo::rustc-check-cfg=cfg(kiln_postgres_restart)");
     println!("cargo:rerun-if-env-changed=KILN_TEST_DATABASE_URL");

@@ -99,7 +99,14 @@ impl HostDir {
 
     /// Starts `kiln serve` and waits until its API listens.
     pub fn start(&self) -> Host {
-        Host::spawn(self.command(), &self.path().join("stderr.log"))
+        self.start_within(PATIENCE)
+    }
+
+    /// [`HostDir::start`], waiting up to `patience` for the API: a host
+    /// that first compiles large plugins (JavaScript, Python) listens
+    /// only after it.
+    pub fn start_within(&self, patience: Duration) -> Host {
+        Host::spawn_within(self.command(), &self.path().join("stderr.log"), patience)
     }
 
     pub fn stderr(&self) -> String {
@@ -117,7 +124,12 @@ pub struct Host {
 impl Host {
     /// Starts `serve` (a `kiln serve` command), its stderr appended to
     /// `log`, and waits until its API listens.
-    pub fn spawn(mut serve: Command, log: &Path) -> Host {
+    pub fn spawn(serve: Command, log: &Path) -> Host {
+        Self::spawn_within(serve, log, PATIENCE)
+    }
+
+    /// [`Host::spawn`], waiting up to `patience` for the API.
+    pub fn spawn_within(mut serve: Command, log: &Path, patience: Duration) -> Host {
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let mut child = serve.stdout(Stdio::piped()).stderr(stderr).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -131,7 +143,7 @@ impl Host {
             }
         });
         let url = rx
-            .recv_timeout(PATIENCE)
+            .recv_timeout(patience)
             .unwrap_or_else(|_| panic!("kiln serve did not start; stderr:\n{}", std::fs::read_to_string(log).unwrap_or_default()));
         // A fresh connection per request: a kept-alive one can be closed by
         // the server just as the next request goes out on it (CI once saw
