@@ -6,7 +6,8 @@
 //!
 //! Linked by hand, like `context`: the request's strings and payload
 //! arrive as views into the guest's memory, and each is checked against
-//! its bound before the host copies it.
+//! its bound before the host copies it, inside the call (the guest may
+//! free them as soon as it returns).
 
 use super::{InScope, Scope};
 use std::time::Duration;

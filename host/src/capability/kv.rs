@@ -10,7 +10,9 @@
 //!
 //! Linked by hand, like `context`: keys and values arrive as views into the
 //! guest's memory and are checked against their bounds before the host
-//! copies them. Reads of committed state go through [`KvBackend`], which
+//! copies them. The views are read only inside the call that handed them
+//! over, while the guest still owns that memory (it may free it as soon as
+//! the call returns), and never kept past it. Reads of committed state go through [`KvBackend`], which
 //! the worker wires to the job store.
 
 use super::InScope;

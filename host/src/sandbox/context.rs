@@ -1,17 +1,17 @@
 //! The `kiln:worker/context` interface, linked by hand instead of through
-//! the generated bindings: its strings arrive as [`WasmStr`], views into
-//! the guest's memory, so the host copies only the part it keeps (a log
-//! line's first 4 KiB, a progress note's first 256 bytes), never the whole
-//! string a plugin hands over.
+//! the generated bindings: its strings are lifted as [`GuestText`], so the
+//! host copies only the part it keeps (a log line's first 4 KiB, a progress
+//! note's first 256 bytes), never the whole string a plugin hands over.
 
 use super::bindings::kiln::worker::context::LogLevel;
 use super::iteration::IterationState;
+use super::lifted::GuestText;
 use super::logs::{LogSource, MAX_LOG_LINE_BYTES};
 use super::plugin_text::{self, MAX_PROGRESS_NOTE_BYTES};
 use super::progress::ReportedProgress;
 use std::time::Instant;
-use wasmtime::component::{Linker, WasmStr};
-use wasmtime::{AsContext, StoreContextMut};
+use wasmtime::StoreContextMut;
+use wasmtime::component::Linker;
 
 /// The interface's name as components import it.
 pub(crate) const INTERFACE: &str = "kiln:worker/context@0.1.0";
@@ -24,19 +24,19 @@ pub(crate) fn add_to_linker(linker: &mut Linker<IterationState>) -> wasmtime::Re
         let left = store.data().deadline.saturating_duration_since(Instant::now());
         Ok((u64::try_from(left.as_millis()).unwrap_or(u64::MAX),))
     })?;
-    context.func_wrap("log", |mut store: StoreContextMut<'_, IterationState>, (level, message): (LogLevel, WasmStr)| {
-        let (kept, full_len) = prefix(&store, &message, MAX_LOG_LINE_BYTES)?;
-        store.data_mut().log.line(LogSource::Context, tracing_level(level), &kept, full_len);
+    context.func_wrap("log", |mut store: StoreContextMut<'_, IterationState>, (level, message): (LogLevel, GuestText<MAX_LOG_LINE_BYTES>)| {
+        let (kept, full_len) = message.prefix()?;
+        store.data_mut().log.line(LogSource::Context, tracing_level(level), kept, full_len);
         Ok(())
     })?;
     context.func_wrap(
         "progress",
-        |mut store: StoreContextMut<'_, IterationState>, (percent, note): (u8, Option<WasmStr>)| {
+        |mut store: StoreContextMut<'_, IterationState>, (percent, note): (u8, Option<GuestText<MAX_PROGRESS_NOTE_BYTES>>)| {
             let percent = percent.min(100);
             let note = match note {
                 Some(note) => {
-                    let (kept, full_len) = prefix(&store, &note, MAX_PROGRESS_NOTE_BYTES)?;
-                    Some(plugin_text::bounded(&kept, full_len, MAX_PROGRESS_NOTE_BYTES))
+                    let (kept, full_len) = note.prefix()?;
+                    Some(plugin_text::bounded(kept, full_len, MAX_PROGRESS_NOTE_BYTES))
                 }
                 None => None,
             };
@@ -49,14 +49,6 @@ pub(crate) fn add_to_linker(linker: &mut Linker<IterationState>) -> wasmtime::Re
         },
     )?;
     Ok(())
-}
-
-/// The first `limit` bytes of a guest string (cut on a character
-/// boundary) and its full length. A UTF-8 string is read in place; only
-/// the kept prefix is copied.
-fn prefix(store: &StoreContextMut<'_, IterationState>, text: &WasmStr, limit: usize) -> wasmtime::Result<(String, usize)> {
-    let text = text.to_str(store.as_context())?;
-    Ok((plugin_text::prefix(&text, limit).to_string(), text.len()))
 }
 
 fn tracing_level(level: LogLevel) -> tracing::Level {

@@ -18,6 +18,7 @@ mod budget;
 mod context;
 mod engine;
 mod iteration;
+mod lifted;
 mod logs;
 mod outcome;
 mod plugin_text;
@@ -53,7 +54,7 @@ use returned::RunResult;
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::component::{Component, ComponentExportIndex, HasSelf, InstancePre, Linker};
-use wasmtime::{AsContext, Engine, Store, Trap, UpdateDeadline};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 /// One job as handed to a plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,9 +293,9 @@ impl Sandbox {
         store.limiter(|state| state);
         // wasmtime's own cap on what one call may copy from guest to host
         // would turn an oversized `ok` value into an opaque error. Kiln
-        // lifts `run`'s return and the context strings lazily and bounds
-        // them itself; what is left (WASI calls) is bounded by the guest's
-        // own memory, which is this budget.
+        // bounds `run`'s return and the context strings itself as they are
+        // lifted (`lifted`); what is left (WASI calls) is bounded by the
+        // guest's own memory, which is this budget.
         store.set_hostcall_fuel(usize::try_from(budget.memory_bytes).unwrap_or(usize::MAX).saturating_add(1));
         store.set_fuel(budget.fuel).expect("the engine meters fuel");
         store.set_epoch_deadline(1);
@@ -324,7 +325,9 @@ impl Sandbox {
             let call = async {
                 let instance = plugin.pre.instantiate_async(&mut store).await?;
                 let run = instance.get_typed_func::<(&WitJob,), (RunResult,)>(&mut store, &plugin.run)?;
-                let (returned,) = run.call_async(&mut store, (&wit_job,)).await?;
+                // What `run` returns is copied as it is lifted, before
+                // post-return frees it, and the `ok` bytes only up to the budget.
+                let (returned,) = lifted::with_bytes_limit(budget.max_output_bytes, run.call_async(&mut store, (&wit_job,))).await?;
                 Ok(returned)
             };
             tokio::select! {
@@ -336,7 +339,7 @@ impl Sandbox {
         };
 
         let fuel_used = budget.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
-        let outcome = classify(end, store.as_context(), stop, budget);
+        let outcome = classify(end, store.data(), stop, budget);
         let state = store.data_mut();
         let peak = state.memory.peak;
         let progress = state.progress.latest();
@@ -390,7 +393,7 @@ fn far_future() -> Instant {
     Instant::now() + std::time::Duration::from_secs(100 * 365 * 24 * 3600)
 }
 
-fn classify(end: CallEnd, store: wasmtime::StoreContext<'_, IterationState>, stop: &StopSignal, budget: &Budget) -> Outcome {
+fn classify(end: CallEnd, state: &IterationState, stop: &StopSignal, budget: &Budget) -> Outcome {
     let returned = match end {
         CallEnd::DeadlineInHostCall => return Outcome::TimedOut,
         CallEnd::InterruptedInHostCall => return Outcome::Cancelled { interrupted: true },
@@ -399,8 +402,8 @@ fn classify(end: CallEnd, store: wasmtime::StoreContext<'_, IterationState>, sto
     match returned {
         // A plugin that gives up after being cancelled was cancelled, whatever it says.
         Ok(Err(_)) if stop.is_cancelled() => Outcome::Cancelled { interrupted: false },
-        Ok(returned) => returned::outcome_of(store, returned, budget.max_output_bytes),
-        Err(error) => classify_error(&error, store.data()),
+        Ok(returned) => returned::outcome_of(returned, budget.max_output_bytes),
+        Err(error) => classify_error(&error, state),
     }
 }
 
