@@ -95,7 +95,7 @@ fn outbound_http(rounds: usize) -> (f64, f64) {
     host.policy.allow_http.push(format!("http://127.0.0.1:{port}").parse().unwrap());
     let policy = LoadPolicy { capabilities: std::sync::Arc::new(host), ..LoadPolicy::default() };
     let sandbox = Sandbox::new().unwrap();
-    let files = plugin::resolve(kiln::plugin::built::HTTP_PROBE, &[]).unwrap();
+    let files = plugin::resolve(plugin::built::HTTP_PROBE, &[]).unwrap();
     let probe = plugin::load_with(&sandbox, None, &files, &policy).unwrap();
     let requests: Vec<Value> = (0..REQUESTS).map(|_| json!({"url": url})).collect();
     let job = JobInput {

@@ -111,16 +111,7 @@ async fn measure(sandbox: &Arc<Sandbox>, weights: Option<(u32, u32)>, a_waiting:
         for _ in 0..B_JOBS {
             tick.tick().await;
             let at = Instant::now();
-            let request = EnqueueRequest {
-                kind: "beta/echo".into(),
-                payload: b"\"beta\"".to_vec(),
-                queue: None,
-                priority: None,
-                unique_key: None,
-                scheduled_at: None,
-                max_attempts: None,
-                concurrency_key: None,
-            };
+            let request = EnqueueRequest { kind: "beta/echo".into(), payload: b"\"beta\"".to_vec(), ..EnqueueRequest::default() };
             let inserted = dispatcher.enqueue(vec![request]).await.unwrap();
             b_insert.push(at.elapsed().as_secs_f64());
             enqueued.insert(inserted[0].job.id.to_string(), at);

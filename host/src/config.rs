@@ -327,7 +327,7 @@ impl Config {
                     weight: t.weight.get(),
                     limits: crate::queue::TenantLimits {
                         max_running: t.max_running.map(|m| m.get()),
-                        rate: t.rate.as_ref().map(crate::tenant::settings::Rate::as_start_rate),
+                        rate: t.rate.as_ref().map(crate::worker::runner::start_rate),
                     },
                     max_waiting: t.max_waiting.map(|m| m.get()),
                 })

@@ -34,6 +34,7 @@ pub mod capability;
 pub mod client;
 pub mod config;
 pub mod example_services;
+pub mod kind;
 pub mod plugin;
 pub mod queue;
 pub mod sandbox;

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct Plugin {
     /// What the host knows it by: its name, or `tenant/name` for a
-    /// tenant's plugin (see [`crate::queue::tenant_of`]).
+    /// tenant's plugin (see [`crate::kind::tenant_of`]).
     pub kind: String,
     pub manifest: Manifest,
     pub component: JobComponent,
@@ -186,7 +186,7 @@ pub fn load_with(sandbox: &Sandbox, cache: Option<&ArtifactCache>, files: &Plugi
         CompileError::Invalid(reason) => PluginError::InvalidComponent { path: path.clone(), reason },
         source => PluginError::Compile { path: path.clone(), source },
     })?;
-    let kind = crate::queue::qualified_kind(policy.tenant.as_deref(), &manifest.name);
+    let kind = crate::kind::qualified_kind(policy.tenant.as_deref(), &manifest.name);
     let grants = Grants::resolve(&kind, &manifest.capabilities, &policy.capabilities, &wasm_sha256);
     if !grants.config_missing.is_empty() {
         tracing::warn!(plugin = %kind, keys = %grants.config_missing.join(", "),
@@ -209,15 +209,5 @@ pub fn load_with(sandbox: &Sandbox, cache: Option<&ArtifactCache>, files: &Plugi
         load_time: started.elapsed(),
         signed_by,
         pending_artifact: Arc::new(Mutex::new(pending)),
-    })
-}
-
-/// The claim-time limits of kind `kind` from its manifest's `[throttle]`
-/// (`None` when it sets none).
-pub fn kind_limits(kind: &str, throttle: &Throttle) -> Option<crate::queue::KindLimits> {
-    (!throttle.is_empty()).then(|| crate::queue::KindLimits {
-        kind: kind.to_string(),
-        max_per_key: throttle.max_per_key.map(std::num::NonZeroU32::get),
-        rate: throttle.rate.as_ref().map(crate::tenant::settings::Rate::as_start_rate),
     })
 }

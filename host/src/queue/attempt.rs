@@ -2,7 +2,7 @@
 //! what it cost, how it ended, and the plugin's log lines; and a running
 //! job's last reported progress.
 
-use super::job::Millis;
+use super::clock::Millis;
 use serde::{Deserialize, Serialize};
 
 /// A job's progress as its plugin last reported it (`context.progress`).

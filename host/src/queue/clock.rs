@@ -1,9 +1,11 @@
 //! Time as the store and the worker see it: injected, so tests move it
 //! instead of sleeping.
 
-use super::job::Millis;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+
+/// Milliseconds since the Unix epoch: the store's one notion of time.
+pub type Millis = i64;
 
 /// A source of the current time.
 pub trait Clock: Send + Sync + std::fmt::Debug {

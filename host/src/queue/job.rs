@@ -1,9 +1,7 @@
 //! A job as the store keeps it, and the states it moves through.
 
+pub use super::clock::Millis;
 use serde::{Deserialize, Serialize};
-
-/// Milliseconds since the Unix epoch: the store's one notion of time.
-pub type Millis = i64;
 
 /// A job's id, assigned by the store, increasing.
 pub type JobId = i64;
@@ -143,7 +141,7 @@ pub struct Job {
 impl Job {
     /// The tenant the job belongs to; `None` for the host's own kinds.
     pub fn tenant(&self) -> Option<&str> {
-        tenant_of(&self.kind)
+        crate::kind::tenant_of(&self.kind)
     }
 
     /// The lease a host holds on this job while running it.
@@ -157,25 +155,4 @@ impl Job {
 pub struct Lease {
     pub id: JobId,
     pub token: i64,
-}
-
-/// The tenant a kind belongs to: a tenant's plugin `echo` is the kind
-/// `acme/echo` inside the host (its registry key, its jobs' kind, its kv
-/// namespace); the host's own plugins have plain names. Neither a tenant
-/// name nor a plugin name holds a `/`.
-pub fn tenant_of(kind: &str) -> Option<&str> {
-    kind.split_once('/').map(|(tenant, _)| tenant)
-}
-
-/// The kind of `tenant`'s plugin `name` (the name itself for the host's).
-pub fn qualified_kind(tenant: Option<&str>, name: &str) -> String {
-    match tenant {
-        Some(tenant) => format!("{tenant}/{name}"),
-        None => name.to_string(),
-    }
-}
-
-/// A kind's plugin name, without its tenant.
-pub fn plain_name(kind: &str) -> &str {
-    kind.split_once('/').map_or(kind, |(_, name)| name)
 }

@@ -32,7 +32,7 @@ mod store;
 
 pub use attempt::{Attempt, AttemptRun, AttemptSummary, LogEntry, Progress, logs_json, logs_of_json};
 pub use clock::{Clock, MAX_MILLIS, ManualClock, SharedClock, SystemClock, from_rfc3339, millis_after, system_time, to_rfc3339};
-pub use job::{AttemptError, Job, JobId, JobState, Lease, Millis, plain_name, qualified_kind, tenant_of};
+pub use job::{AttemptError, Job, JobId, JobState, Lease, Millis};
 pub use postgres::{DEFAULT_SCHEMA, PostgresStore, WAKE_ALL, check_schema};
 pub use sqlite::SqliteStore;
 pub use store::{

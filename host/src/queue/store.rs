@@ -200,7 +200,7 @@ impl KindGate {
                     (Limit::KindRate, Some(rate), Some(tokens)) => Some(rate.next_token_at(tokens, now)),
                     _ => None,
                 };
-                Some(HeldBack { tenant: super::tenant_of(kind).map(str::to_string), kind: Some(kind.clone()), by, until })
+                Some(HeldBack { tenant: crate::kind::tenant_of(kind).map(str::to_string), kind: Some(kind.clone()), by, until })
             })
             .collect();
         held.sort_by(|a, b| a.kind.cmp(&b.kind));
@@ -595,7 +595,7 @@ pub struct ListFilter {
     pub state: Option<JobState>,
     pub kind: Option<String>,
     pub queue: Option<String>,
-    /// Only the jobs of this tenant (see [`tenant_of`](super::tenant_of)).
+    /// Only the jobs of this tenant (see [`tenant_of`](crate::kind::tenant_of)).
     pub tenant: Option<String>,
     /// Oldest first: only jobs with a larger id (the previous page's last
     /// id). Newest first: only jobs with a smaller one.

@@ -84,13 +84,6 @@ pub struct Rate {
     pub per: Duration,
 }
 
-impl Rate {
-    /// The rate as the store's claims hold it.
-    pub fn as_start_rate(&self) -> crate::queue::StartRate {
-        crate::queue::StartRate { count: self.count.get(), per_ms: self.per.as_millis() as i64 }
-    }
-}
-
 /// The most a rate may name per unit.
 pub const MAX_RATE_COUNT: u32 = 1_000_000;
 

@@ -486,7 +486,7 @@ impl Dispatcher {
     async fn check_waiting_quota(&self, jobs: &[NewJob]) -> Result<(), EnqueueError> {
         for policy in self.inner.config.tenants.iter().filter(|p| p.max_waiting.is_some()) {
             let tenant = policy.tenant.as_deref();
-            let adding = jobs.iter().filter(|j| crate::queue::tenant_of(&j.kind) == tenant).count() as u64;
+            let adding = jobs.iter().filter(|j| crate::kind::tenant_of(&j.kind) == tenant).count() as u64;
             let limit = policy.max_waiting.unwrap_or(u64::MAX);
             if adding == 0 {
                 continue;
@@ -1149,7 +1149,7 @@ fn child_jobs(inner: &Inner, parent_kind: &str, parent_id: Option<JobId>, childr
     };
     children
         .into_iter()
-        .map(|c| (crate::queue::qualified_kind(crate::queue::tenant_of(parent_kind), &c.kind), c))
+        .map(|c| (crate::kind::qualified_kind(crate::kind::tenant_of(parent_kind), &c.kind), c))
         .map(|(kind, c)| NewJob {
             max_attempts: max_attempts(&kind),
             queue: c.queue.unwrap_or_else(|| crate::queue::DEFAULT_QUEUE.to_string()),

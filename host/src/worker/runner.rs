@@ -82,7 +82,7 @@ impl Runner for SandboxRunner {
 
     fn throttled(&self) -> Vec<crate::queue::KindLimits> {
         let plugins = self.registry.snapshot();
-        plugins.iter().filter_map(|(kind, p)| crate::plugin::kind_limits(kind, &p.manifest.throttle)).collect()
+        plugins.iter().filter_map(|(kind, p)| kind_limits(kind, &p.manifest.throttle)).collect()
     }
 
     fn kinds(&self) -> Vec<String> {
@@ -106,4 +106,19 @@ impl Runner for SandboxRunner {
     fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         Some(self.registry.subscribe())
     }
+}
+
+/// The claim-time limits of kind `kind` from its manifest's `[throttle]`
+/// (`None` when it sets none).
+fn kind_limits(kind: &str, throttle: &crate::plugin::Throttle) -> Option<crate::queue::KindLimits> {
+    (!throttle.is_empty()).then(|| crate::queue::KindLimits {
+        kind: kind.to_string(),
+        max_per_key: throttle.max_per_key.map(std::num::NonZeroU32::get),
+        rate: throttle.rate.as_ref().map(start_rate),
+    })
+}
+
+/// A manifest's or a tenant's rate as the store's claims hold it.
+pub fn start_rate(rate: &crate::tenant::settings::Rate) -> crate::queue::StartRate {
+    crate::queue::StartRate { count: rate.count.get(), per_ms: rate.per.as_millis() as i64 }
 }
