@@ -439,7 +439,7 @@ fn every_run_end_is_one_log_line_saying_how_it_ended_and_what_it_cost() {
 
     let log = host.stderr();
     let lines_of = |id: i64| -> Vec<&str> {
-        log.lines().filter(|l| l.contains(&format!(" job={id} ")) && l.contains("kiln::worker::dispatcher")).collect()
+        log.lines().filter(|l| l.contains(&format!(" job={id} ")) && l.contains("kiln::worker::run")).collect()
     };
     let completed = lines_of(ok);
     assert_eq!(completed.len(), 1, "one line for one run: {completed:?}");

@@ -6,7 +6,7 @@ use crate::api::HttpLimits;
 use crate::capability::{ConfigValueError, ConfigValues, HostCapabilities, HostPolicy, SecretSource};
 use crate::plugin::{Ceilings, CompileBudget};
 use crate::tenant::{AdminSettings, TenantSettings};
-use crate::worker::dispatcher::{self, DispatcherConfig, QueueConfig};
+use crate::worker::config::{self as worker_config, DispatcherConfig, QueueConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -306,14 +306,14 @@ impl Config {
     /// The dispatcher's settings.
     pub fn dispatcher(&self) -> DispatcherConfig {
         DispatcherConfig {
-            host: self.host_name.clone().unwrap_or_else(dispatcher::default_host_name),
+            host: self.host_name.clone().unwrap_or_else(worker_config::default_host_name),
             queues: self
                 .queues
                 .iter()
                 .map(|(name, q)| QueueConfig { name: name.clone(), concurrency: q.concurrency, light_concurrency: q.widest() })
                 .collect(),
             claim_batch: self.claim_batch,
-            finish_batch: dispatcher::DEFAULT_FINISH_BATCH,
+            finish_batch: worker_config::DEFAULT_FINISH_BATCH,
             lease: Duration::from_millis(self.lease_ms),
             poll_interval: Duration::from_millis(self.poll_interval_ms),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),

@@ -34,7 +34,7 @@ pub mod capability;
 pub mod client;
 pub mod config;
 pub mod example_services;
-pub mod kind;
+pub mod names;
 pub mod plugin;
 pub mod queue;
 pub mod sandbox;

@@ -1091,7 +1091,7 @@ async fn run(common: &CommonArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let stop = sandbox.stop_signal();
     let report = sandbox.run_iteration(&plugin.component, &job, &budget, &stop).await;
     // As a host would, with the run's completion: only an `ok` run has writes.
-    let writes = kiln::worker::dispatcher::kv_writes(&plugin.manifest.name, report.kv_writes.clone());
+    let writes = kiln::worker::effects::kv_writes(&plugin.manifest.name, report.kv_writes.clone());
     if !writes.is_empty() {
         kv_store.write_kv(writes).await.context("the run's kv writes could not be stored")?;
     }

@@ -82,7 +82,7 @@ pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Ca
                 let budget = m.budget();
                 serde_json::json!({
                     "name": caller.name_of(&p.kind),
-                    "tenant": crate::kind::tenant_of(&p.kind),
+                    "tenant": crate::names::tenant_of(&p.kind),
                     "signed_by": p.signed_by,
                     "version": m.version,
                     "version_id": p.version_id,
@@ -119,7 +119,7 @@ async fn blocking<T: Send + 'static>(
 fn deployed_json(d: &crate::plugin::Deployed, caller: &Caller) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "name": caller.name_of(&d.name),
-        "tenant": crate::kind::tenant_of(&d.name),
+        "tenant": crate::names::tenant_of(&d.name),
         "version": d.version,
         "version_id": d.version_id,
         "previous": d.previous,

@@ -10,6 +10,7 @@
 //! free them as soon as it returns).
 
 use super::{InScope, Scope};
+use crate::names::{MAX_NAME_BYTES, MAX_UNIQUE_KEY_BYTES};
 use std::time::Duration;
 use wasmtime::{AsContext, StoreContextMut};
 use wasmtime::component::{ComponentType, Lift, Linker, Lower, WasmList, WasmStr};
@@ -22,10 +23,6 @@ pub const MAX_CHILDREN_PER_RUN: usize = 10_000;
 pub const MAX_CHILD_BYTES_PER_RUN: usize = 32 << 20;
 /// The longest a child may be put off (`delay-ms`, or `scheduled-at-ms` ahead).
 pub const MAX_CHILD_DELAY: Duration = Duration::from_secs(365 * 24 * 3600);
-/// The longest unique key, as the job store and the API take it.
-pub const MAX_UNIQUE_KEY_BYTES: usize = 512;
-/// The longest kind or queue name.
-const MAX_NAME_BYTES: usize = 64;
 
 /// When a child may first run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct Plugin {
     /// What the host knows it by: its name, or `tenant/name` for a
-    /// tenant's plugin (see [`crate::kind::tenant_of`]).
+    /// tenant's plugin (see [`crate::names::tenant_of`]).
     pub kind: String,
     pub manifest: Manifest,
     pub component: JobComponent,
@@ -186,7 +186,7 @@ pub fn load_with(sandbox: &Sandbox, cache: Option<&ArtifactCache>, files: &Plugi
         CompileError::Invalid(reason) => PluginError::InvalidComponent { path: path.clone(), reason },
         source => PluginError::Compile { path: path.clone(), source },
     })?;
-    let kind = crate::kind::qualified_kind(policy.tenant.as_deref(), &manifest.name);
+    let kind = crate::names::qualified_kind(policy.tenant.as_deref(), &manifest.name);
     let grants = Grants::resolve(&kind, &manifest.capabilities, &policy.capabilities, &wasm_sha256);
     if !grants.config_missing.is_empty() {
         tracing::warn!(plugin = %kind, keys = %grants.config_missing.join(", "),

@@ -182,7 +182,7 @@ impl Registry {
     /// `kv_quota_bytes` (what its plugins' stores hold together, so each
     /// too), and without the example services (they are the host's, for the host's examples).
     fn policy_for(&self, kind: &str) -> LoadPolicy {
-        let Some(tenant) = crate::kind::tenant_of(kind) else { return self.policy.clone() };
+        let Some(tenant) = crate::names::tenant_of(kind) else { return self.policy.clone() };
         let mut policy = LoadPolicy { tenant: Some(tenant.to_string()), ..self.policy.clone() };
         if let Some(settings) = self.tenants.get(tenant) {
             policy.ceilings = policy.ceilings.for_tenant(tenant, &settings.ceilings);
@@ -221,8 +221,8 @@ impl Registry {
 
     /// Checks `kind` names a plugin this registry may hold.
     fn check_kind(&self, kind: &str) -> Result<(), DeployError> {
-        let name = crate::kind::plain_name(kind);
-        match crate::kind::tenant_of(kind) {
+        let name = crate::names::plain_name(kind);
+        match crate::names::tenant_of(kind) {
             _ if !is_valid_name(name) => Err(DeployError::BadName(name.to_string())),
             Some(tenant) if !self.is_tenant(tenant) => Err(DeployError::NotLoaded(kind.to_string())),
             None if self.is_tenant(name) => Err(DeployError::TenantName(name.to_string())),
@@ -323,7 +323,7 @@ impl Registry {
     /// (so a restart serves it too).
     pub fn deploy_upload(&self, kind: &str, manifest_text: &str, wasm: &[u8], signature: Option<&str>) -> Result<Deployed, DeployError> {
         self.check_kind(kind)?;
-        let name = crate::kind::plain_name(kind);
+        let name = crate::names::plain_name(kind);
         let staging = staging_beside(&self.dir_of(kind), "deploy");
         let result = (|| {
             std::fs::create_dir_all(&staging).map_err(io_error(&staging))?;
@@ -371,7 +371,7 @@ impl Registry {
         })?;
         let deployed = self.activate(plugin, Source::Rollback)?;
         let staging = staging_beside(&self.dir_of(name), "rollback");
-        let copied = copy_plugin(&archived, &staging, crate::kind::plain_name(name)).and_then(|()| self.install(&staging, name));
+        let copied = copy_plugin(&archived, &staging, crate::names::plain_name(name)).and_then(|()| self.install(&staging, name));
         let _ = std::fs::remove_dir_all(&staging);
         copied?;
         Ok(deployed)
@@ -427,7 +427,7 @@ impl Registry {
     /// `max_plugin_versions`: a new one, not yet archived (a rollback, or a
     /// version deployed before, adds none).
     fn check_version_quota(&self, plugin: &Plugin) -> Result<(), DeployError> {
-        let Some(tenant) = crate::kind::tenant_of(&plugin.kind) else { return Ok(()) };
+        let Some(tenant) = crate::names::tenant_of(&plugin.kind) else { return Ok(()) };
         let Some(limit) = self.tenants.get(tenant).and_then(|t| t.max_plugin_versions) else { return Ok(()) };
         if self.archive_dir.as_os_str().is_empty() || self.archive_dir.join(&plugin.kind).join(&plugin.version_id).join("record.json").is_file() {
             return Ok(());
@@ -466,7 +466,7 @@ impl Registry {
         let plugin = super::load_with(&self.sandbox, Some(&self.cache), &files, &self.policy_for(expected))?;
         if plugin.kind != expected {
             return Err(DeployError::NameMismatch {
-                expected: crate::kind::plain_name(expected).to_string(),
+                expected: crate::names::plain_name(expected).to_string(),
                 found: plugin.manifest.name.clone(),
                 path: files.manifest.as_ref().unwrap_or(&files.wasm).display().to_string(),
             });

@@ -141,7 +141,7 @@ pub struct Job {
 impl Job {
     /// The tenant the job belongs to; `None` for the host's own kinds.
     pub fn tenant(&self) -> Option<&str> {
-        crate::kind::tenant_of(&self.kind)
+        crate::names::tenant_of(&self.kind)
     }
 
     /// The lease a host holds on this job while running it.

@@ -37,8 +37,8 @@ pub use postgres::{DEFAULT_SCHEMA, PostgresStore, WAKE_ALL, check_schema};
 pub use sqlite::SqliteStore;
 pub use store::{
     AttemptLogs, COUNT_FOLD_INTERVAL,
-    ClaimRounds, ClaimShare, Claimed, HeldBack, KindGate, KindLimits, Limit, StartRate, TenantLimits, claim_cap, concurrency_key_problem, kind_bucket_name,
-    kind_key, rate_bucket_name, MAX_CONCURRENCY_KEY_BYTES,
+    ClaimRounds, ClaimShare, Claimed, HeldBack, KindGate, KindLimits, Limit, StartRate, TenantLimits, claim_cap, kind_bucket_name,
+    kind_key, rate_bucket_name,
     ClaimParams, DEFAULT_PAGE_BYTES, DEFAULT_QUEUE, Effects, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, KvChange, KvWrite, ListFilter, LoopClaim,
     LoopLease, LoopSave, LoopState, MinuteRuns, NewJob, PruneParams, QueueInfo, ScheduleState, StateCount, StoreError, Transition, schedule_key,
     SCHEDULE_TICK_KEPT, schedule_key_range, schedule_tick_key, tick_of_key,

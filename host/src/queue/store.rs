@@ -25,19 +25,6 @@ pub struct NewJob {
     pub traceparent: Option<String>,
 }
 
-/// The longest concurrency key a job may carry, in bytes.
-pub const MAX_CONCURRENCY_KEY_BYTES: usize = 256;
-
-/// What is wrong with a concurrency key, if anything: 1 to
-/// [`MAX_CONCURRENCY_KEY_BYTES`] bytes, no control characters (a store
-/// joins kind and key with one).
-pub fn concurrency_key_problem(key: &str) -> Option<String> {
-    if key.is_empty() || key.len() > MAX_CONCURRENCY_KEY_BYTES {
-        return Some(format!("is {} bytes; a concurrency key is 1 to {MAX_CONCURRENCY_KEY_BYTES}", key.len()));
-    }
-    key.chars().any(char::is_control).then(|| "holds a control character".to_string())
-}
-
 /// The queue every job lands in unless it names another.
 pub const DEFAULT_QUEUE: &str = "default";
 
@@ -200,7 +187,7 @@ impl KindGate {
                     (Limit::KindRate, Some(rate), Some(tokens)) => Some(rate.next_token_at(tokens, now)),
                     _ => None,
                 };
-                Some(HeldBack { tenant: crate::kind::tenant_of(kind).map(str::to_string), kind: Some(kind.clone()), by, until })
+                Some(HeldBack { tenant: crate::names::tenant_of(kind).map(str::to_string), kind: Some(kind.clone()), by, until })
             })
             .collect();
         held.sort_by(|a, b| a.kind.cmp(&b.kind));
@@ -595,7 +582,7 @@ pub struct ListFilter {
     pub state: Option<JobState>,
     pub kind: Option<String>,
     pub queue: Option<String>,
-    /// Only the jobs of this tenant (see [`tenant_of`](crate::kind::tenant_of)).
+    /// Only the jobs of this tenant (see [`tenant_of`](crate::names::tenant_of)).
     pub tenant: Option<String>,
     /// Oldest first: only jobs with a larger id (the previous page's last
     /// id). Newest first: only jobs with a smaller one.

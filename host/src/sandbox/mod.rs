@@ -315,7 +315,7 @@ impl Sandbox {
         let wit_job = WitJob {
             id: job.id.clone(),
             // A tenant's plugin is `acme/echo` to the host; to itself it is `echo`.
-            kind: crate::kind::plain_name(&job.kind).to_string(),
+            kind: crate::names::plain_name(&job.kind).to_string(),
             attempt: job.attempt,
             max_attempts: job.max_attempts,
             payload: job.payload.clone(),

@@ -3,7 +3,7 @@
 //! says what it may see (its own kinds) and how its names become kinds.
 
 use super::{KeyHash, TenantSettings};
-use crate::kind::{qualified_kind, tenant_of};
+use crate::names::{qualified_kind, tenant_of};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -49,7 +49,7 @@ impl Caller {
     pub fn name_of<'k>(&self, kind: &'k str) -> &'k str {
         match self {
             Caller::Admin => kind,
-            Caller::Tenant(_) => crate::kind::plain_name(kind),
+            Caller::Tenant(_) => crate::names::plain_name(kind),
         }
     }
 }

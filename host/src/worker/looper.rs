@@ -11,7 +11,7 @@
 //! the pass sees `cancelled()`, is interrupted after the grace period, and
 //! the loop is released at once.
 
-use super::dispatcher::Dispatcher;
+use super::handle::TriggerHandle;
 use super::runner::Ran;
 use crate::plugin::trigger::ContinuousTrigger;
 use crate::queue::{LoopClaim, LoopSave, StoreError};
@@ -27,10 +27,10 @@ pub fn loop_backoff(trigger: &ContinuousTrigger, failures: u32) -> Duration {
 }
 
 /// Runs the loop `name` until `stop` turns true.
-pub(super) async fn run_loop(dispatcher: Dispatcher, name: String, trigger: ContinuousTrigger, mut stop: watch::Receiver<bool>) {
-    let config = dispatcher.config().clone();
+pub(super) async fn run_loop(handle: TriggerHandle, name: String, trigger: ContinuousTrigger, mut stop: watch::Receiver<bool>) {
+    let config = handle.config().clone();
     let lease_ms = config.lease.as_millis() as i64;
-    let store = dispatcher.store().clone();
+    let store = handle.store().clone();
     tracing::info!(plugin = %name, delay = %humantime::format_duration(trigger.delay), backoff = %humantime::format_duration(trigger.backoff),
         "loop started");
     'hold: while !*stop.borrow() {
@@ -50,7 +50,7 @@ pub(super) async fn run_loop(dispatcher: Dispatcher, name: String, trigger: Cont
         };
         tracing::info!(plugin = %name, passes = lease.passes, resumes_from_checkpoint = lease.checkpoint.is_some(), "loop taken");
         let (lost_tx, mut lost) = watch::channel(false);
-        let renewer = tokio::spawn(renew(dispatcher.clone(), name.clone(), lease.token, lost_tx));
+        let renewer = tokio::spawn(renew(handle.clone(), name.clone(), lease.token, lost_tx));
         let mut checkpoint = lease.checkpoint;
         let mut passes = lease.passes;
         let mut failures = 0u32;
@@ -68,7 +68,7 @@ pub(super) async fn run_loop(dispatcher: Dispatcher, name: String, trigger: Cont
                 progress: ProgressCell::default(),
                 traceparent: None,
             };
-            let mut ran = run_pass(&dispatcher, input, &mut stop, &mut lost).await;
+            let mut ran = run_pass(&handle, input, &mut stop, &mut lost).await;
             if *lost.borrow() {
                 tracing::warn!(plugin = %name, "loop lease lost (another host took it); stopping here");
                 break false;
@@ -79,7 +79,7 @@ pub(super) async fn run_loop(dispatcher: Dispatcher, name: String, trigger: Cont
                     let save = LoopSave { name: name.clone(), token: lease.token, checkpoint: Some(output.clone()), lease_ms };
                     match store.save_loop(save).await {
                         Ok(()) => {
-                            if let Err(e) = dispatcher.apply_effects(&name, &mut ran.report).await {
+                            if let Err(e) = handle.apply_effects(&name, &mut ran.report).await {
                                 tracing::error!(plugin = %name, "what this loop pass wrote to kv or enqueued was not stored: {e}");
                             }
                             passes += 1;
@@ -128,13 +128,13 @@ pub(super) async fn run_loop(dispatcher: Dispatcher, name: String, trigger: Cont
 
 /// One pass on the job runtime. Shutdown cancels it, and interrupts it
 /// after the grace period; a lost lease interrupts it at once.
-async fn run_pass(dispatcher: &Dispatcher, input: JobInput, stop: &mut watch::Receiver<bool>, lost: &mut watch::Receiver<bool>) -> Ran {
-    let runner = dispatcher.runner().clone();
+async fn run_pass(handle: &TriggerHandle, input: JobInput, stop: &mut watch::Receiver<bool>, lost: &mut watch::Receiver<bool>) -> Ran {
+    let runner = handle.runner().clone();
     let signal = runner.stop_signal();
     let pass_signal = signal.clone();
     let kind = input.kind.clone();
-    let mut pass = dispatcher.job_runtime().spawn(async move { runner.run(&input, &pass_signal).await });
-    let grace = dispatcher.config().shutdown_grace;
+    let mut pass = handle.job_runtime().spawn(async move { runner.run(&input, &pass_signal).await });
+    let grace = handle.config().shutdown_grace;
     let mut cancelled_at: Option<tokio::time::Instant> = None;
     loop {
         let interrupt_at = cancelled_at.map(|at| at + grace);
@@ -144,7 +144,7 @@ async fn run_pass(dispatcher: &Dispatcher, input: JobInput, stop: &mut watch::Re
                     report: crate::sandbox::Report::without_cost(Outcome::Fatal(format!("the pass task failed: {e}"))),
                     version: None,
                 });
-                dispatcher.metrics().job_finished(&kind, &ran.report);
+                handle.metrics().job_finished(&kind, &ran.report);
                 return ran;
             }
             _ = stop.changed(), if cancelled_at.is_none() => {
@@ -162,12 +162,12 @@ async fn run_pass(dispatcher: &Dispatcher, input: JobInput, stop: &mut watch::Re
 }
 
 /// Keeps the loop's lease alive while this host holds it; reports a lost lease.
-async fn renew(dispatcher: Dispatcher, name: String, token: i64, lost: watch::Sender<bool>) {
-    let lease = dispatcher.config().lease;
+async fn renew(handle: TriggerHandle, name: String, token: i64, lost: watch::Sender<bool>) {
+    let lease = handle.config().lease;
     loop {
         tokio::time::sleep(lease / 3).await;
         let save = LoopSave { name: name.clone(), token, checkpoint: None, lease_ms: lease.as_millis() as i64 };
-        match dispatcher.store().save_loop(save).await {
+        match handle.store().save_loop(save).await {
             Ok(()) => {}
             Err(StoreError::LoopLost { .. }) => {
                 lost.send_replace(true);

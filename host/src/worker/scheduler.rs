@@ -1,6 +1,6 @@
 //! Schedules: the `PeriodicTimer` service. Each scheduled plugin has a task
 //! that turns due ticks into jobs keyed by schedule and tick time
-//! ([`schedule_key`]). Every host runs these tasks; the store's unique key,
+//! ([`schedule_key`](crate::queue::schedule_key)). Every host runs these tasks; the store's unique key,
 //! not a leader, makes each tick one job. The tick then runs like any
 //! queued job (lease, retries, dead letter), with the result of the last
 //! completed tick as its checkpoint.
@@ -9,9 +9,9 @@
 //! its policies, what the store says and the time: that is where overlap
 //! and misfire live, and what the tests drive with an injected clock.
 
-use super::dispatcher::Dispatcher;
+use super::handle::TriggerHandle;
 use crate::plugin::trigger::{Misfire, Overlap, ScheduleTrigger, When};
-use crate::queue::{DEFAULT_QUEUE, Millis, NewJob, ScheduleState, schedule_key, to_rfc3339};
+use crate::queue::{Millis, ScheduleState, to_rfc3339};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -93,8 +93,8 @@ pub fn plan(
 }
 
 /// Fires the ticks of the schedule `kind` until `stop` turns true.
-pub(super) async fn run_schedule(dispatcher: Dispatcher, kind: String, schedule: ScheduleTrigger, mut stop: watch::Receiver<bool>) {
-    let clock = dispatcher.clock().clone();
+pub(super) async fn run_schedule(handle: TriggerHandle, kind: String, schedule: ScheduleTrigger, mut stop: watch::Receiver<bool>) {
+    let clock = handle.clock().clone();
     let started_at = clock.now();
     let mut decided: Option<Millis> = None;
     let mut last_note: Option<(&'static str, Millis)> = None;
@@ -104,7 +104,7 @@ pub(super) async fn run_schedule(dispatcher: Dispatcher, kind: String, schedule:
         if *stop.borrow() {
             break;
         }
-        let wait = match dispatcher.store().schedule_state(&kind).await {
+        let wait = match handle.store().schedule_state(&kind).await {
             Err(e) => {
                 tracing::error!(plugin = %kind, "schedule: the store does not answer: {e}");
                 STORE_RETRY
@@ -120,7 +120,7 @@ pub(super) async fn run_schedule(dispatcher: Dispatcher, kind: String, schedule:
                     }
                 }
                 if let Some(tick) = plan.fire {
-                    fire(&dispatcher, &kind, tick).await;
+                    fire(&handle, &kind, tick).await;
                 }
                 Duration::from_millis((plan.wake_at - clock.now()).max(0) as u64)
             }
@@ -133,18 +133,10 @@ pub(super) async fn run_schedule(dispatcher: Dispatcher, kind: String, schedule:
     tracing::info!(plugin = %kind, "schedule stopped");
 }
 
-async fn fire(dispatcher: &Dispatcher, kind: &str, tick: Millis) {
-    let max_attempts = dispatcher.runner().kind(kind).map_or(1, |k| k.retry.max_attempts);
-    let job = NewJob {
-        unique_key: Some(schedule_key(kind, tick)),
-        scheduled_at: Some(tick),
-        max_attempts,
-        ..NewJob::new(kind, Vec::new())
-    };
-    match dispatcher.store().insert(job).await {
+async fn fire(handle: &TriggerHandle, kind: &str, tick: Millis) {
+    match handle.fire_tick(kind, tick).await {
         Ok(inserted) if inserted.created => {
             tracing::info!(plugin = %kind, tick = %to_rfc3339(tick), job = inserted.job.id, "schedule tick fired");
-            dispatcher.wake(DEFAULT_QUEUE);
         }
         Ok(inserted) => tracing::debug!(plugin = %kind, tick = %to_rfc3339(tick), job = inserted.job.id, "tick already fired by another host"),
         Err(e) => tracing::error!(plugin = %kind, tick = %to_rfc3339(tick), "schedule tick not stored: {e}; the next plan tries again"),

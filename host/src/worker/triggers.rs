@@ -4,7 +4,7 @@
 //! leaves the task running: its next tick or pass simply uses the new
 //! version.
 
-use super::dispatcher::Dispatcher;
+use super::handle::TriggerHandle;
 use super::{looper, scheduler};
 use crate::plugin::Trigger;
 use std::collections::BTreeMap;
@@ -31,8 +31,8 @@ impl Service {
 }
 
 /// The triggers that need a task of their own, by plugin.
-fn wanted(dispatcher: &Dispatcher) -> BTreeMap<String, Trigger> {
-    let runner = dispatcher.runner();
+fn wanted(handle: &TriggerHandle) -> BTreeMap<String, Trigger> {
+    let runner = handle.runner();
     runner
         .kinds()
         .into_iter()
@@ -43,9 +43,9 @@ fn wanted(dispatcher: &Dispatcher) -> BTreeMap<String, Trigger> {
         .collect()
 }
 
-fn spawn(dispatcher: &Dispatcher, name: &str, trigger: &Trigger) -> Service {
+fn spawn(handle: &TriggerHandle, name: &str, trigger: &Trigger) -> Service {
     let (stop, stopped) = watch::channel(false);
-    let (d, name) = (dispatcher.clone(), name.to_string());
+    let (d, name) = (handle.clone(), name.to_string());
     let task = match trigger.clone() {
         Trigger::Schedule(schedule) => tokio::spawn(scheduler::run_schedule(d, name, schedule, stopped)),
         Trigger::Continuous(continuous) => tokio::spawn(looper::run_loop(d, name, continuous, stopped)),
@@ -55,10 +55,10 @@ fn spawn(dispatcher: &Dispatcher, name: &str, trigger: &Trigger) -> Service {
 }
 
 /// Runs until `stopping` turns true, then stops every task and waits for them.
-pub(super) async fn supervise(dispatcher: Dispatcher, mut changes: Option<watch::Receiver<u64>>, mut stopping: watch::Receiver<bool>) {
+pub(super) async fn supervise(handle: TriggerHandle, mut changes: Option<watch::Receiver<u64>>, mut stopping: watch::Receiver<bool>) {
     let mut services: BTreeMap<String, Service> = BTreeMap::new();
     loop {
-        let wanted = wanted(&dispatcher);
+        let wanted = wanted(&handle);
         let stale: Vec<String> =
             services.iter().filter(|(name, s)| wanted.get(*name) != Some(&s.trigger)).map(|(name, _)| name.clone()).collect();
         for name in stale {
@@ -69,7 +69,7 @@ pub(super) async fn supervise(dispatcher: Dispatcher, mut changes: Option<watch:
         }
         for (name, trigger) in &wanted {
             if !services.contains_key(name) {
-                services.insert(name.clone(), spawn(&dispatcher, name, trigger));
+                services.insert(name.clone(), spawn(&handle, name, trigger));
             }
         }
         let changed = async {

@@ -1,7 +1,19 @@
-//! A job kind's name: the tenant's plugin `echo` is the kind `acme/echo`
-//! inside the host (its registry key, its jobs' kind, its kv namespace);
-//! the host's own plugins have plain names. A leaf: used by plugin,
-//! tenant, queue, worker, sandbox and api, importing none of them.
+//! The names a job carries: its kind, its queue, its unique and
+//! concurrency keys. How a kind's name splits and joins (a tenant's plugin
+//! `echo` is the kind `acme/echo` inside the host: its registry key, its
+//! jobs' kind, its kv namespace; the host's own plugins have plain names),
+//! and how long each name may be, defined once for every path that makes
+//! a job (the worker's `enqueue` validator, and the enqueue capability at
+//! the trust boundary). A leaf: used by plugin, tenant, queue, worker,
+//! capability, sandbox and api, importing none of them.
+
+/// The longest kind or queue name a plugin may name for a child job.
+pub const MAX_NAME_BYTES: usize = 64;
+/// The longest `unique_key` a job may carry: room for a kind, a date and a
+/// few ids, and an index entry that stays small.
+pub const MAX_UNIQUE_KEY_BYTES: usize = 512;
+/// The longest concurrency key a job may carry.
+pub const MAX_CONCURRENCY_KEY_BYTES: usize = 256;
 
 /// The tenant a kind belongs to; `None` for the host's own kinds. Neither
 /// a tenant name nor a plugin name holds a `/`.
