@@ -26,6 +26,7 @@ mod clock;
 #[cfg(test)]
 pub(crate) mod conformance;
 mod job;
+mod migration;
 mod postgres;
 mod sqlite;
 mod store;
