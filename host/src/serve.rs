@@ -147,7 +147,7 @@ pub async fn serve(
     let (close_api, api_closed) = tokio::sync::oneshot::channel::<()>();
     let access = api::auth::Access::new(crate::tenant::KeyRing::new(&config.admin.api_keys, &config.tenants));
     let state = AppState {
-        dispatcher: dispatcher.clone(),
+        service: crate::worker::JobService::new(dispatcher.clone(), registry.clone()),
         registry: registry.clone(),
         not_ready: ready,
         http: config.http.clone(),

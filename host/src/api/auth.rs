@@ -8,7 +8,7 @@
 //! second (with how many were not logged), so a client hammering with bad
 //! keys cannot fill the host's log.
 
-use super::AppError;
+use super::error::AppError;
 use crate::tenant::{Caller, KeyRing};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
@@ -78,7 +78,7 @@ pub async fn authenticate(State(access): State<Access>, mut request: Request, ne
         return next.run(request).await;
     }
     // The dashboard's pages check their own session cookie, never a bearer key.
-    if super::dashboard::is_dashboard_path(request.uri().path()) {
+    if super::dashboard::paths::is_dashboard_path(request.uri().path()) {
         return next.run(request).await;
     }
     let why = match bearer(&request).map(|key| access.keys.identify(key)) {

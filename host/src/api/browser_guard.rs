@@ -15,7 +15,7 @@
 //!
 //! No CORS headers are ever sent, so a browser's preflight fails.
 
-use super::AppError;
+use super::error::AppError;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
@@ -54,7 +54,7 @@ fn header_text<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Result<O
 
 /// The checks above, for one request.
 pub fn check(allowed: &AllowedHosts, method: &Method, path: &str, headers: &HeaderMap) -> Result<(), AppError> {
-    let form_path = super::dashboard::is_dashboard_path(path) && *method == Method::POST;
+    let form_path = super::dashboard::paths::is_dashboard_path(path) && *method == Method::POST;
     let host = header_text(headers, header::HOST)?;
     if let Some(host) = host {
         if !allowed.allows(host_part(host)) {

@@ -93,6 +93,21 @@ impl From<EnqueueError> for AppError {
     }
 }
 
+impl From<crate::worker::ServiceError> for AppError {
+    fn from(e: crate::worker::ServiceError) -> Self {
+        use crate::worker::ServiceError;
+        match e {
+            ServiceError::BadRequest(m) => AppError::BadRequest(m),
+            ServiceError::NotFound(m) => AppError::NotFound(m),
+            ServiceError::OtherTenants { .. } => AppError::NotFound(e.to_string()),
+            ServiceError::Forbidden(m) => AppError::Forbidden(m),
+            ServiceError::TooLarge(m) => AppError::PayloadTooLarge(m),
+            ServiceError::Enqueue(e) => e.into(),
+            ServiceError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<crate::plugin::DeployError> for AppError {
     fn from(e: crate::plugin::DeployError) -> Self {
         use crate::plugin::DeployError;

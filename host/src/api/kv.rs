@@ -1,16 +1,19 @@
 //! The kv routes, for operators: list, read, write and delete the keys of
 //! a plugin's stores (`GET /plugins/{name}/kv`, `GET|PUT|DELETE
-//! /plugins/{name}/kv/{key}`), with the same bounds a plugin has.
+//! /plugins/{name}/kv/{key}`), with the same bounds a plugin has (held
+//! by the worker's `JobService`).
 
-use super::{AppError, AppState};
-use crate::capability::kv::{MAX_KEY_BYTES, MAX_VALUE_BYTES, PAGE_KEYS};
-use crate::queue::{KvChange, KvWrite};
+use super::error::AppError;
+use super::state::AppState;
+use crate::capability::kv::PAGE_KEYS;
+use crate::worker::JobService;
+use crate::worker::service::kv::KvStore;
 use axum::Json;
 use axum::extract::{Extension, FromRequestParts, Path, Query, State};
 use crate::tenant::Caller;
 use axum::http::request::Parts;
 use base64::Engine as _;
-use super::ErrorBody;
+use super::views::ErrorBody;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -41,34 +44,11 @@ pub struct SetRequest {
     value_base64: Option<String>,
 }
 
-/// The plugin's namespace (its kind) and the store, both checked: a
-/// plugin this host serves to the caller, a store it has.
-fn target(state: &AppState, caller: &Caller, plugin: &str, store: Option<String>) -> Result<(String, String), AppError> {
-    let kind = caller.kind(plugin);
-    if state.registry.get(&kind).is_none() {
-        return Err(AppError::NotFound(format!("no plugin {plugin:?} is loaded on this host")));
-    }
-    let store = store.unwrap_or_else(|| crate::capability::DEFAULT_KV_STORE.to_string());
-    let stores = &state.registry.policy().capabilities.policy.kv_stores;
-    if !stores.contains(&store) {
-        return Err(AppError::NotFound(format!("no kv store {store:?} on this host (stores: {})", stores.join(", "))));
-    }
-    Ok((kind, store))
-}
-
-fn check_key(key: &str) -> Result<(), AppError> {
-    if key.len() > MAX_KEY_BYTES {
-        return Err(AppError::BadRequest(format!("key is {} bytes, over the most of {MAX_KEY_BYTES}", key.len())));
-    }
-    Ok(())
-}
-
 /// One key of one plugin's store, from the path and `?store=`, checked:
 /// a plugin this host serves, a store it has, a key within the bound.
 pub struct KeyAt {
     plugin: String,
-    namespace: String,
-    store: String,
+    at: KvStore,
     key: String,
 }
 
@@ -80,9 +60,9 @@ impl FromRequestParts<AppState> for KeyAt {
             Path::<(String, String)>::from_request_parts(parts, state).await.map_err(|e| AppError::BadRequest(e.body_text()))?;
         let Query(q) = Query::<KeyQuery>::from_request_parts(parts, state).await.map_err(|e| AppError::BadRequest(e.body_text()))?;
         let caller = parts.extensions.get::<Caller>().cloned().unwrap_or(Caller::Admin);
-        let (namespace, store) = target(state, &caller, &plugin, q.store)?;
-        check_key(&key)?;
-        Ok(Self { plugin, namespace, store, key })
+        let at = state.service.kv_store(&caller, &plugin, q.store)?;
+        JobService::check_kv_key(&key)?;
+        Ok(Self { plugin, at, key })
     }
 }
 
@@ -108,25 +88,16 @@ pub async fn list(
     plugin: Result<Path<String>, axum::extract::rejection::PathRejection>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    let plugin = super::path_of(plugin)?;
+    let plugin = super::request::path_of(plugin)?;
     let Query(q) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
-    let (namespace, store) = target(&state, &caller, &plugin, q.store)?;
-    check_key(&q.prefix)?;
+    let at = state.service.kv_store(&caller, &plugin, q.store)?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > PAGE_KEYS {
         return Err(AppError::BadRequest(format!("limit must be between 1 and {PAGE_KEYS}")));
     }
-    let kv = state.dispatcher.store();
-    let keys = kv.kv_keys(&namespace, &store, &q.prefix, q.offset, limit).await?;
-    let mut entries = Vec::with_capacity(keys.len());
-    for key in &keys {
-        // A key deleted between the two reads is left out.
-        if let Some(value) = kv.kv_get(&namespace, &store, key).await? {
-            entries.push(value_json(key, &value));
-        }
-    }
-    let next_offset = (keys.len() == limit).then_some(q.offset + limit as u64);
-    let bytes = kv.kv_usage(&namespace, &store).await?;
+    let page = state.service.kv_page(&at, &q.prefix, q.offset, limit).await?;
+    let entries: Vec<serde_json::Value> = page.entries.iter().map(|(key, value)| value_json(key, value)).collect();
+    let (store, next_offset, bytes) = (at.store, page.next_offset, page.store_bytes);
     Ok(Json(serde_json::json!({ "plugin": plugin, "store": store, "entries": entries, "next_offset": next_offset, "store_bytes": bytes })))
 }
 
@@ -135,11 +106,11 @@ pub async fn list(
     responses((status = 200, description = "The key's value", body = serde_json::Value), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 404, description = "Not found (or another tenant's)", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
-    KeyAt { plugin, namespace, store, key }: KeyAt,
+    KeyAt { plugin, at, key }: KeyAt,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    match state.dispatcher.store().kv_get(&namespace, &store, &key).await? {
+    match state.service.kv_get(&at, &key).await? {
         Some(value) => Ok(Json(value_json(&key, &value))),
-        None => Err(AppError::NotFound(format!("no key {key:?} in store {store:?} of plugin {plugin:?}"))),
+        None => Err(AppError::NotFound(format!("no key {key:?} in store {:?} of plugin {plugin:?}", at.store))),
     }
 }
 
@@ -149,7 +120,7 @@ pub async fn get(
     responses((status = 200, description = "Set", body = serde_json::Value), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 404, description = "Not found (or another tenant's)", body = ErrorBody), (status = 413, description = "Over a size limit", body = ErrorBody)))]
 pub async fn set(
     State(state): State<AppState>,
-    KeyAt { plugin, namespace, store, key }: KeyAt,
+    KeyAt { at, key, .. }: KeyAt,
     body: Result<Json<SetRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
     let Json(body) = body.map_err(|e| AppError::BadRequest(e.body_text()))?;
@@ -160,26 +131,8 @@ pub async fn set(
             .map_err(|e| AppError::BadRequest(format!("value_base64 is not base64: {e}")))?,
         _ => return Err(AppError::BadRequest("give `value` (text) or `value_base64`, one of them".into())),
     };
-    if value.len() > MAX_VALUE_BYTES {
-        return Err(AppError::PayloadTooLarge(format!("value is {} bytes, over the most of {MAX_VALUE_BYTES}", value.len())));
-    }
-    let kv = state.dispatcher.store();
-    // The plugin's own quota: a tenant's may be narrower than the host's.
-    let grants = state.registry.get(&namespace).map(|p| p.component.grants().clone());
-    let quota = grants.as_ref().map_or(0, |g| g.kv_quota_bytes);
-    let adding = (key.len() + value.len()) as u64;
-    let after = kv.kv_usage(&namespace, &store).await? + adding;
-    if after > quota {
-        return Err(AppError::PayloadTooLarge(format!("store {store:?} would hold {after} bytes, over its quota of {quota} bytes")));
-    }
-    if let Some(total) = grants.and_then(|g| g.kv_total) {
-        if let Some(why) = total.refusal(kv.kv_usage_under(&total.prefix()).await? + adding) {
-            return Err(AppError::PayloadTooLarge(why));
-        }
-    }
     let answer = value_json(&key, &value);
-    kv.write_kv(vec![KvWrite { namespace, store, key, change: KvChange::Set(value) }]).await?;
-    tracing::info!(plugin = %plugin, key = %answer["key"], "kv key set by hand");
+    state.service.kv_set(&at, &key, value).await?;
     Ok(Json(answer))
 }
 
@@ -188,13 +141,8 @@ pub async fn set(
     responses((status = 200, description = "`deleted`: whether it was there", body = serde_json::Value), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 404, description = "Not found (or another tenant's)", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
-    KeyAt { plugin, namespace, store, key }: KeyAt,
+    KeyAt { at, key, .. }: KeyAt,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    let kv = state.dispatcher.store();
-    let existed = kv.kv_get(&namespace, &store, &key).await?.is_some();
-    if existed {
-        kv.write_kv(vec![KvWrite { namespace, store: store.clone(), key: key.clone(), change: KvChange::Delete }]).await?;
-        tracing::info!(plugin = %plugin, key = %key, "kv key deleted by hand");
-    }
-    Ok(Json(serde_json::json!({ "key": key, "store": store, "deleted": existed })))
+    let existed = state.service.kv_delete(&at, &key).await?;
+    Ok(Json(serde_json::json!({ "key": key, "store": at.store, "deleted": existed })))
 }

@@ -2,7 +2,9 @@
 //! remove. Validation and the swap are the registry's; compiling runs on
 //! the blocking pool, off the API's threads.
 
-use super::{AppError, AppState, ErrorBody};
+use super::error::AppError;
+use super::state::AppState;
+use super::views::ErrorBody;
 use crate::plugin::{Registry, VersionInfo};
 use crate::queue::{LoopState, to_rfc3339};
 use axum::Json;
@@ -49,7 +51,7 @@ fn version_json(v: &VersionInfo) -> serde_json::Value {
 fn loop_json(l: &LoopState) -> serde_json::Value {
     serde_json::json!({
         "passes": l.passes,
-        "checkpoint": l.checkpoint.as_deref().map(super::bytes_value),
+        "checkpoint": l.checkpoint.as_deref().map(super::views::bytes_value),
         "held_by": l.owner,
         "lease_expires_at": l.lease_expires_at.map(to_rfc3339),
         "updated_at": to_rfc3339(l.updated_at),
@@ -70,7 +72,7 @@ fn capabilities_json(g: &crate::capability::Grants) -> serde_json::Value {
 #[utoipa::path(get, path = "/plugins", tag = "plugins",
     responses((status = 200, description = "Live plugins, their versions, capabilities and loop state", body = serde_json::Value), (status = 401, description = "No or a wrong API key", body = ErrorBody)))]
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<Json<serde_json::Value>, AppError> {
-    let loops = state.dispatcher.store().loops().await?;
+    let loops = state.service.loops(&caller).await?;
     let registry = state.registry.clone();
     let plugins = tokio::task::spawn_blocking(move || {
         registry
@@ -137,8 +139,8 @@ pub async fn deploy(
     name: Result<Path<String>, axum::extract::rejection::PathRejection>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    let name = super::path_of(name)?;
-    let body = super::body_bytes(body)?;
+    let name = super::request::path_of(name)?;
+    let body = super::request::body_bytes(body)?;
     let request: DeployRequest = serde_json::from_slice(&body)
         .map_err(|e| AppError::BadRequest(format!("request body is not a deploy request ({{\"manifest\", \"wasm_base64\"}}): {e}")))?;
     let wasm = base64::engine::general_purpose::STANDARD
@@ -157,7 +159,7 @@ pub async fn rollback(
     Extension(caller): Extension<Caller>,
     name: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    let name = super::path_of(name)?;
+    let name = super::request::path_of(name)?;
     let deployed = rollback_one(&state, &caller, &name).await?;
     Ok(deployed_json(&deployed, &caller))
 }
@@ -182,13 +184,13 @@ pub async fn remove(
     name: Result<Path<String>, axum::extract::rejection::PathRejection>,
     query: Result<Query<RemoveQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    let name = super::path_of(name)?;
+    let name = super::request::path_of(name)?;
     let Query(query) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
     let kind = caller.kind(&name);
     if state.registry.get(&kind).is_none() {
         return Err(AppError::NotFound(format!("no plugin {name:?} is loaded")));
     }
-    let pending = state.dispatcher.store().pending_count(&kind).await?;
+    let pending = state.service.pending_jobs(&caller, &kind).await?;
     if pending > 0 && !query.force {
         return Err(AppError::Conflict(format!(
             "plugin {name:?} still has {pending} pending jobs (waiting or running); let them finish, cancel them, or remove with force"
@@ -209,7 +211,7 @@ pub async fn delete_version(
     Extension(caller): Extension<Caller>,
     path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    let (name, version_id) = super::path_of(path)?;
+    let (name, version_id) = super::request::path_of(path)?;
     let kind = caller.kind(&name);
     let deleted = blocking(&state.registry, move |r| r.delete_version(&kind, &version_id)).await?;
     Ok(Json(serde_json::json!({ "name": name, "version": deleted.version, "version_id": deleted.version_id, "deleted": true })))

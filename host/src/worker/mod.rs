@@ -19,7 +19,9 @@
 //! transition), [`runner`] (what runs an iteration), [`kv_backend`] (the
 //! kv capability's reads of the job store), [`metrics`], [`run_minutes`]
 //! (runs per minute, for the dashboard), [`pruner`] (retention),
-//! `counts` (the store's count upkeep), [`config`] (settings).
+//! `counts` (the store's count upkeep), [`config`] (settings), and
+//! [`service`]: what callers of the API and the dashboard may do, the
+//! only way they reach the store.
 
 mod claim;
 pub mod config;
@@ -41,6 +43,7 @@ mod run;
 pub mod run_minutes;
 pub mod runner;
 pub mod scheduler;
+pub mod service;
 pub mod startup;
 mod state;
 #[cfg(test)]
@@ -52,6 +55,7 @@ pub use enqueue::{EnqueueError, EnqueueRequest};
 pub use kv_backend::StoreKv;
 pub use metrics::Metrics;
 pub use runner::{KindInfo, Ran, Runner, SandboxRunner};
+pub use service::{JobService, ServiceError};
 pub use startup::{StartupFailed, run_startup_plugins};
 
 use handle::TriggerHandle;
@@ -98,7 +102,9 @@ impl Dispatcher {
         Self { shared: Arc::new(Shared::new(store, runner, config, clock, metrics)) }
     }
 
-    pub fn store(&self) -> &Arc<dyn JobStore> {
+    /// The store, for the worker's own services (`service`): nothing
+    /// outside the worker reaches it.
+    pub(in crate::worker) fn store(&self) -> &Arc<dyn JobStore> {
         &self.shared.store
     }
 

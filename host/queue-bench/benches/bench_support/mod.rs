@@ -197,7 +197,7 @@ impl ServedApi {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (close, closed) = tokio::sync::oneshot::channel::<()>();
         let state = kiln::api::AppState {
-            dispatcher,
+            service: kiln::worker::JobService::new(dispatcher, registry.clone()),
             registry,
             not_ready: tokio::sync::watch::channel(None).1,
             http: Default::default(),
