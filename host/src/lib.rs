@@ -21,7 +21,8 @@
 //! - [`api`]: the HTTP API; calls into worker and queue, and asks
 //!   [`tenant`] who a request's key belongs to.
 //! - [`config`], [`serve`]: `kiln.toml` and the composition root of
-//!   `kiln serve`; [`client`]: the CLI's HTTP client;
+//!   `kiln serve`; [`cli`]: the `kiln` command line, one file per group
+//!   of commands; [`client`]: its HTTP client;
 //!   [`example_services`]: the local mail API and feed the bundled
 //!   examples reach when no real ones are configured.
 //!
@@ -31,6 +32,7 @@
 
 pub mod api;
 pub mod capability;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod example_services;
