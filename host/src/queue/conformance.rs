@@ -5,7 +5,7 @@
 
 use super::clock::{Clock as _, ManualClock};
 use super::job::{AttemptError, JobState, Lease};
-use super::store::*;
+use super::*;
 
 const HOUR: i64 = 3_600_000;
 
@@ -375,7 +375,7 @@ pub async fn finish_many_applies_each_valid_transition(store: &dyn JobStore, _cl
     assert_eq!(states, vec![JobState::Completed, JobState::Running, JobState::Dead]);
 }
 
-async fn futures_states(store: &dyn JobStore, jobs: &[super::job::Job]) -> Vec<JobState> {
+async fn futures_states(store: &dyn JobStore, jobs: &[Job]) -> Vec<JobState> {
     let mut states = Vec::new();
     for job in jobs {
         states.push(store.get(job.id).await.unwrap().unwrap().state);
@@ -481,14 +481,14 @@ pub async fn a_completion_inserts_its_children_with_it_or_not_at_all(store: &dyn
     store.insert_many(vec![new_job("fan-out"), new_job("fan-out"), new_job("fan-out")]).await.unwrap();
     let jobs = store.claim(claim(DEFAULT_QUEUE, 3)).await.unwrap();
     let now = clock.now_for_tests();
-    let child = |parent: &super::job::Job, n: u8| NewJob {
+    let child = |parent: &Job, n: u8| NewJob {
         parent_id: Some(parent.id),
         traceparent: Some(TRACEPARENT.into()),
         queue: "mail".into(),
         payload: vec![b'0' + n],
         ..new_job("send-email")
     };
-    let later = |parent: &super::job::Job| NewJob { scheduled_at: Some(now + HOUR), unique_key: Some("once".into()), ..child(parent, 9) };
+    let later = |parent: &Job| NewJob { scheduled_at: Some(now + HOUR), unique_key: Some("once".into()), ..child(parent, 9) };
     let stale = Lease { id: jobs[1].id, token: jobs[1].lease_token - 1 };
     let results = store
         .finish_many(vec![
@@ -581,7 +581,7 @@ pub async fn kv_writes_commit_with_the_completion_or_not_at_all(store: &dyn JobS
 
 impl ManualClock {
     fn now_for_tests(&self) -> i64 {
-        super::clock::Clock::now(self)
+        Clock::now(self)
     }
 }
 
@@ -608,7 +608,7 @@ pub async fn a_claim_takes_each_tenants_share_first_then_more_of_each(store: &dy
     clock.advance(10);
     store.insert_many((0..2).map(|_| new_job("beta/echo")).chain([new_job("echo")]).collect()).await.unwrap();
     let share = |tenant: Option<&str>, want| ClaimShare { tenant: tenant.map(str::to_string), want, ..ClaimShare::default() };
-    let tenants = |jobs: &[crate::queue::Job]| {
+    let tenants = |jobs: &[Job]| {
         let mut t: Vec<_> = jobs.iter().map(|j| j.tenant().unwrap_or("-").to_string()).collect();
         t.sort();
         t
@@ -766,9 +766,9 @@ pub async fn the_pruner_deletes_old_and_surplus_finished_jobs_and_keeps_what_sch
     assert_eq!(count(store.counts().await.unwrap(), JobState::Available), 1);
 }
 
-fn ran(outcome: &str, lines: &[&str], progress: Option<u8>) -> super::attempt::AttemptRun {
-    super::attempt::AttemptRun {
-        summary: super::attempt::AttemptSummary {
+fn ran(outcome: &str, lines: &[&str], progress: Option<u8>) -> AttemptRun {
+    AttemptRun {
+        summary: AttemptSummary {
             host: "host-a".into(),
             started_at: 1_000,
             ended_at: 1_250,
@@ -780,21 +780,21 @@ fn ran(outcome: &str, lines: &[&str], progress: Option<u8>) -> super::attempt::A
             http_requests: 3,
             log_bytes_dropped: 7,
         },
-        progress: progress.map(|percent| super::attempt::Progress { percent, note: Some(format!("at {percent}")) }),
+        progress: progress.map(|percent| Progress { percent, note: Some(format!("at {percent}")) }),
         logs: lines
             .iter()
             .enumerate()
-            .map(|(i, m)| super::attempt::LogEntry { at: 1_000 + i as i64, level: "info".into(), source: "log".into(), message: (*m).into() })
+            .map(|(i, m)| LogEntry { at: 1_000 + i as i64, level: "info".into(), source: "log".into(), message: (*m).into() })
             .collect(),
     }
 }
 
-fn recorded(lease: Lease, transition: Transition, run: super::attempt::AttemptRun) -> Finish {
+fn recorded(lease: Lease, transition: Transition, run: AttemptRun) -> Finish {
     Finish { ran_version: Some("1.2.0".into()), attempt: Some(run), ..Finish::new(lease, transition) }
 }
 
 pub async fn each_attempt_is_kept_with_its_logs_and_progress_and_goes_with_its_job(store: &dyn JobStore, clock: &ManualClock) {
-    use super::attempt::Progress;
+    use Progress;
     let id = store.insert(new_job("echo")).await.unwrap().job.id;
     let first = store.claim(claim(DEFAULT_QUEUE, 1)).await.unwrap().pop().unwrap();
     // Progress comes with the heartbeat, and only for the current lease.

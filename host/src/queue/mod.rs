@@ -22,25 +22,29 @@ macro_rules! next_due_sql {
 }
 
 mod attempt;
+mod claim;
 mod clock;
 #[cfg(test)]
 pub(crate) mod conformance;
 mod job;
 mod migration;
 mod postgres;
+mod reads;
 mod sqlite;
 mod store;
+mod triggers;
 
 pub use attempt::{Attempt, AttemptRun, AttemptSummary, LogEntry, Progress, logs_json, logs_of_json};
 pub use clock::{Clock, MAX_MILLIS, ManualClock, SharedClock, SystemClock, from_rfc3339, millis_after, system_time, to_rfc3339};
 pub use job::{AttemptError, Job, JobId, JobState, Lease, Millis};
 pub use postgres::{DEFAULT_SCHEMA, PostgresStore, WAKE_ALL, check_schema};
 pub use sqlite::SqliteStore;
-pub use store::{
-    AttemptLogs, COUNT_FOLD_INTERVAL,
-    ClaimRounds, ClaimShare, Claimed, HeldBack, KindGate, KindLimits, Limit, StartRate, TenantLimits, claim_cap, kind_bucket_name,
+pub use claim::{
+    ClaimParams, ClaimRounds, ClaimShare, Claimed, HeldBack, KindGate, KindLimits, Limit, StartRate, TenantLimits, claim_cap, kind_bucket_name,
     kind_key, rate_bucket_name,
-    ClaimParams, DEFAULT_PAGE_BYTES, DEFAULT_QUEUE, Effects, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, KvChange, KvWrite, ListFilter, LoopClaim,
-    LoopLease, LoopSave, LoopState, MinuteRuns, NewJob, PruneParams, QueueInfo, ScheduleState, StateCount, StoreError, Transition, schedule_key,
-    SCHEDULE_TICK_KEPT, schedule_key_range, schedule_tick_key, tick_of_key,
+};
+pub use reads::{AttemptLogs, COUNT_FOLD_INTERVAL, DEFAULT_PAGE_BYTES, JobList, ListFilter, MinuteRuns, PruneParams, QueueInfo, StateCount};
+pub use store::{DEFAULT_QUEUE, Effects, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobStore, KvChange, KvWrite, NewJob, StoreError, Transition};
+pub use triggers::{
+    LoopClaim, LoopLease, LoopSave, LoopState, SCHEDULE_TICK_KEPT, ScheduleState, schedule_key, schedule_key_range, schedule_tick_key, tick_of_key,
 };

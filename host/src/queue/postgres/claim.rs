@@ -5,8 +5,8 @@
 
 use super::connection::PostgresStore;
 use super::rows::{jobs_from_rows, pg_error};
+use crate::queue::{ClaimParams, ClaimRounds, Claimed, HeldBack, KindGate, KindLimits, Limit, StoreError, claim_cap, kind_bucket_name, rate_bucket_name};
 use crate::queue::job::{Job, JobId, Millis};
-use crate::queue::store::{ClaimParams, ClaimRounds, Claimed, HeldBack, KindGate, KindLimits, Limit, StoreError, claim_cap, kind_bucket_name, rate_bucket_name};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 

@@ -6,9 +6,9 @@
 
 use super::rows::pg_error;
 use super::schema::migrate;
+use crate::queue::StoreError;
 use crate::queue::clock::SharedClock;
 use crate::queue::job::Millis;
-use crate::queue::store::StoreError;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

@@ -7,9 +7,9 @@ use super::connection::PostgresStore;
 use super::insert::insert_jobs;
 use super::kv::apply_kv;
 use super::rows::{clamp_i64, error_json, get_job, is_unique_violation, pg_error};
+use crate::queue::{Finish, HeartbeatParams, HeartbeatResult, SCHEDULE_TICK_KEPT, StoreError, Transition, schedule_key_range, schedule_tick_key};
 use crate::queue::attempt::{AttemptRun, Progress, logs_json};
 use crate::queue::job::{Job, JobId, JobState, Lease, Millis};
-use crate::queue::store::{Finish, HeartbeatParams, HeartbeatResult, SCHEDULE_TICK_KEPT, StoreError, Transition, schedule_key_range, schedule_tick_key};
 use deadpool_postgres::GenericClient;
 use std::collections::HashSet;
 

@@ -3,8 +3,8 @@
 
 use super::connection::PostgresStore;
 use super::rows::{job_from_row, jobs_from_rows, pg_error};
+use crate::queue::{Inserted, NewJob, StoreError};
 use crate::queue::job::{JobState, Millis};
-use crate::queue::store::{Inserted, NewJob, StoreError};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 

@@ -3,8 +3,8 @@
 
 use super::connection::PostgresStore;
 use super::rows::pg_error;
+use crate::queue::{KvChange, KvWrite, StoreError};
 use crate::queue::job::Millis;
-use crate::queue::store::{KvChange, KvWrite, StoreError};
 use deadpool_postgres::GenericClient;
 
 /// Applies kv writes in order. `Add` touches only a key that holds a

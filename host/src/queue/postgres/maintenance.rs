@@ -3,8 +3,8 @@
 
 use super::connection::PostgresStore;
 use super::rows::pg_error;
+use crate::queue::{MinuteRuns, PruneParams, StoreError};
 use crate::queue::job::{JobId, Millis};
-use crate::queue::store::{MinuteRuns, PruneParams, StoreError};
 use deadpool_postgres::GenericClient;
 
 pub(super) async fn prune(db: &PostgresStore, p: PruneParams) -> Result<u64, StoreError> {

@@ -3,8 +3,8 @@
 
 use super::connection::PostgresStore;
 use super::rows::pg_error;
+use crate::queue::{QueueInfo, StoreError};
 use crate::queue::job::Millis;
-use crate::queue::store::{QueueInfo, StoreError};
 use deadpool_postgres::GenericClient;
 
 impl PostgresStore {

@@ -3,9 +3,9 @@
 
 use super::connection::PostgresStore;
 use super::rows::{JOB_COLUMNS, clamp_i64, get_job, jobs_from_rows, pg_error};
+use crate::queue::{AttemptLogs, JobList, ListFilter, MinuteRuns, StateCount, StoreError};
 use crate::queue::attempt::{Attempt, AttemptSummary, logs_of_json};
 use crate::queue::job::{Job, JobId, Millis};
-use crate::queue::store::{AttemptLogs, JobList, ListFilter, MinuteRuns, StateCount, StoreError};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;

@@ -1,9 +1,9 @@
 //! A job read from a row (written once, for every query that reads jobs),
 //! and the small conversions the statements share.
 
+use crate::queue::StoreError;
 use crate::queue::attempt::Progress;
 use crate::queue::job::{AttemptError, Job, JobId};
-use crate::queue::store::StoreError;
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 

@@ -3,8 +3,8 @@
 //! that start together apply each once.
 
 use super::rows::pg_error;
+use crate::queue::StoreError;
 use crate::queue::migration::{self, Migration};
-use crate::queue::store::StoreError;
 use deadpool_postgres::GenericClient;
 
 /// Identifies the migration lock among other users of advisory locks ("kiln").

@@ -5,8 +5,8 @@
 use super::connection::PostgresStore;
 use super::rows::JOB_COLUMNS;
 use super::schema::MIGRATIONS;
+use crate::queue::{ClaimParams, JobStore, NewJob, StoreError};
 use crate::queue::job::Job;
-use crate::queue::store::{ClaimParams, JobStore, NewJob, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::NoTls;

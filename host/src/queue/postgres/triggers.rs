@@ -3,7 +3,7 @@
 
 use super::connection::PostgresStore;
 use super::rows::pg_error;
-use crate::queue::store::{LoopClaim, LoopLease, LoopSave, LoopState, ScheduleState, StoreError, schedule_key_range, tick_of_key};
+use crate::queue::{LoopClaim, LoopLease, LoopSave, LoopState, ScheduleState, StoreError, schedule_key_range, tick_of_key};
 use deadpool_postgres::GenericClient;
 
 pub(super) async fn schedule_state(db: &PostgresStore, kind: &str) -> Result<ScheduleState, StoreError> {

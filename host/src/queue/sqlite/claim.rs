@@ -4,8 +4,8 @@
 
 use super::connection::SqliteStore;
 use super::rows::{db_error, job_from_row, json_list};
+use crate::queue::{ClaimParams, ClaimRounds, Claimed, HeldBack, KindGate, KindLimits, Limit, StoreError, claim_cap, kind_bucket_name, rate_bucket_name};
 use crate::queue::job::{Job, JobId, Millis};
-use crate::queue::store::{ClaimParams, ClaimRounds, Claimed, HeldBack, KindGate, KindLimits, Limit, StoreError, claim_cap, kind_bucket_name, rate_bucket_name};
 use rusqlite::{OptionalExtension, params};
 
 /// What a claim stamps on the jobs it takes: the host, the lease's end,

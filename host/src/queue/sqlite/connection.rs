@@ -7,9 +7,9 @@
 
 use super::rows::db_error;
 use super::schema::migrate;
+use crate::queue::StoreError;
 use crate::queue::clock::SharedClock;
 use crate::queue::job::Millis;
-use crate::queue::store::StoreError;
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -6,9 +6,9 @@ use super::connection::SqliteStore;
 use super::insert::insert_jobs;
 use super::kv::apply_kv;
 use super::rows::{clamp_i64, db_error, error_json, get_job, is_unique_violation};
+use crate::queue::{Finish, HeartbeatParams, HeartbeatResult, SCHEDULE_TICK_KEPT, StoreError, Transition, schedule_key_range, schedule_tick_key};
 use crate::queue::attempt::{AttemptRun, logs_json};
 use crate::queue::job::{Job, JobId, JobState, Lease, Millis};
-use crate::queue::store::{Finish, HeartbeatParams, HeartbeatResult, SCHEDULE_TICK_KEPT, StoreError, Transition, schedule_key_range, schedule_tick_key};
 use rusqlite::{OptionalExtension, params};
 use rusqlite::types::Null;
 

@@ -3,8 +3,8 @@
 
 use super::connection::SqliteStore;
 use super::rows::{db_error, job_from_row};
+use crate::queue::{Inserted, NewJob, StoreError};
 use crate::queue::job::{JobState, Millis};
-use crate::queue::store::{Inserted, NewJob, StoreError};
 use rusqlite::{OptionalExtension, params};
 
 /// Inserts jobs in order (and the queues they name); a job whose unique

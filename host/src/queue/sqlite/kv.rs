@@ -3,8 +3,8 @@
 
 use super::connection::SqliteStore;
 use super::rows::db_error;
+use crate::queue::{KvChange, KvWrite, StoreError};
 use crate::queue::job::Millis;
-use crate::queue::store::{KvChange, KvWrite, StoreError};
 use rusqlite::{OptionalExtension, params};
 
 /// Applies kv writes in order. `Add` touches only a key that holds a

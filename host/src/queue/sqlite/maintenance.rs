@@ -3,8 +3,8 @@
 
 use super::connection::SqliteStore;
 use super::rows::{db_error, error_json};
+use crate::queue::{MinuteRuns, PruneParams, StoreError};
 use crate::queue::job::{AttemptError, JobId, Millis};
-use crate::queue::store::{MinuteRuns, PruneParams, StoreError};
 use rusqlite::{OptionalExtension, params};
 
 /// The pruner's transaction: by age first, then each queue past its newest `keep_per_queue`.

@@ -28,7 +28,7 @@ pub use connection::SqliteStore;
 
 use crate::queue::attempt::Attempt;
 use crate::queue::job::{Job, JobId, Millis};
-use crate::queue::store::{
+use crate::queue::{
     AttemptLogs, ClaimParams, Claimed, Finish, HeartbeatParams, HeartbeatResult, Inserted, JobList, JobStore, KvWrite, ListFilter,
     LoopClaim, LoopLease, LoopSave, LoopState, MinuteRuns, NewJob, PruneParams, QueueInfo, ScheduleState, StateCount, StoreError,
 };

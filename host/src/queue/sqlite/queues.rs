@@ -3,8 +3,8 @@
 
 use super::connection::SqliteStore;
 use super::rows::db_error;
+use crate::queue::{QueueInfo, StoreError};
 use crate::queue::job::Millis;
-use crate::queue::store::{QueueInfo, StoreError};
 use rusqlite::params;
 
 impl SqliteStore {

@@ -3,9 +3,9 @@
 
 use super::connection::SqliteStore;
 use super::rows::{JOB_COLUMNS, clamp_i64, db_error, get_job, job_from_row};
+use crate::queue::{AttemptLogs, JobList, ListFilter, MinuteRuns, StateCount, StoreError};
 use crate::queue::attempt::{Attempt, AttemptSummary, logs_of_json};
 use crate::queue::job::{Job, JobId, Millis};
-use crate::queue::store::{AttemptLogs, JobList, ListFilter, MinuteRuns, StateCount, StoreError};
 use rusqlite::{ToSql, params};
 
 pub(super) async fn get(db: &SqliteStore, id: JobId) -> Result<Option<Job>, StoreError> {

@@ -2,8 +2,8 @@
 //! `kiln_migrations`.
 
 use super::rows::db_error;
+use crate::queue::StoreError;
 use crate::queue::migration::{self, Migration};
-use crate::queue::store::StoreError;
 use rusqlite::{Connection, params};
 
 /// The migrations, in order: each a file of `migrations/`, applied once,

@@ -4,7 +4,7 @@
 use super::connection::SqliteStore;
 use super::rows::{JOB_COLUMNS, db_error};
 use super::schema::MIGRATIONS;
-use crate::queue::store::{JobStore, StoreError};
+use crate::queue::{JobStore, StoreError};
 use rusqlite::Connection;
 use std::sync::Arc;
 

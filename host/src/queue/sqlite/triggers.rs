@@ -3,7 +3,7 @@
 
 use super::connection::SqliteStore;
 use super::rows::db_error;
-use crate::queue::store::{LoopClaim, LoopLease, LoopSave, LoopState, ScheduleState, StoreError, schedule_key_range, tick_of_key};
+use crate::queue::{LoopClaim, LoopLease, LoopSave, LoopState, ScheduleState, StoreError, schedule_key_range, tick_of_key};
 use rusqlite::{OptionalExtension, params};
 
 pub(super) async fn schedule_state(db: &SqliteStore, kind: &str) -> Result<ScheduleState, StoreError> {
