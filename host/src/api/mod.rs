@@ -1,5 +1,5 @@
-//! The HTTP API, one file per resource: [`jobs`], [`queues`], [`plugins`],
-//! [`kv`], [`tenants`], [`health`] (liveness, readiness, metrics); the
+//! The HTTP API, one file per resource: `jobs`, `queues`, `plugins`,
+//! `kv`, `tenants`, `health` (liveness, readiness, metrics); the
 //! dashboard's pages in [`dashboard`]. Handlers translate requests into
 //! calls of the worker's [`JobService`](crate::worker::JobService) and the
 //! plugin [`Registry`](crate::plugin::Registry),

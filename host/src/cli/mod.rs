@@ -1,9 +1,9 @@
 //! The `kiln` command line: its arguments (clap), and each command, one
-//! file per group: [`run`] (one iteration here, `kiln run`), [`serve`]
-//! (the host), [`plugins`] (new, check, sign, and deploy through the API),
-//! [`jobs`] (enqueue, list, show, follow, act), [`queues`], [`kv`],
-//! [`keys`] (API and signing keys); [`local`] finds and loads a plugin on
-//! this machine; [`output`] is what the printing commands share. The
+//! file per group: `run` (one iteration here, `kiln run`), `serve`
+//! (the host), `plugins` (new, check, sign, and deploy through the API),
+//! `jobs` (enqueue, list, show, follow, act), `queues`, `kv`,
+//! `keys` (API and signing keys); `local` finds and loads a plugin on
+//! this machine; `output` is what the printing commands share. The
 //! remote commands talk to the API through [`crate::client`].
 
 mod common;

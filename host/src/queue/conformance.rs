@@ -941,6 +941,29 @@ pub async fn counts_follow_jobs_as_they_come_move_and_go(store: &dyn JobStore, c
     assert_eq!(counts.iter().map(|c| c.count).sum::<u64>(), 8, "{counts:?}");
 }
 
+/// Checks what a store opened on a database an older version left still
+/// holds (the tests write it: a completed job 1, a waiting job 2 of
+/// `send-email` in queue `mail`, and with `with_kv` the key `k = v` in
+/// store `default` of `cleanup`), and that it takes new work.
+pub(crate) async fn check_migrated(store: &dyn JobStore, from: i64, with_kv: bool) {
+    let done = store.get(1).await.unwrap().unwrap();
+    assert_eq!((done.state, done.payload.as_slice(), done.result.as_deref()), (JobState::Completed, &b"{\"n\":1}"[..], Some(&b"{\"n\":1}"[..])), "from {from}");
+    let waiting = store.get(2).await.unwrap().unwrap();
+    assert_eq!((waiting.kind.as_str(), waiting.queue.as_str(), waiting.priority, waiting.state), ("send-email", "mail", 5, JobState::Available));
+    let counts = store.counts().await.unwrap();
+    let count = |state: JobState| counts.iter().filter(|c| c.state == state).map(|c| c.count).sum::<u64>();
+    assert_eq!((count(JobState::Completed), count(JobState::Available)), (1, 1), "from {from}: the counts include the old rows");
+    let listed = store.list(ListFilter { state: Some(JobState::Available), limit: 100, ..ListFilter::default() }).await.unwrap();
+    assert_eq!(listed.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [2], "from {from}");
+    if with_kv {
+        assert_eq!(store.kv_get("cleanup", "default", "k").await.unwrap().as_deref(), Some(&b"v"[..]));
+        assert_eq!(store.kv_usage("cleanup", "default").await.unwrap(), 2, "from {from}: the store's size is known");
+    }
+    let inserted = store.insert(NewJob::new("echo", b"{}".to_vec())).await.unwrap();
+    assert_eq!(inserted.job.id, 3, "from {from}: the migrated store takes new work");
+}
+
+
 /// Instantiates every conformance test for one backend. `$factory` is an
 /// async fn returning `(Arc<dyn JobStore>, ManualClock, guard)`; the guard
 /// (a temp dir, a schema) lives as long as the test. Attributes after it

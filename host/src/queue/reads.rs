@@ -62,7 +62,7 @@ impl Default for ListFilter {
     }
 }
 
-/// One page of [`JobStore::list`].
+/// One page of [`JobStore::list`](super::JobStore::list).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobList {
     pub jobs: Vec<Job>,
@@ -71,10 +71,10 @@ pub struct JobList {
     pub more: bool,
 }
 
-/// How often each host calls [`JobStore::fold_counts`].
+/// How often each host calls [`JobStore::fold_counts`](super::JobStore::fold_counts).
 pub const COUNT_FOLD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// What [`JobStore::attempt_logs`] found.
+/// What [`JobStore::attempt_logs`](super::JobStore::attempt_logs) found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AttemptLogs {
     pub lines: Vec<(u32, LogEntry)>,

@@ -290,7 +290,7 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     async fn counts(&self) -> Result<Vec<StateCount>, StoreError>;
     /// Upkeep of those counts, where a backend keeps them in two parts
     /// (Postgres folds the changes hosts appended into the totals; see its
-    /// migration 11). Called every [`COUNT_FOLD_INTERVAL`] by each host;
+    /// migration 11). Called every [`COUNT_FOLD_INTERVAL`](super::COUNT_FOLD_INTERVAL) by each host;
     /// safe to call from several at once.
     async fn fold_counts(&self) -> Result<(), StoreError> {
         Ok(())
@@ -315,7 +315,7 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     async fn waiting_count(&self, tenant: Option<&str>) -> Result<u64, StoreError>;
 
     /// The newest tick of the schedule `kind` (its jobs carry
-    /// [`schedule_key`]s) and whether any of its ticks is unfinished.
+    /// [`schedule_key`](super::schedule_key)s) and whether any of its ticks is unfinished.
     async fn schedule_state(&self, kind: &str) -> Result<ScheduleState, StoreError>;
 
     /// The result of the newest completed tick of `kind`: the checkpoint
