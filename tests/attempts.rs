@@ -2,7 +2,7 @@
 //! host, version, cost and own log lines (capped), progress reaching the
 //! store with the heartbeat, and the CLI's `jobs logs` and `jobs watch`.
 
-use crate::host::{HostDir, eventually};
+use crate::support::host::{HostDir, eventually};
 use crate::serve::cli;
 use crate::support::built;
 use serde_json::{Value, json};

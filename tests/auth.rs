@@ -5,7 +5,7 @@
 //! `KILN_API_KEY`. A host without keys will not listen beyond loopback
 //! unless told `--insecure`; a bad tenant table stops it, naming the key.
 
-use crate::host::{Host, HostDir};
+use crate::support::host::{Host, HostDir};
 use crate::support::{kiln, new_api_key};
 use serde_json::Value;
 use std::process::Stdio;
@@ -74,7 +74,7 @@ fn with_api_keys_every_route_refuses_a_caller_without_the_key_and_changes_nothin
         assert_eq!(s, 200, "{b}");
         serde_json::from_str::<Value>(&b).unwrap()
     };
-    crate::host::eventually("the job completed", || job_now()["state"] == "completed");
+    crate::support::host::eventually("the job completed", || job_now()["state"] == "completed");
     let before = (job_now(), call(&host, "GET", "/plugins", Some(&admin)).2, call(&host, "GET", "/queues", Some(&admin)).2);
 
     let wrong = format!("Bearer {}", new_api_key().0);

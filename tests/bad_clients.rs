@@ -3,7 +3,7 @@
 //! bounded in bytes, a browser cannot drive the API, every error is JSON,
 //! and what a client sends is bounded and read as it says.
 
-use crate::host::{Host, HostDir, PATIENCE, eventually};
+use crate::support::host::{Host, HostDir, PATIENCE, eventually};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -2,7 +2,7 @@
 //! names and the host holds, secrets never show in what Kiln writes, and a
 //! plugin importing a capability it is not granted is refused naming it.
 
-use crate::host::HostDir;
+use crate::support::host::HostDir;
 use crate::support::{built, kiln, run_json, wasm_of};
 use serde_json::{Value, json};
 
@@ -109,7 +109,7 @@ fn kiln_serve_reads_secrets_at_start_and_keeps_them_out_of_jobs_logs_and_metrics
     dir.link_plugin(built::CONFIG_PROBE);
     let mut serve = dir.command();
     serve.env("KILN_TEST_PROBE_KEY", SECRET);
-    let host = crate::host::Host::spawn(serve, &dir.path().join("stderr.log"));
+    let host = crate::support::host::Host::spawn(serve, &dir.path().join("stderr.log"));
 
     let ok = host.enqueue(json!({"kind": "config-probe", "payload": serde_json::from_str::<Value>(&probe_payload(true, false)).unwrap()}));
     let job = host.wait_for(ok, "completed");

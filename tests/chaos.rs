@@ -8,7 +8,7 @@
 //! server's, not the host's.
 
 use crate::full_disk::{fill, host_on_tmpfs};
-use crate::host::{Host, HostDir, PATIENCE};
+use crate::support::host::{Host, HostDir, PATIENCE};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -200,7 +200,7 @@ fn chaos_on_sqlite_kills_stops_and_a_full_disk_lose_and_repeat_nothing_unexplain
 #[test]
 #[cfg_attr(not(kiln_postgres), ignore = "needs Postgres: set KILN_TEST_DATABASE_URL")]
 fn chaos_on_postgres_with_three_hosts_loses_and_repeats_nothing_unexplained() {
-    let db = crate::postgres_db::Database::new();
+    let db = crate::support::postgres::Database::new();
     let dir = HostDir::new(&db.config(CONFIG));
     let mut dice = Dice::new();
     let urls = Arc::new(Mutex::new(Vec::new()));

@@ -7,7 +7,7 @@
 //! error and logs, retries it by a click and sees it complete, pauses a
 //! queue by a click. Screenshots land in the target directory.
 
-use crate::host::{Host, HostDir, eventually};
+use crate::support::host::{Host, HostDir, eventually};
 use crate::support::{built, new_api_key};
 use crate::tenants::{CONFIG, Client, add_tenant_plugin};
 use serde_json::json;
@@ -194,55 +194,9 @@ mod browser {
     //! The same host driven by a real headless Chromium.
 
     use super::*;
-    use fantoccini::{Client as Browser, ClientBuilder, Locator};
-    use std::path::PathBuf;
-    use std::process::{Child, Command, Stdio};
+    use fantoccini::{Client as Browser, Locator};
+    use crate::support::browser::{shot, start_browser};
     use std::time::{Duration, Instant};
-
-    struct Driver(Child);
-
-    impl Drop for Driver {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
-    fn screenshots() -> PathBuf {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    async fn shot(browser: &Browser, name: &str) {
-        let png = browser.screenshot().await.unwrap();
-        std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
-    }
-
-    async fn start_browser() -> (Driver, Browser) {
-        let driver = std::env::var("KILN_TEST_CHROMEDRIVER").expect("KILN_TEST_CHROMEDRIVER names chromedriver");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(driver).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        let driver = Driver(child);
-        let mut options = json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,900"]});
-        if let Ok(chromium) = std::env::var("KILN_TEST_CHROMIUM") {
-            options["binary"] = chromium.into();
-        }
-        let mut caps = serde_json::Map::new();
-        caps.insert("goog:chromeOptions".into(), options);
-        let started = Instant::now();
-        loop {
-            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-            match ClientBuilder::new(connector).capabilities(caps.clone()).connect(&format!("http://127.0.0.1:{port}")).await {
-                Ok(browser) => return (driver, browser),
-                Err(e) if started.elapsed() < Duration::from_secs(30) => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => panic!("chromedriver did not start a session: {e}"),
-            }
-        }
-    }
 
     async fn text_of(browser: &Browser, css: &str) -> String {
         browser.wait().for_element(Locator::Css(css)).await.unwrap().text().await.unwrap()
@@ -256,7 +210,7 @@ mod browser {
             if text.is_some() && text_of(browser, css).await.contains(want) {
                 return;
             }
-            assert!(started.elapsed() < crate::host::PATIENCE, "{css} never showed {want:?}: {}", browser.source().await.unwrap());
+            assert!(started.elapsed() < crate::support::host::PATIENCE, "{css} never showed {want:?}: {}", browser.source().await.unwrap());
             tokio::time::sleep(Duration::from_millis(300)).await;
             browser.refresh().await.unwrap();
         }

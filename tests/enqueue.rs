@@ -2,7 +2,7 @@
 //! its completion (and only then), each child naming its parent; what it
 //! is not granted, or what is out of bounds, is refused to the guest.
 
-use crate::host::{Host, HostDir, kill_mid_run_and_restart};
+use crate::support::host::{Host, HostDir, kill_mid_run_and_restart};
 use crate::support::{assert_each_says, built, kiln, run_json, wasm_of};
 use serde_json::{Value, json};
 

@@ -6,8 +6,8 @@
 //! for byte, under `kiln run` and through `kiln serve`; the JavaScript and
 //! Python plugins run the same checks (`guest_languages`).
 
-use crate::host::{Host, HostDir};
-use crate::http::TestServer;
+use crate::support::host::{Host, HostDir};
+use crate::support::http_server::TestServer;
 use crate::support::{built, run_json};
 use serde_json::{Value, json};
 use std::path::Path;

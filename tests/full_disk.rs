@@ -4,7 +4,7 @@
 //! full disk does not call its database foreign. The data directory is a
 //! small tmpfs (mounting needs root: `KILN_TEST_MOUNT=1`).
 
-use crate::host::{HostDir, eventually};
+use crate::support::host::{HostDir, eventually};
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! neighbour completes, and nothing stored is unbounded. Outcomes are
 //! asserted, never timings (`cargo bench --bench hostile` measures those).
 
-use crate::host::{Host, HostDir, PATIENCE, eventually};
+use crate::support::host::{Host, HostDir, PATIENCE, eventually};
 use crate::support::built;
 use base64::Engine as _;
 use serde_json::{Value, json};

@@ -2,7 +2,7 @@
 //! file and by API, broken versions refused while the old one serves,
 //! rollback, removal guarded by pending jobs, and `kiln plugin new`.
 
-use crate::host::{Host, HostDir, PATIENCE, eventually};
+use crate::support::host::{Host, HostDir, PATIENCE, eventually};
 use crate::support::{built, kiln, wasm_of};
 use base64::Engine as _;
 use serde_json::{Value, json};

@@ -3,7 +3,7 @@
 //! deploys land in that data directory, never in the source checkout's
 //! `target/` nor in another host's plugins.
 
-use crate::host::Host;
+use crate::support::host::Host;
 use crate::support::built;
 use serde_json::json;
 use std::path::{Path, PathBuf};

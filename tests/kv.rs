@@ -3,7 +3,7 @@
 //! job; a store is its plugin's own; bounds and quotas are errors to the
 //! guest.
 
-use crate::host::{Host, HostDir, kill_mid_run_and_restart};
+use crate::support::host::{Host, HostDir, kill_mid_run_and_restart};
 use crate::support::{assert_each_says, built, run_json};
 use serde_json::{Value, json};
 use std::time::Duration;

@@ -3,8 +3,8 @@
 //! completions are refused), fire each schedule tick once with no leader,
 //! and wake each other through LISTEN/NOTIFY.
 
-use crate::host::{Host, HostDir, PATIENCE, eventually};
-use crate::postgres_db::Database;
+use crate::support::host::{Host, HostDir, PATIENCE, eventually};
+use crate::support::postgres::Database;
 use crate::support::built;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

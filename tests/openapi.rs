@@ -4,7 +4,7 @@
 //! operation from it, finds no 5xx and no answer the document does not
 //! describe.
 
-use crate::host::HostDir;
+use crate::support::host::HostDir;
 use serde_json::Value;
 
 /// Every route the API serves, with its methods: a route added without
@@ -31,7 +31,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/tenants", &["get"]),
 ];
 
-fn request(host: &crate::host::Host, method: &str, path: &str) -> (u16, Value) {
+fn request(host: &crate::support::host::Host, method: &str, path: &str) -> (u16, Value) {
     let url = format!("{}{path}", host.url);
     let agent = host.agent();
     let response = match method {

@@ -6,15 +6,11 @@
 
 #![allow(dead_code)]
 
-#[path = "host.rs"]
-mod host;
-#[path = "postgres_db.rs"]
-mod postgres_db;
-#[path = "support.rs"]
+#[path = "support/mod.rs"]
 mod support;
 
-use host::{HostDir, PATIENCE, eventually};
-use postgres_db::Database;
+use support::host::{HostDir, PATIENCE, eventually};
+use support::postgres::Database;
 use serde_json::{Value, json};
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! out of README.md (not copied here) and run against the real binary. The
 //! job the example enqueues is the job it then reads, and it completes.
 
-use crate::host::{PATIENCE, eventually};
+use crate::support::host::{PATIENCE, eventually};
 use crate::support::{kiln, repo_root};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};

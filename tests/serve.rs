@@ -2,7 +2,7 @@
 //! API. Jobs run, retry, dead-letter, deduplicate, survive `kill -9` and
 //! SIGTERM; bad input is refused without touching what is stored.
 
-use crate::host::{HostDir, PATIENCE, eventually};
+use crate::support::host::{HostDir, PATIENCE, eventually};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -129,7 +129,7 @@ fn a_running_job_is_cancelled_through_the_api() {
 fn queues_show_their_jobs_by_state_and_how_long_the_oldest_has_waited() {
     let dir = HostDir::new(FAST);
     let host = dir.start();
-    let queue = |host: &crate::host::Host| host.get("/queues").1["queues"][0].clone();
+    let queue = |host: &crate::support::host::Host| host.get("/queues").1["queues"][0].clone();
     let idle = queue(&host);
     assert_eq!(idle["name"], "default");
     assert_eq!(idle["jobs"]["available"], 0, "{idle}");
@@ -306,7 +306,7 @@ fn bad_config_and_a_file_that_is_not_a_database_are_refused() {
 }
 
 /// The `kiln` CLI against `host`'s API: exit code, stdout, stderr.
-pub(crate) fn cli(host: &crate::host::Host, args: &[&str]) -> (Option<i32>, String, String) {
+pub(crate) fn cli(host: &crate::support::host::Host, args: &[&str]) -> (Option<i32>, String, String) {
     let out = crate::support::kiln().args(args).env("KILN_API", &host.url).output().unwrap();
     (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }

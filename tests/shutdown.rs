@@ -3,7 +3,7 @@
 //! without waiting out a heartbeat; a requested cancel wins over the job's
 //! own timeout.
 
-use crate::host::{Host, HostDir, PATIENCE, eventually};
+use crate::support::host::{Host, HostDir, PATIENCE, eventually};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -4,7 +4,7 @@
 //! unchanged; the operator's key sees everything; two tenants' plugins of
 //! one name run side by side, each with its own kv.
 
-use crate::host::{Host, HostDir, eventually};
+use crate::support::host::{Host, HostDir, eventually};
 use crate::support::{built, new_api_key, wasm_of};
 use serde_json::{Value, json};
 use std::path::Path;
@@ -294,7 +294,7 @@ fn most_at_once(intervals: &[(i64, i64)]) -> usize {
 fn max_running_and_rate_hold_across_three_hosts_on_postgres() {
     const ACME_JOBS: i64 = 60;
     const BETA_JOBS: i64 = 100;
-    let db = crate::postgres_db::Database::new();
+    let db = crate::support::postgres::Database::new();
     let (admin_key, admin_hash) = new_api_key();
     let (acme_key, acme_hash) = new_api_key();
     let (beta_key, beta_hash) = new_api_key();
@@ -385,7 +385,7 @@ fn max_per_key_and_a_kinds_rate_hold_across_three_hosts_on_postgres() {
     const PER_KEY: i64 = 12;
     const KEYS: [&str; 3] = ["customer-1", "customer-2", "customer-3"];
     const ECHOES: i64 = 100;
-    let db = crate::postgres_db::Database::new();
+    let db = crate::support::postgres::Database::new();
     let (admin_key, admin_hash) = new_api_key();
     let (acme_key, acme_hash) = new_api_key();
     let config = db.config(&format!(

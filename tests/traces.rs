@@ -4,8 +4,9 @@
 //! from its caller, through every attempt, to its plugin's outbound HTTP
 //! requests (seen by a real HTTP server).
 
-use crate::host::{Host, eventually};
-use crate::http::{TestServer, send_email_host};
+use crate::support::host::{Host, eventually};
+use crate::http::send_email_host;
+use crate::support::http_server::TestServer;
 use axum::body::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value::Value as Any};
@@ -316,7 +317,7 @@ fn a_collector_that_never_answers_holds_up_neither_the_jobs_nor_the_shutdown() {
             held.push(stream);
         }
     });
-    let dir = crate::host::HostDir::new(&format!(
+    let dir = crate::support::host::HostDir::new(&format!(
         "poll_interval_ms = 100\nshutdown_grace_ms = 1000\n[queues.default]\nconcurrency = 4\n[telemetry]\notlp_endpoint = \"http://127.0.0.1:{port}\"\n"
     ));
     let mut serve = dir.command();

@@ -3,7 +3,7 @@
 //! continuous loops (resume from the stored checkpoint after `kill -9`),
 //! and start-up plugins (run before any work, gate `/readyz`).
 
-use crate::host::{HostDir, PATIENCE, eventually};
+use crate::support::host::{HostDir, PATIENCE, eventually};
 use crate::support::{built, millis};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -78,7 +78,7 @@ fn two_hosts_on_one_sqlite_file_run_every_one_second_tick_exactly_once() {
     assert_eq!(dir.stderr().matches("schedule started").count(), 2, "both hosts ran the schedule");
 }
 
-fn loop_passes(host: &crate::host::Host) -> u64 {
+fn loop_passes(host: &crate::support::host::Host) -> u64 {
     host.plugin("poller").and_then(|p| p["loop"]["passes"].as_u64()).unwrap_or(0)
 }
 
@@ -118,7 +118,7 @@ fn a_continuous_loop_survives_kill_9_and_resumes_from_its_stored_checkpoint() {
     // Each pass's line is at debug (the example logs at info once a minute).
     let mut serve = dir.command();
     serve.env("KILN_LOG", "info,kiln::plugin=debug");
-    let host = crate::host::Host::spawn(serve, &dir.path().join("stderr.log"));
+    let host = crate::support::host::Host::spawn(serve, &dir.path().join("stderr.log"));
     eventually("the loop goes on after the restart", || loop_passes(&host) >= passes as u64 + 3);
     let after = dir.stderr()[log_before..].to_string();
     let first = after.lines().find(|l| l.contains("polled items")).expect("a pass after the restart");

@@ -1,4 +1,12 @@
-//! Helpers shared by the end-to-end tests: running the `kiln` binary.
+//! What the end-to-end tests start, by what it is: the `kiln` binary for
+//! one command (here), a running `kiln serve` ([`host`]), a Postgres
+//! schema of a test's own ([`postgres`]), an HTTP server for plugins to
+//! reach ([`http_server`]), a headless browser ([`browser`]).
+
+pub mod browser;
+pub mod host;
+pub mod http_server;
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
