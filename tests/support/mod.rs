@@ -21,12 +21,18 @@ pub fn repo_root() -> PathBuf {
 /// The `kiln` binary with a test-local artifact cache.
 pub fn kiln() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    with_test_env(&mut cmd);
+    cmd
+}
+
+/// What every `kiln` a test starts runs with: from the repository root,
+/// a test-local artifact cache, none of the caller's plugins or keys.
+pub fn with_test_env(cmd: &mut Command) -> &mut Command {
     cmd.current_dir(repo_root())
         .env("KILN_CACHE_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-test-cache"))
         .env_remove("KILN_PLUGINS_DIR")
         .env_remove("KILN_API_KEY")
-        .env("KILN_LOG", "warn");
-    cmd
+        .env("KILN_LOG", "warn")
 }
 
 /// What one `kiln run --json` printed, and how it exited.

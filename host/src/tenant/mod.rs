@@ -1,7 +1,8 @@
 //! Who calls the API and what they may do: the operator's and tenants'
 //! API keys (kept as hashes), and each tenant's settings as kiln.toml
-//! gives them. Knows nothing of workers or wasm, and of queues only how a
-//! kind names its tenant; the API asks it who a request's key belongs to.
+//! gives them. Knows nothing of workers, queues or wasm (how a kind names its
+//! tenant is `crate::names`'); the API asks it who a request's key
+//! belongs to.
 
 mod caller;
 pub mod keys;
