@@ -223,14 +223,8 @@ pub(super) async fn on_dead_jobs(state: &AppState, caller: &Caller, q: &DeadJobs
 /// dead and counted in `skipped`.
 #[utoipa::path(post, path = "/jobs/retry", tag = "jobs", params(DeadJobsQuery),
     responses((status = 200, description = "`retried`, `skipped`, `more`", body = serde_json::Value), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody)))]
-pub(super) async fn retry_many(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    query: Result<Query<DeadJobsQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, AppError> {
-    let Query(q) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
-    let bulk = on_dead_jobs(&state, &caller, &q, BulkAction::Retry).await?;
-    Ok(Json(serde_json::json!({ "retried": bulk.done, "skipped": bulk.skipped, "more": bulk.more })))
+pub(super) async fn retry_many(state: State<AppState>, caller: Extension<Caller>, query: DeadJobsRequest) -> Result<Json<serde_json::Value>, AppError> {
+    bulk_answer(state, caller, query, BulkAction::Retry, "retried").await
 }
 
 /// `DELETE /jobs?state=dead[&kind=K][&queue=Q]`: deletes every dead job (of
@@ -238,12 +232,16 @@ pub(super) async fn retry_many(
 /// "more"}`. A schedule's newest tick is kept and counted in `skipped`.
 #[utoipa::path(delete, path = "/jobs", tag = "jobs", params(DeadJobsQuery),
     responses((status = 200, description = "`deleted`, `skipped`, `more`", body = serde_json::Value), (status = 400, description = "Bad input, named", body = ErrorBody), (status = 401, description = "No or a wrong API key", body = ErrorBody)))]
-pub(super) async fn delete_many(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    query: Result<Query<DeadJobsQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, AppError> {
+pub(super) async fn delete_many(state: State<AppState>, caller: Extension<Caller>, query: DeadJobsRequest) -> Result<Json<serde_json::Value>, AppError> {
+    bulk_answer(state, caller, query, BulkAction::Delete, "deleted").await
+}
+
+/// The query of a bulk call, as axum reads it.
+type DeadJobsRequest = Result<Query<DeadJobsQuery>, QueryRejection>;
+
+/// A bulk call's answer: `{VERB: done, "skipped", "more"}`.
+async fn bulk_answer(State(state): State<AppState>, Extension(caller): Extension<Caller>, query: DeadJobsRequest, action: BulkAction, verb: &str) -> Result<Json<serde_json::Value>, AppError> {
     let Query(q) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
-    let bulk = on_dead_jobs(&state, &caller, &q, BulkAction::Delete).await?;
-    Ok(Json(serde_json::json!({ "deleted": bulk.done, "skipped": bulk.skipped, "more": bulk.more })))
+    let bulk = on_dead_jobs(&state, &caller, &q, action).await?;
+    Ok(Json(serde_json::json!({ verb: bulk.done, "skipped": bulk.skipped, "more": bulk.more })))
 }

@@ -42,24 +42,22 @@ pub(super) async fn list_queues(State(state): State<AppState>, Extension(caller)
 
 #[utoipa::path(post, path = "/queues/{name}/pause", tag = "queues", params(("name" = String, Path, description = "A queue this host serves")),
     responses((status = 200, description = "Paused", body = serde_json::Value), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 403, description = "The operator's only", body = ErrorBody), (status = 404, description = "Not found (or another tenant's)", body = ErrorBody)))]
-pub(super) async fn pause_queue(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
-) -> Result<Json<serde_json::Value>, AppError> {
-    let name = path_of(name)?;
-    state.service.set_paused(&caller, &name, true).await?;
-    Ok(Json(serde_json::json!({ "name": name, "paused": true })))
+pub(super) async fn pause_queue(state: State<AppState>, caller: Extension<Caller>, name: QueueName) -> Result<Json<serde_json::Value>, AppError> {
+    set_paused(state, caller, name, true).await
 }
 
 #[utoipa::path(post, path = "/queues/{name}/resume", tag = "queues", params(("name" = String, Path, description = "A queue this host serves")),
     responses((status = 200, description = "Resumed", body = serde_json::Value), (status = 401, description = "No or a wrong API key", body = ErrorBody), (status = 403, description = "The operator's only", body = ErrorBody), (status = 404, description = "Not found (or another tenant's)", body = ErrorBody)))]
-pub(super) async fn resume_queue(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
-) -> Result<Json<serde_json::Value>, AppError> {
+pub(super) async fn resume_queue(state: State<AppState>, caller: Extension<Caller>, name: QueueName) -> Result<Json<serde_json::Value>, AppError> {
+    set_paused(state, caller, name, false).await
+}
+
+/// A queue's name from the path, as axum reads it.
+type QueueName = Result<Path<String>, axum::extract::rejection::PathRejection>;
+
+/// Pauses or resumes the queue; answers `{"name", "paused"}`.
+async fn set_paused(State(state): State<AppState>, Extension(caller): Extension<Caller>, name: QueueName, paused: bool) -> Result<Json<serde_json::Value>, AppError> {
     let name = path_of(name)?;
-    state.service.set_paused(&caller, &name, false).await?;
-    Ok(Json(serde_json::json!({ "name": name, "paused": false })))
+    state.service.set_paused(&caller, &name, paused).await?;
+    Ok(Json(serde_json::json!({ "name": name, "paused": paused })))
 }

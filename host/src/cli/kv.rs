@@ -21,32 +21,35 @@ pub(crate) enum KvCommand {
     },
     /// Print one key's value.
     Get {
-        plugin: String,
-        key: String,
         #[command(flatten)]
-        store: KvStoreArg,
+        at: KeyArgs,
         #[command(flatten)]
         json: JsonOutput,
     },
     /// Set a key (the value as text, or @FILE).
     Set {
-        plugin: String,
-        key: String,
-        value: String,
         #[command(flatten)]
-        store: KvStoreArg,
+        at: KeyArgs,
+        value: String,
         #[command(flatten)]
         json: JsonOutput,
     },
     /// Delete a key.
     Delete {
-        plugin: String,
-        key: String,
         #[command(flatten)]
-        store: KvStoreArg,
+        at: KeyArgs,
         #[command(flatten)]
         json: JsonOutput,
     },
+}
+
+/// One key of one of a plugin's stores.
+#[derive(Args, Debug)]
+pub(crate) struct KeyArgs {
+    pub(crate) plugin: String,
+    pub(crate) key: String,
+    #[command(flatten)]
+    pub(crate) store: KvStoreArg,
 }
 
 /// Which of the plugin's stores.
@@ -104,11 +107,11 @@ pub(crate) fn kv(client: &ApiClient, command: KvCommand) -> anyhow::Result<ExitC
                 render::table(&rows)
             })
         }
-        KvCommand::Get { plugin, key, store, json } => {
+        KvCommand::Get { at: KeyArgs { plugin, key, store }, json } => {
             let answer = client.get(&path(&plugin, &key, &store))?;
             say(json, &answer, || format!("{}\n", kv_value_text(&answer)))
         }
-        KvCommand::Set { plugin, key, value, store, json } => {
+        KvCommand::Set { at: KeyArgs { plugin, key, store }, value, json } => {
             let bytes = text_or_file(value, "VALUE")?;
             let body = match String::from_utf8(bytes) {
                 Ok(text) => serde_json::json!({ "value": text }),
@@ -120,7 +123,7 @@ pub(crate) fn kv(client: &ApiClient, command: KvCommand) -> anyhow::Result<ExitC
             let answer = client.put(&path(&plugin, &key, &store), &body)?;
             say(json, &answer, || format!("set {key} in store {} of {plugin} ({} bytes)\n", store.name, answer["bytes"]))
         }
-        KvCommand::Delete { plugin, key, store, json } => {
+        KvCommand::Delete { at: KeyArgs { plugin, key, store }, json } => {
             let answer = client.delete(&path(&plugin, &key, &store))?;
             say(json, &answer, || match answer["deleted"].as_bool() {
                 Some(true) => format!("deleted {key} from store {} of {plugin}\n", store.name),

@@ -142,24 +142,19 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let lookup = plugin_lookup(common, &spec)?;
             tokio::task::spawn_blocking(move || plugins(&client, &lookup.dirs, command)).await?
         }
-        Command::Enqueue(args) => {
-            let client = ApiClient::new(&common.api);
-            tokio::task::spawn_blocking(move || enqueue(&client, args)).await?
-        }
-        Command::Jobs(command) => {
-            let client = ApiClient::new(&common.api);
-            tokio::task::spawn_blocking(move || jobs(&client, command)).await?
-        }
-        Command::Queues(command) => {
-            let client = ApiClient::new(&common.api);
-            tokio::task::spawn_blocking(move || queues(&client, command)).await?
-        }
-        Command::Kv(command) => {
-            let client = ApiClient::new(&common.api);
-            tokio::task::spawn_blocking(move || kv(&client, command)).await?
-        }
+        Command::Enqueue(args) => remote(common, move |client| enqueue(client, args)).await,
+        Command::Jobs(command) => remote(common, move |client| jobs(client, command)).await,
+        Command::Queues(command) => remote(common, move |client| queues(client, command)).await,
+        Command::Kv(command) => remote(common, move |client| kv(client, command)).await,
         Command::CompileComponent { .. } => unreachable!("handled before the runtime starts"),
     }
+}
+
+/// Runs a command that talks to the API (`--api`) on a blocking thread:
+/// the client is ureq's, which blocks.
+async fn remote(common: &CommonArgs, command: impl FnOnce(&ApiClient) -> anyhow::Result<ExitCode> + Send + 'static) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(&common.api);
+    tokio::task::spawn_blocking(move || command(&client)).await?
 }
 
 /// A command's output piped into `head` ends the command quietly when the

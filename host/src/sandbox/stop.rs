@@ -77,20 +77,19 @@ impl StopSignal {
 
     /// Resolves once [`interrupt`](Self::interrupt) has been called.
     pub async fn interrupted(&self) {
-        loop {
-            let changed = self.inner.changed.notified();
-            if self.is_interrupted() {
-                return;
-            }
-            changed.await;
-        }
+        self.until(Self::is_interrupted).await
     }
 
     /// Resolves once [`cancel`](Self::cancel) or `interrupt` has been called.
     pub async fn cancelled(&self) {
+        self.until(Self::is_cancelled).await
+    }
+
+    /// Resolves once `said` holds, looking again at every change.
+    async fn until(&self, said: fn(&Self) -> bool) {
         loop {
             let changed = self.inner.changed.notified();
-            if self.is_cancelled() {
+            if said(self) {
                 return;
             }
             changed.await;

@@ -171,10 +171,7 @@ pub(super) async fn cancel(db: &SqliteStore, id: JobId) -> Result<Job, StoreErro
 
 pub(super) async fn retry_by_hand(db: &SqliteStore, id: JobId) -> Result<Job, StoreError> {
     db.write(move |tx, now| {
-        let job = get_job(tx, id)?.ok_or(StoreError::NotFound(id))?;
-        if !matches!(job.state, JobState::Dead | JobState::Cancelled) {
-            return Err(StoreError::InvalidState { id, state: job.state, action: "retry" });
-        }
+        let job = done_with(tx, id, "retry")?;
         tx.execute(
             "UPDATE jobs SET state = 'available', max_attempts = max(max_attempts, attempt + 1), scheduled_at = ?2, \
              finalized_at = NULL, result = NULL, cancel_requested = 0 WHERE id = ?1",
@@ -202,10 +199,7 @@ pub(super) async fn retry_by_hand(db: &SqliteStore, id: JobId) -> Result<Job, St
 
 pub(super) async fn delete_by_hand(db: &SqliteStore, id: JobId) -> Result<Job, StoreError> {
     db.write(move |tx, _| {
-        let job = get_job(tx, id)?.ok_or(StoreError::NotFound(id))?;
-        if !matches!(job.state, JobState::Dead | JobState::Cancelled) {
-            return Err(StoreError::InvalidState { id, state: job.state, action: "delete" });
-        }
+        let job = done_with(tx, id, "delete")?;
         if let Some(key) = schedule_tick_key(&job) {
             let (start, end) = schedule_key_range(&job.kind);
             let newest: Option<String> = tx
@@ -219,4 +213,13 @@ pub(super) async fn delete_by_hand(db: &SqliteStore, id: JobId) -> Result<Job, S
         Ok(job)
     })
     .await
+}
+
+/// Job `id` if it is dead or cancelled, as a hand retry or delete (`action`) takes it.
+fn done_with(tx: &rusqlite::Transaction<'_>, id: JobId, action: &'static str) -> Result<Job, StoreError> {
+    let job = get_job(tx, id)?.ok_or(StoreError::NotFound(id))?;
+    if !matches!(job.state, JobState::Dead | JobState::Cancelled) {
+        return Err(StoreError::InvalidState { id, state: job.state, action });
+    }
+    Ok(job)
 }
