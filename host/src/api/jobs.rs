@@ -7,10 +7,10 @@ use super::views::{AttemptView, EnqueuedAnswer, EnqueuedView, ErrorBody, JobDeta
 use super::error::AppError;
 use super::request::{MAX_PAGE, MAX_PAGE_BYTES, body_bytes};
 use super::state::AppState;
-use crate::queue::{Job, JobState, from_rfc3339};
+use crate::queue::{Job, JobState, ListFilter, from_rfc3339};
 use crate::tenant::Caller;
 use crate::worker::EnqueueRequest;
-use crate::worker::service::jobs::{BulkAction, JobQuery};
+use crate::worker::service::jobs::BulkAction;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -111,7 +111,7 @@ pub(super) async fn list_jobs(
     };
     // However large the jobs, a page holds about MAX_PAGE_BYTES of them
     // (plus one): the rest is on the next page.
-    let query = JobQuery { state: job_state, kind: q.kind, queue: q.queue, after_id: cursor, newest_first, limit, max_bytes: MAX_PAGE_BYTES };
+    let query = ListFilter { state: job_state, kind: q.kind, queue: q.queue, tenant: None, after_id: cursor, newest_first, limit, max_bytes: MAX_PAGE_BYTES };
     let page = state.service.list(&caller, query).await?;
     let next = if page.more { page.jobs.last().map(|j| j.id) } else { None };
     let (next_after, next_before) = if newest_first { (None, next) } else { (next, None) };

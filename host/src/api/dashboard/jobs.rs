@@ -3,16 +3,16 @@
 //! letters' form, which retries or discards the checked jobs, or every
 //! dead job of the filter, in bulk.
 
-use super::layout::{Action, Chrome, Viewer, error_page, page, shorten, blank_is_none};
+use super::layout::{Action, Chrome, Viewer, blank_is_none, error_page, page, shorten};
 use crate::api::error::AppError;
+use crate::api::request::{MAX_PAGE, MAX_PAGE_BYTES};
 use crate::api::state::AppState;
-use crate::queue::{JobState, to_rfc3339};
+use crate::queue::{JobState, ListFilter, to_rfc3339};
+use crate::worker::service::jobs::BulkAction;
 use askama::Template;
 use axum::extract::{Query, State};
-use axum::http::{StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use crate::api::request::{MAX_PAGE, MAX_PAGE_BYTES};
-use crate::worker::service::jobs::{BulkAction, JobQuery};
 
 /// Jobs a page of the jobs list shows.
 pub const JOBS_PER_PAGE: usize = 50;
@@ -71,8 +71,9 @@ async fn jobs_page(state: &AppState, viewer: &Viewer, q: JobsQuery) -> Result<Re
     let job_state = blank_is_none(q.state.clone()).map(|s| s.parse::<JobState>()).transpose().map_err(AppError::BadRequest)?;
     let kind = blank_is_none(q.kind.clone());
     let queue = blank_is_none(q.queue.clone());
-    let query = JobQuery {
+    let query = ListFilter {
         state: job_state,
+        tenant: None,
         kind: kind.clone(),
         queue: queue.clone(),
         after_id: q.before,
@@ -124,7 +125,6 @@ async fn jobs_page(state: &AppState, viewer: &Viewer, q: JobsQuery) -> Result<Re
         },
     ))
 }
-
 
 /// The dead-letter form: `do` retries or discards the checked `id`s, or
 /// every dead job of the filter's kind and queue (up to the API's bulk

@@ -335,13 +335,7 @@ pub(super) async fn retry_by_hand(db: &PostgresStore, id: JobId) -> Result<Job, 
     let now = db.now();
     let mut client = db.client().await?;
     let tx = client.transaction().await.map_err(pg_error)?;
-    let row = tx.query_opt("SELECT state, unique_key FROM jobs WHERE id = $1 FOR UPDATE", &[&id]).await.map_err(pg_error)?;
-    let row = row.ok_or(StoreError::NotFound(id))?;
-    let state: JobState = row.get::<_, String>(0).parse().map_err(StoreError::Database)?;
-    let key: Option<String> = row.get(1);
-    if !matches!(state, JobState::Dead | JobState::Cancelled) {
-        return Err(StoreError::InvalidState { id, state, action: "retry" });
-    }
+    let key = done_with(&tx, id, "retry").await?.unique_key;
     let updated = tx
         .execute(
             "UPDATE jobs SET state = 'available', max_attempts = greatest(max_attempts, attempt + 1), scheduled_at = $2, \
@@ -372,11 +366,7 @@ pub(super) async fn retry_by_hand(db: &PostgresStore, id: JobId) -> Result<Job, 
 pub(super) async fn delete_by_hand(db: &PostgresStore, id: JobId) -> Result<Job, StoreError> {
     let mut client = db.client().await?;
     let tx = client.transaction().await.map_err(pg_error)?;
-    tx.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&id]).await.map_err(pg_error)?;
-    let job = get_job(&tx, id).await?.ok_or(StoreError::NotFound(id))?;
-    if !matches!(job.state, JobState::Dead | JobState::Cancelled) {
-        return Err(StoreError::InvalidState { id, state: job.state, action: "delete" });
-    }
+    let job = done_with(&tx, id, "delete").await?;
     if let Some(key) = schedule_tick_key(&job) {
         let (start, end) = schedule_key_range(&job.kind);
         let newest: Option<String> = tx
@@ -390,5 +380,16 @@ pub(super) async fn delete_by_hand(db: &PostgresStore, id: JobId) -> Result<Job,
     }
     tx.execute("DELETE FROM jobs WHERE id = $1", &[&id]).await.map_err(pg_error)?;
     tx.commit().await.map_err(pg_error)?;
+    Ok(job)
+}
+
+/// Job `id`, locked for `tx`, if it is dead or cancelled, as a hand retry
+/// or delete (`action`) takes it.
+async fn done_with(tx: &deadpool_postgres::Transaction<'_>, id: JobId, action: &'static str) -> Result<Job, StoreError> {
+    tx.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&id]).await.map_err(pg_error)?;
+    let job = get_job(tx, id).await?.ok_or(StoreError::NotFound(id))?;
+    if !matches!(job.state, JobState::Dead | JobState::Cancelled) {
+        return Err(StoreError::InvalidState { id, state: job.state, action });
+    }
     Ok(job)
 }

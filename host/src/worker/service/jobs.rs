@@ -12,19 +12,6 @@ pub const MAX_BULK: usize = 10_000;
 /// The most jobs one page of a bulk call reads.
 const BULK_PAGE: usize = 1000;
 
-/// What a page of a caller's jobs holds.
-#[derive(Debug, Clone, Default)]
-pub struct JobQuery {
-    pub state: Option<JobState>,
-    /// As the caller names it.
-    pub kind: Option<String>,
-    pub queue: Option<String>,
-    pub after_id: Option<JobId>,
-    pub newest_first: bool,
-    pub limit: usize,
-    pub max_bytes: u64,
-}
-
 /// What a bulk call does to each dead job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BulkAction {
@@ -52,18 +39,11 @@ impl JobService {
         self.dispatcher.enqueue(requests).await.map_err(|e| scoped(e, caller).into())
     }
 
-    /// A page of the caller's jobs.
-    pub async fn list(&self, caller: &Caller, q: JobQuery) -> Result<JobList, ServiceError> {
-        let filter = ListFilter {
-            state: q.state,
-            kind: q.kind.map(|k| caller.kind(&k)),
-            queue: q.queue,
-            tenant: caller.tenant().map(str::to_string),
-            after_id: q.after_id,
-            newest_first: q.newest_first,
-            limit: q.limit,
-            max_bytes: q.max_bytes,
-        };
+    /// A page of the caller's jobs: `filter` names a kind as the caller
+    /// does, and whatever tenant it names, the caller's own are listed.
+    pub async fn list(&self, caller: &Caller, mut filter: ListFilter) -> Result<JobList, ServiceError> {
+        filter.kind = filter.kind.map(|k| caller.kind(&k));
+        filter.tenant = caller.tenant().map(str::to_string);
         Ok(self.dispatcher.store().list(filter).await?)
     }
 
